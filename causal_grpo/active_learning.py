@@ -1,0 +1,286 @@
+"""Phase 2: one active-learning episode as a ``lax.scan``, and the non-learned selectors.
+
+An episode: draw ``n_observational`` samples, then for ``n_interventions`` steps a selector
+picks ``do(X_j = v)`` (j a real, non-target variable, v in the SCM's intervention range), one
+sample is drawn, the surrogate updates, and the step's metrics are recorded. Step 0 is the
+state after the observational data.
+
+Randomness is split so that comparisons are *paired*: the SCM draw, the observational data
+and the exogenous noise of every step depend only on the cell key (scm, seed), never on the
+method; each method then sees the same world and differs only in what it chooses.
+
+A selector is a pure function ``(key, Observation, params) -> Action``; learned policies plug in
+through ``params`` (see ``causal_grpo.checkpoint.policy_selector``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from causal_grpo import metrics as M
+from causal_grpo.features import (BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs,
+                                  features_from_probs)
+from causal_grpo.scm import SCM, propagate, sample_n
+from causal_grpo.surrogate import Surrogate, SurrogateConfig, make_surrogate
+
+Array = jax.Array
+
+
+class Method(enum.Enum):
+    RANDOM = "random_active"
+    ROUND_ROBIN = "round_robin_active"
+    UNCERTAINTY = "uncertainty_active"
+    ORACLE = "oracle_active"
+    OBSERVATIONAL = "observational"
+    GRPO_ACTIVE = "grpo_active"
+    GRPO_BOOTSTRAP = "grpo_bootstrap"
+
+    @property
+    def needs_policy(self) -> bool:
+        return self in (Method.GRPO_ACTIVE, Method.GRPO_BOOTSTRAP)
+
+    @property
+    def uses_bootstrap(self) -> bool:
+        return self is Method.GRPO_BOOTSTRAP
+
+
+class Observation(NamedTuple):
+    """What a selector sees before choosing intervention number ``step + 1``.
+
+    buffer: data so far; probs: (d, d) edge probabilities the features were built from;
+    features: (d, F); target: () int; var_mask: (d,) bool; low/high: intervention range;
+    step: () int32 interventions made so far.
+    """
+
+    buffer: Buffer
+    probs: Array
+    features: Array
+    target: Array
+    var_mask: Array
+    low: Array
+    high: Array
+    step: Array
+
+
+class Action(NamedTuple):
+    """``do(X_variable = value)``; ``intervene = False`` means draw an observational sample."""
+
+    variable: Array
+    value: Array
+    log_prob: Array
+    intervene: Array
+
+
+Selector = Callable[[Array, Observation, Any], Action]
+
+
+def allowed_variables(obs: Observation) -> Array:
+    """(d,) bool: real variables other than the target."""
+    d = obs.var_mask.shape[-1]
+    return obs.var_mask & (jnp.arange(d) != obs.target)
+
+
+def _uniform_choice(key: Array, allowed: Array) -> tuple[Array, Array]:
+    logits = jnp.where(allowed, 0.0, -jnp.inf)
+    j = jax.random.categorical(key, logits)
+    return j, -jnp.log(jnp.maximum(allowed.sum(), 1).astype(jnp.float32))
+
+
+def random_selector(key: Array, obs: Observation, params: Any = None) -> Action:
+    """Uniform non-target variable, value uniform in [low, high]."""
+    k1, k2 = jax.random.split(key)
+    j, lp = _uniform_choice(k1, allowed_variables(obs))
+    v = jax.random.uniform(k2, (), minval=obs.low, maxval=obs.high)
+    return Action(j, v, lp - jnp.log(obs.high - obs.low), jnp.asarray(True))
+
+
+def round_robin_selector(key: Array, obs: Observation, params: Any = None) -> Action:
+    """Non-target variables in index order, cycling; value uniform in [low, high]."""
+    allowed = allowed_variables(obs)
+    n = jnp.maximum(allowed.sum(), 1)
+    rank = jnp.cumsum(allowed) - 1                      # rank among allowed variables
+    j = jnp.argmax(allowed & (rank == obs.step % n))
+    v = jax.random.uniform(key, (), minval=obs.low, maxval=obs.high)
+    return Action(j, v, jnp.asarray(0.0), jnp.asarray(True))
+
+
+def uncertainty_selector(key: Array, obs: Observation, params: Any = None) -> Action:
+    """The variable touching the most edge entropy (ties at random), value at low or high."""
+    k1, k2 = jax.random.split(key)
+    allowed = allowed_variables(obs)
+    pair = obs.var_mask[:, None] & obs.var_mask[None, :]
+    score = jnp.sum(jnp.where(pair, M.pair_entropy(obs.probs), 0.0), axis=1)
+    score = score + 1e-6 * jax.random.uniform(k1, score.shape)
+    j = jnp.argmax(jnp.where(allowed, score, -jnp.inf))
+    v = jnp.where(jax.random.bernoulli(k2, 0.5), obs.high, obs.low)
+    return Action(j, v, jnp.asarray(0.0), jnp.asarray(True))
+
+
+def make_oracle_selector(true_adj: Array) -> Selector:
+    """Reference: a uniformly chosen *true* parent of the target, value uniform in range."""
+
+    def select(key: Array, obs: Observation, params: Any = None) -> Action:
+        k1, k2 = jax.random.split(key)
+        allowed = allowed_variables(obs)
+        parents = allowed & (true_adj[:, obs.target] != 0)
+        j, lp = _uniform_choice(k1, jnp.where(parents.any(), parents, allowed))
+        v = jax.random.uniform(k2, (), minval=obs.low, maxval=obs.high)
+        return Action(j, v, lp, jnp.asarray(True))
+
+    return select
+
+
+def observational_selector(key: Array, obs: Observation, params: Any = None) -> Action:
+    """No intervention: the step draws one more observational sample."""
+    return Action(jnp.asarray(-1), jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(False))
+
+
+# --------------------------------------------------------------------------- the episode
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig:
+    """Shape-setting settings of one Phase-2 episode (all static under jit)."""
+
+    n_observational: int = 30
+    n_interventions: int = 50
+    surrogate: SurrogateConfig = SurrogateConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+    @property
+    def capacity(self) -> int:
+        return self.n_observational + self.n_interventions
+
+
+class StepRecord(NamedTuple):
+    """Per-step metrics, each (T + 1,) for one episode (step 0 = after observational data)."""
+
+    f1: Array
+    shd: Array
+    precision: Array
+    recall: Array
+    parent_f1: Array
+    parent_shd: Array
+    expected_shd: Array
+    target_value: Array
+    best_target: Array
+    variable: Array
+    value: Array
+
+
+class EpisodeResult(NamedTuple):
+    record: StepRecord
+    final_probs: Array     # (d, d)
+    buffer: Buffer         # all data of the episode
+
+
+def _metrics(scm: SCM, probs: Array) -> dict:
+    pred = M.posterior_graph(probs, scm.var_mask)
+    g = M.structure_metrics(scm.adj, pred, scm.var_mask)
+    p = M.parent_metrics(scm.adj, pred, scm.target, scm.var_mask)
+    return dict(f1=g["f1"], shd=g["shd"], precision=g["precision"], recall=g["recall"],
+                parent_f1=p["parent_f1"], parent_shd=p["parent_shd"],
+                expected_shd=M.expected_shd(scm.adj, probs, scm.var_mask))
+
+
+def cell_keys(key: Array) -> dict:
+    """Named subkeys of one cell; none depends on the method (paired comparisons)."""
+    names = ("obs", "noise", "select", "bootstrap", "surrogate")
+    return dict(zip(names, jax.random.split(key, len(names))))
+
+
+def observe(scm: SCM, buffer: Buffer, probs: Array, step: Array, feature_probs: Array) -> Observation:
+    """Build the selector's observation; features come from ``feature_probs``."""
+    feats = features_from_probs(feature_probs, buffer, scm.target, scm.var_mask)
+    return Observation(buffer, feature_probs, feats, scm.target, scm.var_mask, scm.low, scm.high,
+                       step)
+
+
+def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
+                selector: Selector, params: Any = None, use_bootstrap: bool = False) -> EpisodeResult:
+    """One Phase-2 episode for one (scm, seed); jittable, vmap over keys/SCMs at the call site.
+
+    Args:
+      key: the cell key (see :func:`cell_keys`).
+      scm: the SCM (possibly padded).
+      cfg: episode shape and surrogate/bootstrap settings.
+      surrogate: structure learner (fresh state each episode; learns from data only).
+      selector: chooses each intervention.
+      params: selector parameters (a policy's weights), or None.
+      use_bootstrap: feed the selector bootstrap features (true graph + decaying noise) instead
+        of the surrogate's; only the labelled ``grpo_bootstrap`` reference does this.
+    """
+    d, n0, T = scm.d, cfg.n_observational, cfg.n_interventions
+    ks = cell_keys(key)
+    x0 = sample_n(ks["obs"], scm, n0)
+    buffer = Buffer.empty(cfg.capacity, d)
+    buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
+    state = surrogate.init(ks["surrogate"], scm.var_mask)
+    state = surrogate.update(state, x0, jnp.zeros_like(x0, bool), jnp.ones((n0,), bool))
+    eps = jax.random.normal(ks["noise"], (T, d))
+    noise_b = bootstrap_noise(ks["bootstrap"], d)
+    best0 = jnp.min(x0[:, scm.target])
+    rec0 = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=jnp.mean(x0[:, scm.target]),
+                best_target=best0, variable=jnp.asarray(-1), value=jnp.asarray(0.0))
+
+    def step(carry, t):
+        state, buffer, best = carry
+        probs = surrogate.edge_probs(state)
+        fprobs = bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap) if use_bootstrap else probs
+        obs = observe(scm, buffer, probs, t, fprobs)
+        act = selector(jax.random.fold_in(ks["select"], t), obs, params)
+        value = jnp.clip(act.value, scm.low, scm.high)
+        do_mask = (jnp.arange(d) == act.variable) & act.intervene
+        x = propagate(scm, eps[t], do_mask, jnp.where(do_mask, value, 0.0))
+        buffer = buffer.write(n0 + t, x, do_mask)
+        state = surrogate.update(state, x[None], do_mask[None], jnp.ones((1,), bool))
+        best = jnp.minimum(best, x[scm.target])
+        rec = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=x[scm.target],
+                   best_target=best, variable=jnp.where(act.intervene, act.variable, -1),
+                   value=jnp.where(act.intervene, value, 0.0))
+        return (state, buffer, best), rec
+
+    (state, buffer, _), recs = jax.lax.scan(step, (state, buffer, best0), jnp.arange(T))
+    record = StepRecord(**{k: jnp.concatenate([jnp.asarray(rec0[k])[None].astype(recs[k].dtype), recs[k]])
+                           for k in StepRecord._fields})
+    return EpisodeResult(record, surrogate.edge_probs(state), buffer)
+
+
+def builtin_selector(method: Method, scm: SCM) -> Selector:
+    """The selector of a non-learned method (the oracle needs the SCM's true graph)."""
+    if method is Method.RANDOM:
+        return random_selector
+    if method is Method.ROUND_ROBIN:
+        return round_robin_selector
+    if method is Method.UNCERTAINTY:
+        return uncertainty_selector
+    if method is Method.ORACLE:
+        return make_oracle_selector(scm.adj)
+    if method is Method.OBSERVATIONAL:
+        return observational_selector
+    raise ValueError(f"{method.value} needs a policy selector")
+
+
+def make_batch_runner(cfg: EpisodeConfig, method: Method, d: int,
+                      policy_selector: Selector | None = None) -> Callable:
+    """jit(vmap(run_episode)) over cells: ``(keys (S,), scms (S,...), params) -> EpisodeResult``."""
+    surrogate = make_surrogate(cfg.surrogate, d, cfg.capacity)
+
+    def one(key, scm, params):
+        sel = policy_selector if method.needs_policy else builtin_selector(method, scm)
+        if sel is None:
+            raise ValueError(f"method {method.value} needs a trained policy (--grpo-checkpoint)")
+        return run_episode(key, scm, cfg, surrogate, sel, params, method.uses_bootstrap)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+
+@functools.lru_cache(maxsize=64)
+def cached_batch_runner(cfg: EpisodeConfig, method: Method, d: int) -> Callable:
+    """Compiled runner of a non-learned method, cached per (config, method, d)."""
+    return make_batch_runner(cfg, method, d)

@@ -1,0 +1,60 @@
+"""The structure-learner interface shared by every surrogate, and the factory.
+
+A surrogate is a triple of pure functions over an explicit state (the optax pattern)::
+
+    state = surrogate.init(key, var_mask)
+    state = surrogate.update(state, values, intervened, valid)   # add rows of data
+    probs = surrogate.edge_probs(state)                          # (d, d), probs[i, j] = P(i -> j)
+
+``values``/``intervened`` are (r, d) rows (``intervened[n, j]`` is True when X_j was set by
+``do()`` in row n) and ``valid`` (r,) marks real rows, so a fixed-shape buffer can be passed
+whole. Everything is jittable and vmappable; ``update`` caches the edge probabilities so that
+reading them costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Surrogate(NamedTuple):
+    """Pure-function interface of a structure learner (see module docstring)."""
+
+    init: Callable[[Array, Array], Any]
+    update: Callable[[Any, Array, Array, Array], Any]
+    edge_probs: Callable[[Any], Array]
+
+
+class SurrogateKind(enum.Enum):
+    ANALYTIC = "analytic"
+    NEURAL = "neural"
+
+
+def parent_probs(probs: Array, target: Array) -> Array:
+    """(d,) marginal probability that each variable is a parent of ``target``."""
+    return probs[:, target]
+
+
+@dataclasses.dataclass(frozen=True)
+class SurrogateConfig:
+    """Which surrogate and its settings; ``analytic``/``neural`` hold the kind-specific config."""
+
+    kind: SurrogateKind = SurrogateKind.ANALYTIC
+    analytic: "AnalyticConfig | None" = None
+    neural: "NeuralConfig | None" = None
+
+
+def make_surrogate(cfg: SurrogateConfig, d: int, capacity: int) -> Surrogate:
+    """Build the surrogate for ``d`` (padded) variables and a buffer of ``capacity`` rows."""
+    if cfg.kind is SurrogateKind.ANALYTIC:
+        from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
+        return make_analytic_surrogate(cfg.analytic or AnalyticConfig(), d)
+    from causal_grpo.surrogate_neural import NeuralConfig, make_neural_surrogate
+    return make_neural_surrogate(cfg.neural or NeuralConfig(), d, capacity)
