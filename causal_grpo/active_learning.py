@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -202,7 +201,8 @@ def observe(scm: SCM, buffer: Buffer, probs: Array, step: Array, feature_probs: 
 
 
 def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
-                selector: Selector, params: Any = None, use_bootstrap: bool = False) -> EpisodeResult:
+                selector: Selector, params: Any = None, use_bootstrap: bool | Array = False
+                ) -> EpisodeResult:
     """One Phase-2 episode for one (scm, seed); jittable, vmap over keys/SCMs at the call site.
 
     Args:
@@ -231,7 +231,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
     def step(carry, t):
         state, buffer, best = carry
         probs = surrogate.edge_probs(state)
-        fprobs = bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap) if use_bootstrap else probs
+        fprobs = jnp.where(use_bootstrap, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
         obs = observe(scm, buffer, probs, t, fprobs)
         act = selector(jax.random.fold_in(ks["select"], t), obs, params)
         value = jnp.clip(act.value, scm.low, scm.high)
@@ -251,36 +251,53 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
     return EpisodeResult(record, surrogate.edge_probs(state), buffer)
 
 
-def builtin_selector(method: Method, scm: SCM) -> Selector:
-    """The selector of a non-learned method (the oracle needs the SCM's true graph)."""
-    if method is Method.RANDOM:
-        return random_selector
-    if method is Method.ROUND_ROBIN:
-        return round_robin_selector
-    if method is Method.UNCERTAINTY:
-        return uncertainty_selector
-    if method is Method.ORACLE:
-        return make_oracle_selector(scm.adj)
-    if method is Method.OBSERVATIONAL:
-        return observational_selector
-    raise ValueError(f"{method.value} needs a policy selector")
+BUILTIN_METHODS = (Method.RANDOM, Method.ROUND_ROBIN, Method.UNCERTAINTY, Method.ORACLE,
+                   Method.OBSERVATIONAL)
 
 
-def make_batch_runner(cfg: EpisodeConfig, method: Method, d: int,
-                      policy_selector: Selector | None = None) -> Callable:
-    """jit(vmap(run_episode)) over cells: ``(keys (S,), scms (S,...), params) -> EpisodeResult``."""
+def _typed(act: Action) -> Action:
+    return Action(jnp.asarray(act.variable, jnp.int32), jnp.asarray(act.value, jnp.float32),
+                  jnp.asarray(act.log_prob, jnp.float32), jnp.asarray(act.intervene, bool))
+
+
+def builtin_selector(method_id: Array, scm: SCM) -> Selector:
+    """All non-learned selectors in one, chosen by ``method_id`` (index in BUILTIN_METHODS).
+
+    With an unbatched ``method_id`` only the chosen branch executes, so every built-in method
+    shares one compiled program per SCM size.
+    """
+    oracle = make_oracle_selector(scm.adj)
+    branches = [random_selector, round_robin_selector, uncertainty_selector, oracle,
+                observational_selector]
+
+    def select(key: Array, obs: Observation, params: Any = None) -> Action:
+        return jax.lax.switch(method_id, [lambda k, o, f=f: _typed(f(k, o)) for f in branches],
+                              key, obs)
+
+    return select
+
+
+def make_batch_runner(cfg: EpisodeConfig, d: int, policy_selector: Selector | None = None
+                      ) -> Callable:
+    """jit(vmap(run_episode)) over cells: ``(keys (S,), scms (S,...), params, method_id)``.
+
+    Without ``policy_selector``: the built-in methods, ``method_id`` = index in
+    ``BUILTIN_METHODS``. With it: the learned policy, ``method_id`` = 1 to feed it bootstrap
+    features (``grpo_bootstrap``), 0 for surrogate features (``grpo_active``).
+    """
     surrogate = make_surrogate(cfg.surrogate, d, cfg.capacity)
 
-    def one(key, scm, params):
-        sel = policy_selector if method.needs_policy else builtin_selector(method, scm)
-        if sel is None:
-            raise ValueError(f"method {method.value} needs a trained policy (--grpo-checkpoint)")
-        return run_episode(key, scm, cfg, surrogate, sel, params, method.uses_bootstrap)
+    def one(key, scm, params, method_id):
+        if policy_selector is None:
+            return run_episode(key, scm, cfg, surrogate, builtin_selector(method_id, scm))
+        return run_episode(key, scm, cfg, surrogate, policy_selector, params,
+                           use_bootstrap=method_id == 1)
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
 
 
-@functools.lru_cache(maxsize=64)
-def cached_batch_runner(cfg: EpisodeConfig, method: Method, d: int) -> Callable:
-    """Compiled runner of a non-learned method, cached per (config, method, d)."""
-    return make_batch_runner(cfg, method, d)
+def method_id(method: Method) -> int:
+    """The ``method_id`` argument of :func:`make_batch_runner` for ``method``."""
+    if method.needs_policy:
+        return int(method.uses_bootstrap)
+    return BUILTIN_METHODS.index(method)

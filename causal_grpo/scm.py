@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causal_grpo.errors import UserError
+
 Array = jax.Array
 
 
@@ -53,7 +55,7 @@ class SCM(NamedTuple):
         return self.adj.shape[-1]
 
 
-class SCMError(ValueError):
+class SCMError(UserError):
     """Invalid SCM specification (the message names the problem)."""
 
 

@@ -299,8 +299,11 @@ def exact_parent_posterior(scores: Array, tab: Tables) -> Array:
     glob = jnp.asarray(tab.glob)                                       # (d, 2^(d-1))
     gamma = L[glob] + R[glob | (1 << jnp.arange(d))[:, None]]
     gamma_hat = _superset_sum(gamma, d - 1)
-    log_post = scores + gamma_hat[:, jnp.asarray(tab.ps_local)] - L[(1 << d) - 1]
-    return log_post
+    log_post = scores + gamma_hat[:, jnp.asarray(tab.ps_local)]
+    # Each node's parent-set posterior sums to one exactly in theory; normalising per node
+    # (rather than dividing by the DP's log Z) keeps float32 round-off from pushing an edge
+    # marginal above 1.
+    return log_post - _lse(log_post)[:, None]
 
 
 # --------------------------------------------------------------------------- order MCMC

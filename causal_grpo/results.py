@@ -1,0 +1,332 @@
+"""Tidy result tables, aggregation with confidence intervals, paired comparisons and plots.
+
+* ``steps`` frame: one row per (scm, method, seed, step); step 0 is the state after the
+  observational data.
+* F1-AUC over steps a..b is the mean F1 over those steps (the area under the F1-vs-step curve
+  divided by its length); ``f1_auc`` uses steps 1..T, ``f1_auc_early`` steps 1..min(10, T).
+* 95% confidence intervals are Student-t intervals of the mean over seeds (half-widths).
+* Paired comparisons pair a method with the baseline on the same (scm, seed) — same SCM draw,
+  same observational data, same exogenous noise — and report the mean difference with its CI,
+  the win rate (ties count one half) and a one-sided paired t-test p-value for "better than
+  the baseline" (higher F1-AUC / F1, lower SHD).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from causal_grpo.active_learning import StepRecord
+
+EARLY_STEPS = 10
+
+METRIC_COLUMNS = [f for f in StepRecord._fields if f not in ("variable", "value")]
+
+
+def steps_frame(batches: Iterable[tuple[str, str, dict]], names: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """Tidy per-step frame from ``(scm, method, arrays)`` triples of :func:`sweep.run_batch`."""
+    frames = []
+    for scm, method, arr in batches:
+        S, T1 = arr["f1"].shape
+        cols = {
+            "scm": np.repeat(scm, S * T1),
+            "method": np.repeat(method, S * T1),
+            "seed": np.repeat(arr["seed"], T1),
+            "step": np.tile(np.arange(T1), S),
+        }
+        for f in StepRecord._fields:
+            cols[f] = arr[f].reshape(-1)
+        var_names = list(names.get(scm, ()))
+        v = cols["variable"].astype(int)
+        cols["variable_name"] = np.array(
+            [var_names[i] if 0 <= i < len(var_names) else ("" if i < 0 else f"X{i}") for i in v],
+            dtype=object)
+        frames.append(pd.DataFrame(cols))
+    df = pd.concat(frames, ignore_index=True)
+    # Keep the caller's scm and method order (categoricals sort in order of appearance).
+    for col in ("scm", "method"):
+        df[col] = pd.Categorical(df[col], categories=list(dict.fromkeys(df[col])), ordered=True)
+    df["shd"] = df["shd"].astype(int)
+    df["parent_shd"] = df["parent_shd"].astype(int)
+    df["variable"] = df["variable"].astype(int)
+    df = df.sort_values(["scm", "method", "seed", "step"], kind="stable").reset_index(drop=True)
+    for col in ("scm", "method"):
+        df[col] = df[col].astype(str)
+    return df
+
+
+def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
+    """One row per (scm, method, seed) with the summary quantities of that episode.
+
+    Rows keep the order in which (scm, method) first appear in ``steps``.
+    """
+    steps = steps.copy()
+    for col in ("scm", "method"):
+        steps[col] = pd.Categorical(steps[col], categories=list(dict.fromkeys(steps[col])),
+                                    ordered=True)
+    T = int(steps["step"].max())
+    early = min(EARLY_STEPS, T)
+    g = steps.groupby(["scm", "method", "seed"], sort=True, observed=True)
+    after = steps[steps["step"] >= 1]
+    ga = after.groupby(["scm", "method", "seed"], sort=True, observed=True)
+    out = pd.DataFrame({
+        "final_f1": g["f1"].last(),
+        "final_shd": g["shd"].last(),
+        "final_parent_f1": g["parent_f1"].last(),
+        "initial_f1": g["f1"].first(),
+        "f1_auc": ga["f1"].mean() if T > 0 else g["f1"].first(),
+        "f1_auc_early": (after[after["step"] <= early].groupby(["scm", "method", "seed"], observed=True)["f1"].mean()
+                         if T > 0 else g["f1"].first()),
+        "best_target": g["best_target"].last(),
+    }).dropna(how="all")
+    out = out.reset_index()
+    for col in ("scm", "method"):
+        out[col] = out[col].astype(str)
+    return out
+
+
+def mean_ci(x: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% Student-t half-width (0 for a single value)."""
+    x = np.asarray(x, float)
+    n = len(x)
+    m = float(np.mean(x))
+    if n < 2:
+        return m, 0.0
+    return m, float(sps.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
+
+
+SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1", "best_target")
+
+
+def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per (scm, method): seeds, and mean / 95% CI half-width of each summary metric."""
+    ps = per_seed(steps)
+    rows = []
+    for (scm, method), grp in ps.groupby(["scm", "method"], sort=False):
+        row = {"scm": scm, "method": method, "n_seeds": len(grp)}
+        for m in SUMMARY_METRICS:
+            row[f"{m}_mean"], row[f"{m}_ci95"] = mean_ci(grp[m].to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+HIGHER_IS_BETTER = {"f1_auc_early": True, "f1_auc": True, "final_f1": True, "final_shd": False,
+                    "final_parent_f1": True, "best_target": False}
+
+
+def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",
+                 metrics: Sequence[str] = ("f1_auc_early", "f1_auc", "final_f1", "final_shd")
+                 ) -> pd.DataFrame:
+    """Each method minus ``baseline`` on the same (scm, seed): diff, CI, win rate, p-value."""
+    ps = per_seed(steps)
+    rows = []
+    for scm, grp in ps.groupby("scm", sort=False):
+        base = grp[grp["method"] == baseline].set_index("seed")
+        if base.empty:
+            continue
+        for method, mg in grp.groupby("method", sort=False):
+            if method == baseline:
+                continue
+            mg = mg.set_index("seed")
+            common = base.index.intersection(mg.index)
+            row = {"scm": scm, "method": method, "baseline": baseline, "n_pairs": len(common)}
+            for m in metrics:
+                diff = (mg.loc[common, m] - base.loc[common, m]).to_numpy(float)
+                sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
+                row[f"{m}_diff"], row[f"{m}_diff_ci95"] = mean_ci(diff)
+                better = sign * diff
+                row[f"{m}_win_rate"] = float(np.mean((better > 0) + 0.5 * (better == 0)))
+                if len(diff) >= 2 and np.std(better) > 0:
+                    row[f"{m}_p"] = float(sps.ttest_1samp(better, 0.0, alternative="greater").pvalue)
+                else:
+                    row[f"{m}_p"] = float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(m: float, ci: float, digits: int = 3) -> str:
+    return f"{m:.{digits}f} ± {ci:.{digits}f}"
+
+
+def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
+                   early_steps: int = EARLY_STEPS) -> str:
+    """A markdown comparison table per SCM (mean ± 95% CI; paired Δ vs the baseline)."""
+    lines = []
+    for scm, grp in summary.groupby("scm", sort=False):
+        lines.append(f"### {scm}\n")
+        head = (f"| method | seeds | F1-AUC 1–{early_steps} | F1-AUC all | final F1 | final SHD "
+                f"| best target |")
+        sep = "|---|---:|---:|---:|---:|---:|---:|"
+        if paired is not None and not paired.empty:
+            head += f" Δ F1-AUC 1–{early_steps} vs random | win rate | p (one-sided) |"
+            sep += "---:|---:|---:|"
+        lines += [head, sep]
+        for _, r in grp.iterrows():
+            line = (f"| {r['method']} | {r['n_seeds']} | {_fmt(r['f1_auc_early_mean'], r['f1_auc_early_ci95'])} "
+                    f"| {_fmt(r['f1_auc_mean'], r['f1_auc_ci95'])} | {_fmt(r['final_f1_mean'], r['final_f1_ci95'])} "
+                    f"| {_fmt(r['final_shd_mean'], r['final_shd_ci95'], 2)} "
+                    f"| {_fmt(r['best_target_mean'], r['best_target_ci95'], 2)} |")
+            if paired is not None and not paired.empty:
+                p = paired[(paired["scm"] == scm) & (paired["method"] == r["method"])]
+                if p.empty:
+                    line += " — | — | — |"
+                else:
+                    p = p.iloc[0]
+                    pv = p["f1_auc_early_p"]
+                    line += (f" {p['f1_auc_early_diff']:+.3f} ± {p['f1_auc_early_diff_ci95']:.3f} "
+                             f"| {p['f1_auc_early_win_rate']:.2f} | {'—' if np.isnan(pv) else f'{pv:.3g}'} |")
+            lines.append(line)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def method_metrics(steps: pd.DataFrame, scm: str, method: str) -> dict:
+    """Seed-document result structure for one (scm, method), averaged over seeds."""
+    sub = steps[(steps["scm"] == scm) & (steps["method"] == method)]
+    by_step = sub.groupby("step")
+    per = {s: g.sort_values("step") for s, g in sub.groupby("seed")}
+    f1 = by_step["f1"].mean().to_numpy()
+    shd = by_step["shd"].mean().to_numpy()
+    tv = by_step["target_value"].mean().to_numpy()
+    best = by_step["best_target"].mean().to_numpy()
+    inter = sub[sub["variable"] >= 0]
+    counts = inter["variable_name"].value_counts().sort_index()
+    return {
+        "structure_learning_metrics": {
+            "f1_scores": f1.tolist(),
+            "shd_scores": shd.tolist(),
+            "parent_f1_scores": by_step["parent_f1"].mean().to_numpy().tolist(),
+            "expected_shd_scores": by_step["expected_shd"].mean().to_numpy().tolist(),
+            "final_f1": float(f1[-1]),
+            "final_shd": float(shd[-1]),
+            "final_parent_f1": float(by_step["parent_f1"].mean().to_numpy()[-1]),
+            "f1_scores_per_seed": {int(s): g["f1"].tolist() for s, g in per.items()},
+            "shd_scores_per_seed": {int(s): g["shd"].astype(int).tolist() for s, g in per.items()},
+        },
+        "target_optimization": {
+            "target_values": tv.tolist(),
+            "best_target_values": best.tolist(),
+            "initial_target_value": float(tv[0]),
+            "final_best_target_value": float(best[-1]),
+            "improvement": float(tv[0] - best[-1]),
+        },
+        "intervention_diversity": {
+            "variable_counts": {str(k): int(v) for k, v in counts.items()},
+            "unique_variables_per_seed": float(inter.groupby("seed")["variable"].nunique().mean())
+            if not inter.empty else 0.0,
+        },
+        "n_seeds": int(sub["seed"].nunique()),
+    }
+
+
+def plot_curves(steps: pd.DataFrame, scm: str, path: str) -> None:
+    """F1 and SHD against step for every method of ``scm``, with 95% bands; saved as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = steps[steps["scm"] == scm]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, grp in sub.groupby("method", sort=False):
+        for ax, col in zip(axes, ("f1", "shd")):
+            g = grp.groupby("step")[col]
+            m = g.mean().to_numpy(float)
+            n = g.count().to_numpy()
+            sd = g.std(ddof=1).fillna(0).to_numpy(float)
+            t = sps.t.ppf(0.975, np.maximum(n - 1, 1))
+            ci = np.where(n > 1, t * sd / np.sqrt(np.maximum(n, 1)), 0.0)
+            x = np.arange(len(m))
+            ax.plot(x, m, label=method)
+            ax.fill_between(x, m - ci, m + ci, alpha=0.2)
+    axes[0].set(xlabel="intervention step", ylabel="F1 (whole graph)", title=f"{scm}: F1")
+    axes[1].set(xlabel="intervention step", ylabel="SHD", title=f"{scm}: SHD")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- Phase-2 outputs
+
+def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, *,
+                         compare: bool = False, plots: bool = True,
+                         extra_config: dict | None = None) -> str:
+    """Write every Phase-2 output file atomically; returns the markdown comparison table.
+
+    Args:
+      out_dir: output directory (exists, writable).
+      cfg: the :class:`causal_grpo.sweep.SweepConfig` that was run.
+      sources: display name -> SCM source.
+      batch_results: :class:`~causal_grpo.sweep.Batch` -> arrays of ``run_batch``.
+      compare: also write ``comparison_results_<scm>.pkl``.
+      plots: write ``plot_<scm>.png``.
+      extra_config: merged into ``config.json``.
+    """
+    import dataclasses
+    import os
+
+    from causal_grpo import io
+    from causal_grpo.scm import SCMSpec
+
+    names = {n: (s.variables if isinstance(s, SCMSpec) else tuple(f"X{i}" for i in range(s.d)))
+             for n, s in sources.items()}
+    order = sorted(batch_results, key=lambda b: (list(cfg.scms).index(b.scm),
+                                                 list(cfg.methods).index(b.method), b.seeds[0]))
+    steps = steps_frame(((b.scm, b.method.value, batch_results[b]) for b in order), names)
+    summary = summary_frame(steps)
+    baseline = "random_active"
+    paired = paired_frame(steps, baseline) if baseline in steps["method"].unique() else None
+    table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
+
+    io.write_atomic(os.path.join(out_dir, "steps.csv"), lambda p: steps.to_csv(p, index=False))
+    io.write_atomic(os.path.join(out_dir, "summary.csv"), lambda p: summary.to_csv(p, index=False))
+    if paired is not None and not paired.empty:
+        io.write_atomic(os.path.join(out_dir, "paired.csv"), lambda p: paired.to_csv(p, index=False))
+    io.write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
+
+    config = {
+        "scms": list(cfg.scms), "methods": [m.value for m in cfg.methods], "seeds": cfg.seeds,
+        "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
+        "episode": _jsonable(dataclasses.asdict(cfg.episode)),
+        "scm_definitions": {n: (s.to_dict() if isinstance(s, SCMSpec) else
+                                _jsonable(dataclasses.asdict(s))) for n, s in sources.items()},
+    } | (extra_config or {})
+    io.write_json(os.path.join(out_dir, "config.json"), config)
+
+    methods = [m.value for m in cfg.methods]
+    primary = next((m for m in ("grpo_active",) if m in methods), methods[0])
+    for scm in cfg.scms:
+        src = sources[scm]
+        per_method = {m: method_metrics(steps, scm, m) for m in methods}
+        base = {"scm": scm, "variables": list(names[scm]),
+                "target": (names[scm][src.target] if isinstance(src, SCMSpec) else "per seed"),
+                "config": config, "method": primary}
+        result = base | per_method[primary] | {"methods": per_method}
+        io.write_pickle(os.path.join(out_dir, f"phase2_result_{scm}.pkl"), result)
+        if compare:
+            cmp = base | {"methods": per_method,
+                          "summary": summary[summary["scm"] == scm].to_dict("records"),
+                          "paired_vs_random": ([] if paired is None else
+                                               paired[paired["scm"] == scm].to_dict("records"))}
+            io.write_pickle(os.path.join(out_dir, f"comparison_results_{scm}.pkl"), cmp)
+        if plots:
+            io.write_atomic(os.path.join(out_dir, f"plot_{scm}.png"),
+                            lambda p, scm=scm: plot_curves(steps, scm, p + ".png") or
+                            __import__("os").replace(p + ".png", p))
+    return table
+
+
+def _jsonable(obj):
+    """Dataclass dicts with enums/tuples made JSON-friendly."""
+    import enum
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj

@@ -1,0 +1,189 @@
+"""A Phase-2 sweep as a set of cells (scm, method, seed), run in batches and persisted.
+
+The unit of work is a :class:`Batch`: one SCM source, one method and a fixed tuple of seeds,
+run as one ``jit(vmap(run_episode))`` call. Batches are planned deterministically from the
+sweep config alone, so a cell gives bit-identical results however many processes or machines
+run the sweep and in whatever order. Each finished batch is written atomically to a
+:class:`CellStore`; rerunning a sweep skips stored batches. This module never imports Ray:
+``cluster/`` distributes the same ``run_batch`` calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causal_grpo import io
+from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
+                                         method_id)
+from causal_grpo.scm import SCM, stack_scms
+from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What to run: SCM names (fixed, family or JSON path) x methods x seeds 0..seeds-1."""
+
+    scms: tuple[str, ...]
+    methods: tuple[Method, ...]
+    seeds: int
+    episode: EpisodeConfig = EpisodeConfig()
+    base_seed: int = 0
+    batch_size: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One unit of work: ``seeds`` of one (scm, method)."""
+
+    scm: str
+    method: Method
+    seeds: tuple[int, ...]
+
+    @property
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(self.scm, self.method.value, s) for s in self.seeds]
+
+
+def plan_batches(cfg: SweepConfig) -> list[Batch]:
+    """Deterministic batches: per scm and method, seeds in consecutive chunks of batch_size."""
+    out = []
+    for scm in cfg.scms:
+        for method in cfg.methods:
+            for start in range(0, cfg.seeds, cfg.batch_size):
+                seeds = tuple(range(start, min(start + cfg.batch_size, cfg.seeds)))
+                out.append(Batch(scm, method, seeds))
+    return out
+
+
+def cell_root_key(base_seed: int, seed: int) -> Array:
+    return jax.random.fold_in(jax.random.PRNGKey(base_seed), seed)
+
+
+def cell_scm_and_key(src: ScmSource, base_seed: int, seed: int) -> tuple[SCM, Array]:
+    """The SCM of a cell (a random family draws it from the seed) and its episode key."""
+    k_scm, k_episode = jax.random.split(cell_root_key(base_seed, seed))
+    return instantiate(src, k_scm), k_episode
+
+
+class PolicyHandle(NamedTuple):
+    """A learned selector for the ``grpo_*`` methods: selector fn, params, content digest."""
+
+    selector: Callable
+    params: Any
+    digest: str
+
+
+_RUNNERS: dict = {}
+
+
+def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle | None):
+    """One compiled program per (episode config, d) for built-ins, and one per policy."""
+    key = (episode, d, policy.digest if method.needs_policy else None)
+    if key not in _RUNNERS:
+        _RUNNERS[key] = make_batch_runner(episode, d, policy.selector if method.needs_policy else None)
+    return _RUNNERS[key]
+
+
+def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None,
+              sources: dict[str, ScmSource] | None = None) -> dict[str, np.ndarray]:
+    """Run one batch in this process; returns stacked numpy arrays, leading axis = seeds.
+
+    Keys: every :class:`StepRecord` field (S, T+1), ``final_probs`` (S, d, d), ``true_adj``
+    (S, d, d), ``target`` (S,), ``seed`` (S,). The batch is padded to ``cfg.batch_size`` by
+    repeating its last seed, so every batch of a sweep shares one compiled program.
+    """
+    src = (sources or {}).get(batch.scm) or resolve_scm(batch.scm)
+    if batch.method.needs_policy and policy is None:
+        raise ValueError(f"method {batch.method.value} needs a trained policy")
+    seeds = list(batch.seeds) + [batch.seeds[-1]] * (cfg.batch_size - len(batch.seeds))
+    pairs = [cell_scm_and_key(src, cfg.base_seed, s) for s in seeds]
+    scms = stack_scms([p[0] for p in pairs])
+    keys = jnp.stack([p[1] for p in pairs])
+    run = _runner(cfg.episode, batch.method, scms.adj.shape[-1], policy)
+    params = policy.params if batch.method.needs_policy else None
+    res = run(keys, scms, params, method_id(batch.method))
+    n = len(batch.seeds)
+    out = {f: np.asarray(getattr(res.record, f))[:n] for f in StepRecord._fields}
+    out["final_probs"] = np.asarray(res.final_probs)[:n]
+    out["true_adj"] = np.asarray(scms.adj)[:n]
+    out["target"] = np.asarray(scms.target)[:n]
+    out["seed"] = np.asarray(batch.seeds, np.int64)
+    bad = [f for f in ("f1", "shd", "expected_shd") if not np.all(np.isfinite(out[f]))]
+    if bad:
+        raise FloatingPointError(
+            f"non-finite {bad} in cell scm={batch.scm} method={batch.method.value} seeds={batch.seeds}")
+    return out
+
+
+# --------------------------------------------------------------------------- persistence
+
+def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource]) -> str:
+    """Content digest of everything that determines a cell's numbers (resume key)."""
+    def scm_id(name: str) -> Any:
+        src = sources[name]
+        if isinstance(src, FamilyConfig):
+            return dataclasses.asdict(src) | {"kind": src.kind.value}
+        return src.to_dict()
+
+    blob = json.dumps({
+        "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
+        "scms": {n: scm_id(n) for n in cfg.scms},
+        "policy": policy.digest if policy else None,
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class CellStore:
+    """Finished batches as ``.npz`` files under ``root/<digest>/``, written atomically."""
+
+    def __init__(self, root: str, digest: str):
+        self.dir = os.path.join(root, digest)
+        os.makedirs(self.dir, exist_ok=True)
+
+    def path(self, batch: Batch) -> str:
+        name = f"{batch.scm}__{batch.method.value}__{batch.seeds[0]}-{batch.seeds[-1]}.npz"
+        safe = "".join(c if (c.isalnum() or c in "._-") else "_" for c in name)
+        return os.path.join(self.dir, safe)
+
+    def has(self, batch: Batch) -> bool:
+        return os.path.exists(self.path(batch))
+
+    def save(self, batch: Batch, arrays: dict[str, np.ndarray]) -> None:
+        def w(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        io.write_atomic(self.path(batch), w)
+
+    def load(self, batch: Batch) -> dict[str, np.ndarray]:
+        with np.load(self.path(batch)) as z:
+            return {k: z[k] for k in z.files}
+
+
+def run_sweep_inprocess(cfg: SweepConfig, store: CellStore | None = None,
+                        policy: PolicyHandle | None = None,
+                        sources: dict[str, ScmSource] | None = None,
+                        progress: Callable[[Iterable], Iterable] = lambda x: x
+                        ) -> dict[Batch, dict[str, np.ndarray]]:
+    """Run every batch in this process (skipping stored ones); returns all batch results."""
+    results = {}
+    todo = []
+    for b in plan_batches(cfg):
+        if store is not None and store.has(b):
+            results[b] = store.load(b)
+        else:
+            todo.append(b)
+    for b in progress(todo):
+        results[b] = run_batch(b, cfg, policy, sources)
+        if store is not None:
+            store.save(b, results[b])
+    return results

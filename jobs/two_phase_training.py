@@ -1,0 +1,136 @@
+"""Phase 2: active structure learning with chosen intervention selectors, and comparisons.
+
+    python -m jobs.two_phase_training --scm-type easy,medium,hard \\
+        --methods random_active,uncertainty_active --seeds 30 --output-dir phase2_results
+
+Writes to ``--output-dir`` (each file atomically; finished batches are cached under
+``cells/`` so an interrupted run resumes where it stopped):
+
+* ``steps.csv``    one row per (scm, method, seed, step); step 0 = after observational data
+* ``summary.csv``  per (scm, method): mean and 95% CI of F1-AUC, final F1/SHD, best target
+* ``paired.csv``   each method minus ``random_active`` on the same seeds (diff, win rate, p)
+* ``comparison.md`` the printed comparison table
+* ``phase2_result_<scm>.pkl`` the seed document's result structure per SCM
+* ``comparison_results_<scm>.pkl`` (with ``--compare``) all methods' structures + tables
+* ``plot_<scm>.png`` F1 and SHD against step with 95% bands
+* ``config.json``  the full configuration of the run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from jobs._cli import (ArgumentParser, comma_list, fail, positive_float, positive_int,
+                       user_errors_exit_2)
+
+PROG = "two_phase_training"
+COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--grpo-checkpoint", default=None,
+                   help="trained GRPO checkpoint directory (or its policy_params.pkl)")
+    p.add_argument("--scm-type", type=comma_list, default=["easy"],
+                   help="easy, medium, hard, a random family (er10, sf15, chain5, mixed8, ...) or "
+                        "an SCM JSON path; comma-separated for several")
+    p.add_argument("--n-interventions", type=positive_int("--n-interventions", 0), default=50)
+    p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=1e-3,
+                   help="learning rate of the neural surrogate (the analytic one is closed-form)")
+    p.add_argument("--compare", action="store_true",
+                   help="run random_active, grpo_active and grpo_bootstrap on the same SCMs/seeds")
+    p.add_argument("--methods", type=comma_list, default=None,
+                   help="comma-separated: random_active, round_robin_active, uncertainty_active, "
+                        "oracle_active, observational, grpo_active, grpo_bootstrap")
+    p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
+                   help="number of seeds (cells use seeds 0..N-1)")
+    p.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
+                   help="seeds per vmapped batch (the unit of work and of resuming)")
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,
+                   help="0 = in-process without Ray; N = N Ray actors")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--output-dir", default="phase2_results")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve_methods(args) -> list[str]:
+    from causal_grpo.active_learning import Method
+    valid = [m.value for m in Method]
+    if args.compare:
+        methods = list(COMPARE_METHODS) + [m for m in (args.methods or []) if m not in COMPARE_METHODS]
+    elif args.methods:
+        methods = list(args.methods)
+    else:
+        methods = ["grpo_active"] if args.grpo_checkpoint else ["random_active"]
+    for m in methods:
+        if m not in valid:
+            fail(PROG, f"unknown method '{m}' (choose from {', '.join(valid)})")
+    if len(set(methods)) != len(methods):
+        fail(PROG, f"--methods lists a method twice: {','.join(methods)}")
+    needs = [m for m in methods if m.startswith("grpo")]
+    if needs and not args.grpo_checkpoint:
+        fail(PROG, f"method(s) {','.join(needs)} need --grpo-checkpoint DIR")
+    return methods
+
+
+@user_errors_exit_2(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    methods = resolve_methods(args)
+
+    # Heavy imports after flag validation, so `--help` and flag errors are instant.
+    from causal_grpo import io
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.errors import UserError
+    from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    from causal_grpo.surrogate_neural import NeuralConfig
+    from causal_grpo.sweep import SweepConfig
+    from causal_grpo.results import write_phase2_outputs
+
+    sources = {}
+    for name in args.scm_type:
+        src = resolve_scm(name)
+        if src.name in sources:
+            raise UserError(f"SCM name '{src.name}' appears twice in --scm-type")
+        sources[src.name] = src
+
+    policy = None
+    if args.grpo_checkpoint:
+        from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+        policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
+
+    surrogate = SurrogateConfig(
+        kind=SurrogateKind(args.surrogate),
+        neural=NeuralConfig(learning_rate=args.learning_rate) if args.surrogate == "neural" else None)
+    cfg = SweepConfig(
+        scms=tuple(sources), methods=tuple(Method(m) for m in methods), seeds=args.seeds,
+        episode=EpisodeConfig(n_observational=args.n_observational,
+                              n_interventions=args.n_interventions, surrogate=surrogate),
+        base_seed=args.base_seed, batch_size=min(args.batch_size, args.seeds))
+    io.ensure_writable_dir(args.output_dir)
+
+    from cluster.run_sweep import run_sweep
+    results = run_sweep(cfg, sources, policy, args.output_dir, num_workers=args.num_workers,
+                        address=args.address, gpus_per_worker=args.gpus_per_worker,
+                        progress=not args.quiet)
+    table = write_phase2_outputs(
+        args.output_dir, cfg, sources, results, compare=args.compare, plots=not args.no_plots,
+        extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
+                      "grpo_checkpoint": args.grpo_checkpoint})
+    print(table)
+    print(f"results written to {os.path.abspath(args.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
