@@ -222,7 +222,8 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
     buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
     state = surrogate.init(ks["surrogate"], scm.var_mask)
     state = surrogate.update(state, x0, jnp.zeros_like(x0, bool), jnp.ones((n0,), bool))
-    eps = jax.random.normal(ks["noise"], (T, d))
+    # max(T, 1): the scan body is traced even when T = 0 (observational-only budgets).
+    eps = jax.random.normal(ks["noise"], (max(T, 1), d))
     noise_b = bootstrap_noise(ks["bootstrap"], d)
     best0 = jnp.min(x0[:, scm.target])
     rec0 = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=jnp.mean(x0[:, scm.target]),

@@ -284,7 +284,7 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
     idx = {v: i for i, v in enumerate(variables)}
     d = len(variables)
     target = obj["target"]
-    if target not in idx:
+    if not isinstance(target, str) or target not in idx:
         raise SCMError(f"target {target!r} is not one of the variables")
     edges = obj["edges"]
     if not isinstance(edges, list):
@@ -295,7 +295,7 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
             raise SCMError(f"edge {e!r} must be [parent, child, coef]")
         p, c, coef = e
         for end in (p, c):
-            if end not in idx:
+            if not isinstance(end, str) or end not in idx:
                 raise SCMError(f"edge {e!r} names unknown variable {end!r}")
         if p == c:
             raise SCMError(f"edge {e!r} is a self-loop")

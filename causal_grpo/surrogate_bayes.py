@@ -34,12 +34,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import gammaln
 
 from causal_grpo.surrogate import Surrogate
 
@@ -76,7 +76,7 @@ class Tables(NamedTuple):
     ps_size: np.ndarray       # (P,) int
     ps_global: np.ndarray     # (d, P, k) int: global parent indices, padded with d
     ps_member: np.ndarray     # (d, P, d) float32: membership of global variable j in set p of i
-    ps_gmask: np.ndarray      # (d, P) int64: global bitmask of set p of node i
+    ps_gmask: np.ndarray      # (d, P) int32: global bitmask of set p of node i (d <= 30)
     glob: np.ndarray          # (d, 2^(d-1)) int: global bitmask of node i's local subset u
     popcount_local: np.ndarray  # (2^(d-1),) int
     fwd: tuple                # per layer k=1..d: (sets (C,), pred (C,k), flat_alpha (C,k))
@@ -239,8 +239,10 @@ def local_scores(stats: Stats, var_mask: Array, tab: Tables, penalty: float) -> 
     rss = _chol_rss(a, b, c, k) if k > 0 else jnp.broadcast_to(c, idx.shape[:2])
     rss = jnp.maximum(rss, 1e-6 * c + 1e-12)
     size = jnp.asarray(tab.ps_size, jnp.float32)
-    log_prior = -jnp.asarray([math.log(math.comb(d - 1, int(s))) for s in tab.ps_size],
-                             jnp.float32)
+    # Size-uniform prior 1 / C(d_real - 1, |S|), with d_real the number of *real* variables so
+    # that padding leaves the posterior unchanged.
+    m = jnp.maximum(var_mask.sum().astype(jnp.float32) - 1.0, size)
+    log_prior = -(gammaln(m + 1.0) - gammaln(size + 1.0) - gammaln(m - size + 1.0))
     score = -0.5 * n[:, None] * jnp.log(rss) - penalty * 0.5 * size * jnp.log(n)[:, None]
     score = score + log_prior
     # Allowed: every member is a real variable, and padding nodes keep only the empty set.

@@ -15,10 +15,15 @@ from causal_grpo.surrogate import SurrogateConfig, SurrogateKind, make_surrogate
 CFG = AL.EpisodeConfig(n_observational=20, n_interventions=12)
 
 
+_RUNNERS = {}
+
+
 def run(method, scms, n_seeds, cfg=CFG):
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(3), s))(jnp.arange(n_seeds))
-    runner = AL.make_batch_runner(cfg, scms.adj.shape[-1])
-    return runner(keys, scms, None, AL.method_id(method))
+    d = scms.adj.shape[-1]
+    if (cfg, d) not in _RUNNERS:
+        _RUNNERS[cfg, d] = AL.make_batch_runner(cfg, d)
+    return _RUNNERS[cfg, d](keys, scms, None, AL.method_id(method))
 
 
 @pytest.fixture(scope="module")
