@@ -1,0 +1,160 @@
+"""The intervention policy network (the only Haiku module of the package).
+
+Variable-agnostic and equivariant to the order of the variables: one set of weights serves
+any number of variables, and permuting the variables permutes the outputs. There are no
+per-variable-index weights and no positional encodings.
+
+Inputs (one example; vmap for batches):
+  * the data buffer: values (C, d), intervened (C, d), valid (C,), standardised per variable
+    over the valid rows; each cell gets channels [standardised value, intervened flag, target
+    column flag], is embedded by an MLP, and the cells of a variable are pooled (masked mean
+    over all rows and over its intervened rows) into a per-variable summary;
+  * per-variable features (d, F) of ``causal_grpo.features`` (one schema for bootstrap and
+    surrogate features).
+
+Body: the summary and features are concatenated, embedded, and passed through ``layers``
+pre-norm transformer blocks of self-attention *across variables* (padding masked out).
+
+Outputs:
+  * ``var_logits`` (d,): the target and padding variables are masked to -inf;
+  * ``value_logits`` (d, n_bins): a categorical distribution over ``n_bins`` equally spaced
+    values spanning the SCM's intervention range, endpoints included (value bins, so exact
+    log-probabilities and entropies; the ends of the range are reachable exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from causal_grpo.features import N_FEATURES
+
+Array = jax.Array
+NEG = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """Architecture of the policy (all static)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    n_bins: int = 9
+    n_features: int = N_FEATURES
+
+
+class PolicyOutput(NamedTuple):
+    var_logits: Array     # (d,)
+    value_logits: Array   # (d, n_bins)
+
+
+class PolicyInput(NamedTuple):
+    values: Array        # (C, d)
+    intervened: Array    # (C, d) bool
+    valid: Array         # (C,) bool
+    features: Array      # (d, F)
+    target: Array        # () int
+    var_mask: Array      # (d,) bool
+
+
+def _standardise(values: Array, valid: Array) -> Array:
+    w = valid.astype(jnp.float32)[:, None]
+    n = jnp.maximum(w.sum(), 1.0)
+    mean = (values * w).sum(0) / n
+    var = (((values - mean) ** 2) * w).sum(0) / n
+    return jnp.clip((values - mean) / jnp.sqrt(var + 1e-6), -10.0, 10.0) * w
+
+
+class PolicyNet(hk.Module):
+    def __init__(self, cfg: PolicyConfig, name: str | None = None):
+        super().__init__(name=name)
+        self.cfg = cfg
+
+    def __call__(self, x: PolicyInput) -> PolicyOutput:
+        cfg = self.cfg
+        C, d = x.values.shape
+        H = cfg.hidden
+        is_target = (jnp.arange(d) == x.target).astype(jnp.float32)
+        z = _standardise(x.values, x.valid)
+        cells = jnp.stack([z, x.intervened.astype(jnp.float32),
+                           jnp.broadcast_to(is_target, (C, d))], axis=-1)      # (C, d, 3)
+        h = hk.nets.MLP([H, H], activate_final=True, name="cell_mlp")(cells)   # (C, d, H)
+        w_all = x.valid.astype(jnp.float32)[:, None, None]
+        w_int = w_all * x.intervened.astype(jnp.float32)[..., None]
+        pooled = jnp.concatenate([
+            (h * w_all).sum(0) / jnp.maximum(w_all.sum(0), 1.0),
+            (h * w_int).sum(0) / jnp.maximum(w_int.sum(0), 1.0),
+        ], axis=-1)                                                             # (d, 2H)
+        e = jnp.concatenate([pooled, x.features], axis=-1)
+        e = hk.nets.MLP([H, H], activate_final=False, name="var_embed")(e)     # (d, H)
+
+        mask = x.var_mask[None, :] & x.var_mask[:, None]                        # (d, d)
+        for i in range(cfg.layers):
+            ln1 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln1_{i}")
+            attn = hk.MultiHeadAttention(num_heads=cfg.heads, key_size=H // cfg.heads,
+                                         w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
+                                         name=f"attn_{i}")
+            y = ln1(e)
+            e = e + attn(y, y, y, mask=mask[None])
+            ln2 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln2_{i}")
+            e = e + hk.nets.MLP([2 * H, H], name=f"ff_{i}")(ln2(e))
+        e = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name="ln_out")(e)
+
+        allowed = x.var_mask & (jnp.arange(d) != x.target)
+        var_logits = hk.Linear(1, w_init=jnp.zeros, name="var_head")(e)[:, 0]
+        var_logits = jnp.where(allowed, var_logits, NEG)
+        value_logits = hk.Linear(cfg.n_bins, w_init=jnp.zeros, name="value_head")(e)
+        return PolicyOutput(var_logits, value_logits)
+
+
+def make_policy(cfg: PolicyConfig) -> hk.Transformed:
+    """``init(key, PolicyInput)`` / ``apply(params, None, PolicyInput)`` for one example."""
+    return hk.transform(lambda x: PolicyNet(cfg, name="policy")(x))
+
+
+def bin_values(low: Array, high: Array, n_bins: int) -> Array:
+    """(n_bins,) the values of the value bins: equally spaced over [low, high]."""
+    return low + (high - low) * jnp.linspace(0.0, 1.0, n_bins)
+
+
+def action_log_prob(out: PolicyOutput, variable: Array, value_bin: Array) -> Array:
+    """log pi(variable, bin) = log pi(variable) + log pi(bin | variable)."""
+    lv = jax.nn.log_softmax(out.var_logits)
+    lb = jax.nn.log_softmax(out.value_logits[variable])
+    return lv[variable] + lb[value_bin]
+
+
+def entropy(out: PolicyOutput) -> Array:
+    """Exact entropy of the joint (variable, bin) distribution."""
+    lv = jax.nn.log_softmax(out.var_logits)
+    pv = jnp.exp(lv)
+    lb = jax.nn.log_softmax(out.value_logits, axis=-1)
+    hb = -(jnp.exp(lb) * lb).sum(-1)
+    return -(pv * jnp.where(pv > 0, lv, 0.0)).sum() + (pv * hb).sum()
+
+
+def kl_divergence(out: PolicyOutput, ref: PolicyOutput) -> Array:
+    """Exact KL(pi || ref) of the joint (variable, bin) distributions."""
+    lv, lr = jax.nn.log_softmax(out.var_logits), jax.nn.log_softmax(ref.var_logits)
+    pv = jnp.exp(lv)
+    lb = jax.nn.log_softmax(out.value_logits, axis=-1)
+    lbr = jax.nn.log_softmax(ref.value_logits, axis=-1)
+    kl_b = (jnp.exp(lb) * (lb - lbr)).sum(-1)
+    return (pv * (jnp.where(pv > 0, lv - lr, 0.0) + kl_b)).sum()
+
+
+def sample_action(key: Array, out: PolicyOutput, greedy: bool = False) -> tuple[Array, Array, Array]:
+    """(variable, value_bin, log_prob) sampled from (or the mode of) the policy."""
+    k1, k2 = jax.random.split(key)
+    if greedy:
+        j = jnp.argmax(out.var_logits)
+        b = jnp.argmax(out.value_logits[j])
+    else:
+        j = jax.random.categorical(k1, out.var_logits)
+        b = jax.random.categorical(k2, out.value_logits[j])
+    return j, b, action_log_prob(out, j, b)

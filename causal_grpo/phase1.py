@@ -1,0 +1,454 @@
+"""Phase 1: GRPO training of the intervention policy on a curriculum of random SCMs.
+
+One iteration:
+
+1. ``episodes_per_iter`` SCMs are drawn from the current curriculum stage (mixed ER /
+   scale-free / chain / fork / collider graphs; sizes drawn from the stage's list, padded to
+   one size per stage). ``easy``/``medium``/``hard`` are never drawn: they stay held out.
+2. Each episode starts from ``n_observational`` samples and an exact DAG posterior. At each of
+   ``steps_per_episode`` steps the policy sees its observation (the data buffer and bootstrap
+   features by default), and G candidates are sampled from it with their log-probabilities.
+   Every candidate is executed on the simulator from that same state with the *same*
+   exogenous noise (common random numbers: differences within a group come from the action
+   alone), the posterior is updated with each outcome, and each candidate's reward is the drop
+   in expected SHD (plus the optional target term). The episode advances with candidate 0,
+   itself a draw from the policy, so states stay on-policy.
+3. Group-normalised advantages and the clipped GRPO loss update the policy
+   (``causal_grpo.grpo.update``), on exactly the recorded inputs and log-probabilities.
+
+Every episode's randomness is ``fold_in(fold_in(key, iteration), episode)``, so splitting the
+episodes of an iteration across processes (``cluster/``) reproduces the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causal_grpo import grpo
+from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, make_batch_runner,
+                                         method_id, observe)
+from causal_grpo.features import BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs
+from causal_grpo.metrics import expected_shd
+from causal_grpo.networks import PolicyConfig, bin_values, make_policy, sample_action
+from causal_grpo.policy import make_policy_selector, policy_input
+from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
+from causal_grpo.scm import SCM, propagate, sample_n, stack_scms
+from causal_grpo.scm_families import FamilyConfig, GraphKind, resolve_scm, sample_family
+from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
+from causal_grpo.sweep import cell_scm_and_key
+
+Array = jax.Array
+
+
+class FeatureSource(enum.Enum):
+    BOOTSTRAP = "bootstrap"   # true graph + decaying noise (the design's Phase 1)
+    SURROGATE = "surrogate"   # the exact posterior's edge probabilities
+    MIXED = "mixed"           # each episode draws one of the two with probability 1/2
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A curriculum stage: SCM sizes drawn uniformly from ``sizes``, padded to ``d_pad``.
+
+    ``episodes`` per iteration may be smaller for large graphs, whose exact posterior costs
+    far more per candidate (about 0.3 ms at d = 10, 1.6 ms at 12, 20 ms at 15 here).
+    """
+
+    sizes: tuple[int, ...]
+    d_pad: int
+    iterations: int
+    episodes: int = 16
+
+
+DEFAULT_CURRICULUM = (
+    Stage(sizes=(3, 4, 5, 6), d_pad=6, iterations=40),
+    Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=100),
+    Stage(sizes=(11, 12), d_pad=12, iterations=40),
+    Stage(sizes=(13, 14, 15), d_pad=15, iterations=6, episodes=4),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase1Config:
+    """Everything that defines a Phase-1 run (saved in every checkpoint's config.json)."""
+
+    curriculum: tuple[Stage, ...] = DEFAULT_CURRICULUM
+    graph_kind: GraphKind = GraphKind.MIXED
+    expected_degree: tuple[float, float] = (1.5, 3.0)
+    steps_per_episode: int = 10
+    n_observational: int = 30
+    feature_source: FeatureSource = FeatureSource.BOOTSTRAP
+    policy: PolicyConfig = PolicyConfig()
+    grpo: grpo.GRPOConfig = grpo.GRPOConfig()
+    reward: RewardConfig = RewardConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    surrogate: AnalyticConfig = AnalyticConfig()
+    eval_every: int = 20
+    eval_scm: str = "er8"
+    eval_seeds: int = 32
+    eval_steps: int = 10
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    @property
+    def iterations(self) -> int:
+        return sum(s.iterations for s in self.curriculum)
+
+    def stage_of(self, iteration: int) -> int:
+        total = 0
+        for i, s in enumerate(self.curriculum):
+            total += s.iterations
+            if iteration < total:
+                return i
+        return len(self.curriculum) - 1
+
+    def validate(self) -> None:
+        from causal_grpo.errors import UserError
+        if not self.curriculum:
+            raise UserError("the curriculum needs at least one stage")
+        for s in self.curriculum:
+            if not s.sizes or min(s.sizes) < 3 or max(s.sizes) > s.d_pad or s.d_pad > 16:
+                raise UserError(f"bad curriculum stage {s}: sizes must be in 3..d_pad, d_pad <= 16")
+        if self.grpo.group_size < 2:
+            raise UserError("--group-size must be at least 2 (advantages are relative to the group)")
+        for name in ("structure_weight", "target_weight"):
+            if not math.isfinite(getattr(self.reward, name)):
+                raise UserError(f"reward {name} must be finite")
+        if self.reward.structure_weight == 0 and self.reward.target_weight == 0:
+            raise UserError("at least one reward weight must be non-zero")
+
+
+# --------------------------------------------------------------------------- SCM curriculum
+
+def sample_stage_scm(key: Array, stage: Stage, cfg: Phase1Config) -> SCM:
+    """One SCM of the stage: size uniform over ``stage.sizes``, padded to ``stage.d_pad``."""
+    k_size, k_scm = jax.random.split(key)
+    fams = [FamilyConfig(kind=cfg.graph_kind, d=d, d_pad=stage.d_pad,
+                         expected_degree=cfg.expected_degree) for d in stage.sizes]
+    idx = jax.random.randint(k_size, (), 0, len(fams))
+    return jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
+
+
+def episode_key(key: Array, iteration: int, episode: int | Array) -> Array:
+    return jax.random.fold_in(jax.random.fold_in(key, iteration), episode)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+class EpisodeData(NamedTuple):
+    """What one episode contributes, per step (T, ...) and per candidate (T, G)."""
+
+    batch: grpo.Batch
+    rewards: Array
+    structure: Array
+    target: Array
+    info: dict
+
+
+def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) -> EpisodeData:
+    """One Phase-1 episode with G candidates per step (jittable; vmap over keys)."""
+    net = make_policy(cfg.policy)
+    sur = make_analytic_surrogate(cfg.surrogate, stage.d_pad)
+    k_scm, k_src, k_ep = jax.random.split(key, 3)
+    scm = sample_stage_scm(k_scm, stage, cfg)
+    if cfg.feature_source is FeatureSource.MIXED:
+        use_boot = jax.random.bernoulli(k_src, 0.5)
+    else:
+        use_boot = jnp.asarray(cfg.feature_source is FeatureSource.BOOTSTRAP)
+
+    d, n0, T, G = stage.d_pad, cfg.n_observational, cfg.steps_per_episode, cfg.grpo.group_size
+    K = cfg.policy.n_bins
+    ks = cell_keys(k_ep)
+    x0 = sample_n(ks["obs"], scm, n0)
+    buffer = Buffer.empty(n0 + T, d)
+    buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
+    state = sur.update(sur.init(ks["surrogate"], scm.var_mask), x0, jnp.zeros_like(x0, bool),
+                       jnp.ones((n0,), bool))
+    eps = jax.random.normal(ks["noise"], (T, d))
+    noise_b = bootstrap_noise(ks["bootstrap"], d)
+    t_mean, t_std = jnp.mean(x0[:, scm.target]), jnp.std(x0[:, scm.target])
+    values_of_bins = bin_values(scm.low, scm.high, K)
+    out_deg = scm.adj.sum(1)
+
+    def step(carry, t):
+        state, buffer = carry
+        probs = sur.edge_probs(state)
+        fprobs = jnp.where(use_boot, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
+        inp = policy_input(observe(scm, buffer, probs, t, fprobs))
+        out = net.apply(params, None, inp)
+        var, vbin, logp = jax.vmap(sample_action, in_axes=(0, None))(
+            jax.random.split(jax.random.fold_in(ks["select"], t), G), out)
+        vals = values_of_bins[vbin]
+        masks = jax.nn.one_hot(var, d, dtype=bool)
+        xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
+        new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(xs, masks)
+        new_probs = jax.vmap(sur.edge_probs)(new)
+        r_struct = jax.vmap(lambda p: structure_reward(scm.adj, probs, p, scm.var_mask))(new_probs)
+        r_target = target_reward(xs[:, scm.target], t_mean, t_std)
+        r = total_reward(cfg.reward, r_struct, r_target)
+        adv = grpo.group_advantages(r, cfg.grpo.normalize_std)
+        state = jax.tree.map(lambda a: a[0], new)
+        buffer = buffer.write(n0 + t, xs[0], masks[0])
+        info = {
+            "is_target_parent": scm.adj[var, scm.target].mean(),
+            "chosen_out_degree": out_deg[var].mean(),
+            "mean_out_degree": jnp.sum(out_deg * scm.var_mask) / jnp.sum(scm.var_mask),
+            "value_at_extreme": ((vbin == 0) | (vbin == K - 1)).mean(),
+            "abs_value": jnp.abs(vals).mean(),
+            "all_equal": (r.std() <= 1e-6).astype(jnp.float32),
+            "expected_shd": expected_shd(scm.adj, probs, scm.var_mask),
+            "d": jnp.sum(scm.var_mask).astype(jnp.float32),
+        }
+        return (state, buffer), (inp, var, vbin, logp, adv, r, r_struct, r_target, info)
+
+    _, (inp, var, vbin, logp, adv, r, rs, rt, info) = jax.lax.scan(step, (state, buffer), jnp.arange(T))
+    return EpisodeData(grpo.Batch(inp, var, vbin, logp, adv), r, rs, rt, info)
+
+
+def make_collect(cfg: Phase1Config, stage: Stage) -> Callable:
+    """jit(vmap) over episodes: ``(params, keys (E,)) -> (Batch with N = E*T, stats)``."""
+
+    def collect(params, keys):
+        data = jax.vmap(lambda k: rollout_episode(k, params, cfg, stage))(keys)
+        flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), data.batch)
+        stats = {"reward": data.rewards.mean(), "reward_structure": data.structure.mean(),
+                 "reward_target": data.target.mean()}
+        stats |= {k: v.mean() for k, v in data.info.items()}
+        return flat, stats
+
+    return jax.jit(collect)
+
+
+def concat_batches(parts: Sequence[grpo.Batch]) -> grpo.Batch:
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+
+
+def merge_stats(parts: Sequence[dict], weights: Sequence[int]) -> dict:
+    w = np.asarray(weights, float) / np.sum(weights)
+    return {k: float(sum(wi * float(p[k]) for wi, p in zip(w, parts))) for k in parts[0]}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+class Evaluator:
+    """Held-out Phase-2 check: the policy on *surrogate* features vs random, paired seeds.
+
+    Uses held-out draws of ``cfg.eval_scm`` (seeds far from anything Phase 1 draws) and
+    reports mean F1-AUC over the first ``eval_steps`` interventions.
+    """
+
+    def __init__(self, cfg: Phase1Config):
+        self.src = resolve_scm(cfg.eval_scm)
+        self.episode = EpisodeConfig(n_observational=cfg.n_observational,
+                                     n_interventions=cfg.eval_steps)
+        pairs = [cell_scm_and_key(self.src, 1_000_003 + cfg.seed, s) for s in range(cfg.eval_seeds)]
+        self.scms = stack_scms([p[0] for p in pairs])
+        self.keys = jnp.stack([p[1] for p in pairs])
+        d = self.scms.adj.shape[-1]
+        self.policy_run = make_batch_runner(self.episode, d, make_policy_selector(cfg.policy))
+        base = make_batch_runner(self.episode, d)
+        rec = base(self.keys, self.scms, None, method_id(Method.RANDOM)).record
+        self.random_auc = np.asarray(rec.f1)[:, 1:].mean(1)
+
+    def __call__(self, params) -> dict:
+        rec = self.policy_run(self.keys, self.scms, params, method_id(Method.GRPO_ACTIVE)).record
+        auc = np.asarray(rec.f1)[:, 1:].mean(1)
+        diff = auc - self.random_auc
+        return {"eval_f1_auc_policy": float(auc.mean()), "eval_f1_auc_random": float(self.random_auc.mean()),
+                "eval_f1_auc_diff": float(diff.mean()),
+                "eval_win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0)))}
+
+
+# --------------------------------------------------------------------------- training loop
+
+def init_params(cfg: Phase1Config) -> Any:
+    """Initial policy parameters (deterministic in ``cfg.seed``)."""
+    from causal_grpo.networks import PolicyInput
+    from causal_grpo.features import N_FEATURES
+    d, C = 4, 8
+    dummy = PolicyInput(jnp.zeros((C, d)), jnp.zeros((C, d), bool), jnp.ones((C,), bool),
+                        jnp.zeros((d, N_FEATURES)), jnp.asarray(0), jnp.ones((d,), bool))
+    return make_policy(cfg.policy).init(jax.random.PRNGKey(cfg.seed), dummy)
+
+
+def train_key(cfg: Phase1Config) -> Array:
+    return jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+
+
+class Trainer:
+    """The Phase-1 learner: collects (via ``collect_fn``), updates, evaluates.
+
+    ``collect_fn(stage_index, params, keys) -> (Batch, stats)`` defaults to in-process
+    collection; ``cluster.grpo_driver`` passes one that spreads episodes over Ray actors.
+    """
+
+    def __init__(self, cfg: Phase1Config, collect_fn: Callable | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.net = make_policy(cfg.policy)
+        self._collectors: dict[int, Callable] = {}
+        self.collect_fn = collect_fn or self._collect_local
+        self._update = jax.jit(lambda s, b: grpo.update(s, b, self.net, cfg.grpo))
+        self.key = train_key(cfg)
+
+    def _collect_local(self, stage_index: int, params, keys):
+        if stage_index not in self._collectors:
+            self._collectors[stage_index] = make_collect(self.cfg, self.cfg.curriculum[stage_index])
+        return self._collectors[stage_index](params, keys)
+
+    def initial_state(self) -> grpo.TrainState:
+        return grpo.init_train_state(init_params(self.cfg), self.cfg.grpo)
+
+    def episode_keys(self, iteration: int) -> Array:
+        n = self.cfg.curriculum[self.cfg.stage_of(iteration)].episodes
+        return jax.vmap(lambda e: episode_key(self.key, iteration, e))(jnp.arange(n))
+
+    def step(self, state: grpo.TrainState, iteration: int) -> tuple[grpo.TrainState, dict]:
+        """One iteration: collect a batch with the current policy, then update on it."""
+        stage = self.cfg.stage_of(iteration)
+        t0 = time.time()
+        keys = self.episode_keys(iteration)
+        batch, stats = jax.block_until_ready(self.collect_fn(stage, state.params, keys))
+        t1 = time.time()
+        state, m = self._update(state, batch)
+        m = {k: float(v) for k, v in m.items()}
+        t2 = time.time()
+        n_cand = len(keys) * self.cfg.steps_per_episode * self.cfg.grpo.group_size
+        return state, ({"iteration": iteration, "stage": stage,
+                        "d_pad": self.cfg.curriculum[stage].d_pad}
+                       | {k: float(v) for k, v in stats.items()} | m
+                       | {"collect_s": t1 - t0, "update_s": t2 - t1,
+                          "candidates_per_s": n_cand / max(t1 - t0, 1e-9)})
+
+
+# --------------------------------------------------------------------------- the training run
+
+def config_to_dict(cfg: Phase1Config) -> dict:
+    from causal_grpo.results import _jsonable
+    return _jsonable(dataclasses.asdict(cfg))
+
+
+def trainer_state_arrays(state: grpo.TrainState, iteration: int) -> dict[str, np.ndarray]:
+    leaves = jax.tree_util.tree_leaves(state)
+    out = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
+    out["iteration"] = np.asarray(iteration)
+    return out
+
+
+def restore_trainer_state(template: grpo.TrainState, arrays: dict) -> tuple[grpo.TrainState, int]:
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    keys = sorted(k for k in arrays if k.startswith("leaf_"))
+    if len(keys) != len(leaves):
+        raise ValueError("trainer state does not match this configuration")
+    new = []
+    for k, t in zip(keys, leaves):
+        a = arrays[k]
+        if a.shape != np.shape(t):
+            raise ValueError(f"trainer state leaf {k} has shape {a.shape}, expected {np.shape(t)}")
+        new.append(jnp.asarray(a, dtype=jnp.asarray(t).dtype))
+    return jax.tree_util.tree_unflatten(treedef, new), int(arrays["iteration"])
+
+
+def latest_checkpoint(out_dir: str) -> tuple[str, int] | None:
+    """The ``step_<n>`` checkpoint with the largest n that has a trainer state, if any."""
+    import os
+    from causal_grpo.checkpoint import TRAINER_FILE
+    best = None
+    if not os.path.isdir(out_dir):
+        return None
+    for name in os.listdir(out_dir):
+        if name.startswith("step_") and name[5:].isdigit():
+            n = int(name[5:])
+            if os.path.exists(os.path.join(out_dir, name, TRAINER_FILE)) and (best is None or n > best[1]):
+                best = (os.path.join(out_dir, name), n)
+    return best
+
+
+def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,
+                 log: Callable[[str], None] = print, log_every: int = 10,
+                 resume: bool = True) -> dict:
+    """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
+
+    Writes ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
+    at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
+    (one row per iteration). Returns the final metrics.
+    """
+    import json
+    import os
+    import pandas as pd
+    from causal_grpo import io
+    from causal_grpo.checkpoint import TRAINER_FILE, save_checkpoint
+    from causal_grpo.errors import UserError
+
+    trainer = Trainer(cfg, collect_fn)
+    evaluator = Evaluator(cfg) if cfg.eval_every > 0 else None
+    state, start = trainer.initial_state(), 0
+    log_path = os.path.join(out_dir, "train_log.csv")
+    rows: list[dict] = []
+    train_dict = config_to_dict(cfg)
+    final_dir = os.path.join(out_dir, "final")
+    for existing in ([final_dir] if resume else []) + ([latest_checkpoint(out_dir)[0]]
+                                                       if resume and latest_checkpoint(out_dir) else []):
+        if os.path.exists(os.path.join(existing, "config.json")):
+            with open(os.path.join(existing, "config.json"), encoding="utf-8") as f:
+                stored = json.load(f)
+            if stored.get("training") != json.loads(json.dumps(train_dict, default=str)):
+                raise UserError(f"{out_dir} holds a run with a different configuration; "
+                                "use a new --output-dir (or the same flags to resume)")
+    if resume and os.path.exists(os.path.join(final_dir, "config.json")):
+        log(f"{final_dir} exists: training already complete")
+        with open(os.path.join(final_dir, "config.json"), encoding="utf-8") as f:
+            return json.load(f)["metrics"]
+    found = latest_checkpoint(out_dir) if resume else None
+    if found is not None:
+        with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
+            state, start = restore_trainer_state(state, {k: z[k] for k in z.files})
+        if os.path.exists(log_path):
+            rows = [r for r in pd.read_csv(log_path).to_dict("records") if r["iteration"] < start]
+        log(f"resuming from {found[0]} (iteration {start})")
+    t_start = time.time()
+    last_eval: dict = {}
+
+    def checkpoint(name: str, iteration: int, metrics: dict) -> None:
+        save_checkpoint(os.path.join(out_dir, name), state.params, cfg.policy, train_dict,
+                        metrics | {"iteration": iteration},
+                        trainer_state_arrays(state, iteration))
+
+    for it in range(start, cfg.iterations):
+        state, m = trainer.step(state, it)
+        for k, v in m.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise FloatingPointError(f"non-finite {k} at iteration {it}")
+        done = it + 1
+        if evaluator is not None and (done % cfg.eval_every == 0 or done == cfg.iterations or it == start):
+            last_eval = evaluator(state.params)
+            m |= last_eval
+            log(f"[eval] iteration {done}: held-out {cfg.eval_scm} F1-AUC(1-{cfg.eval_steps}) "
+                f"policy {last_eval['eval_f1_auc_policy']:.3f} vs random "
+                f"{last_eval['eval_f1_auc_random']:.3f} (diff {last_eval['eval_f1_auc_diff']:+.3f}, "
+                f"win rate {last_eval['eval_win_rate']:.2f})")
+        m["elapsed_s"] = time.time() - t_start
+        rows.append(m)
+        if it % log_every == 0 or done == cfg.iterations:
+            log(f"iter {done:4d}/{cfg.iterations} stage {m['stage']} (d<={m['d_pad']}) "
+                f"reward {m['reward']:+.3f} entropy {m['entropy']:.2f} "
+                f"target-parent {m['is_target_parent']:.2f} out-degree {m['chosen_out_degree']:.2f}"
+                f"/{m['mean_out_degree']:.2f} |v| {m['abs_value']:.2f} extreme {m['value_at_extreme']:.2f} "
+                f"all-equal {m['all_equal']:.2f} clip {m['clip_frac']:.3f} "
+                f"cand/s {m['candidates_per_s']:.0f} [{m['elapsed_s']:.0f}s]")
+        if done % 10 == 0 or done == cfg.iterations:
+            io.write_atomic(log_path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0:
+            checkpoint(f"step_{done}", done, m)
+    final_metrics = (rows[-1] if rows else {}) | last_eval
+    checkpoint("final", cfg.iterations, final_metrics)
+    io.write_atomic(log_path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    return final_metrics
