@@ -237,7 +237,7 @@ def policy_handle(loaded: LoadedPolicy, greedy: bool = False):
     from causal_grpo.policy import make_policy_selector
     from causal_grpo.sweep import PolicyHandle
     return PolicyHandle(make_policy_selector(loaded.config, greedy), loaded.params,
-                        loaded.digest + ("-greedy" if greedy else ""))
+                        loaded.digest + ("-greedy" if greedy else ""), loaded.config, greedy)
 
 
 # --------------------------------------------------------------------------- stateful policy API

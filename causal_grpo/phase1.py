@@ -70,7 +70,7 @@ class Stage:
 
 DEFAULT_CURRICULUM = (
     Stage(sizes=(3, 4, 5, 6), d_pad=6, iterations=40),
-    Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=100),
+    Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=300),
     Stage(sizes=(11, 12), d_pad=12, iterations=40),
     Stage(sizes=(13, 14, 15), d_pad=15, iterations=6, episodes=4),
 )
@@ -83,9 +83,14 @@ class Phase1Config:
     curriculum: tuple[Stage, ...] = DEFAULT_CURRICULUM
     graph_kind: GraphKind = GraphKind.MIXED
     expected_degree: tuple[float, float] = (1.5, 3.0)
+    # Wide on purpose: weak edges under large noise and strong edges under tiny noise both
+    # occur in practice (the held-out `hard` and `medium` SCMs sit at either end).
+    weight_range: tuple[float, float] = (0.25, 2.0)
+    noise_range: tuple[float, float] = (0.1, 2.0)
     steps_per_episode: int = 10
     n_observational: int = 30
-    feature_source: FeatureSource = FeatureSource.BOOTSTRAP
+    # MIXED: each episode draws bootstrap or surrogate features (see README, "Why mixed features").
+    feature_source: FeatureSource = FeatureSource.MIXED
     policy: PolicyConfig = PolicyConfig()
     grpo: grpo.GRPOConfig = grpo.GRPOConfig()
     reward: RewardConfig = RewardConfig()
@@ -132,7 +137,8 @@ def sample_stage_scm(key: Array, stage: Stage, cfg: Phase1Config) -> SCM:
     """One SCM of the stage: size uniform over ``stage.sizes``, padded to ``stage.d_pad``."""
     k_size, k_scm = jax.random.split(key)
     fams = [FamilyConfig(kind=cfg.graph_kind, d=d, d_pad=stage.d_pad,
-                         expected_degree=cfg.expected_degree) for d in stage.sizes]
+                         expected_degree=cfg.expected_degree, weight_range=cfg.weight_range,
+                         noise_range=cfg.noise_range) for d in stage.sizes]
     idx = jax.random.randint(k_size, (), 0, len(fams))
     return jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
 

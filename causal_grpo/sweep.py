@@ -76,11 +76,18 @@ def cell_scm_and_key(src: ScmSource, base_seed: int, seed: int) -> tuple[SCM, Ar
 
 
 class PolicyHandle(NamedTuple):
-    """A learned selector for the ``grpo_*`` methods: selector fn, params, content digest."""
+    """A learned selector for the ``grpo_*`` methods.
+
+    selector: pure selector fn; params: its weights; digest: content digest (cache/resume key);
+    config: the architecture (``networks.PolicyConfig``) and greedy flag, from which a remote
+    process rebuilds the selector (plain data travels, closures don't have to).
+    """
 
     selector: Callable
     params: Any
     digest: str
+    config: Any = None
+    greedy: bool = False
 
 
 _RUNNERS: dict = {}

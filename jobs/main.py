@@ -1,25 +1,52 @@
-"""The main job (``make main``): Phase-2 comparison of the intervention selectors.
+"""The main job (``make main``): Phase 1 with its defaults, then the Phase-2 comparison.
 
-Runs ``jobs.two_phase_training`` on easy/medium/hard with every non-learned selector, 30
-seeds, 30 observational samples + 50 interventions, the exact DAG-posterior surrogate, and
-writes everything to ``phase2_results/``.
+    python -m jobs.main [--num-workers N] [--address ADDR] [--seeds N] [--phase1-dir DIR]
+                        [--output-dir DIR]
+
+1. ``jobs.train_grpo`` with its defaults into ``grpo_runs/default`` (skipped when its
+   ``final/`` checkpoint exists; an interrupted run resumes from its newest checkpoint).
+2. ``jobs.two_phase_training --compare`` (random_active, grpo_active, grpo_bootstrap, plus
+   uncertainty_active) on easy, medium, hard and held-out random ER graphs of 10 and 15
+   variables, 30 seeds, 30 observational samples + 50 interventions, into ``phase2_results``.
+
+Both run on laptop-local Ray with ``--num-workers`` actors (default 2), or on the cluster named by
+``--address`` / ``RAY_ADDRESS`` (as under ``ray job submit``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from jobs import two_phase_training
+from jobs import train_grpo, two_phase_training
+from jobs._cli import ArgumentParser, positive_int, user_errors_exit_2
 
-ARGS = ["--scm-type", "easy,medium,hard",
-        "--methods", "random_active,round_robin_active,uncertainty_active,oracle_active,observational",
-        "--seeds", "30", "--n-observational", "30", "--n-interventions", "50",
-        "--output-dir", "phase2_results"]
+PROG = "main"
 
 
+@user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
-    return two_phase_training.main(ARGS + list(argv or []))
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2)
+    p.add_argument("--address", default=None)
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=30)
+    p.add_argument("--phase1-dir", default="grpo_runs/default")
+    p.add_argument("--output-dir", default="phase2_results")
+    args = p.parse_args(argv)
+    ray_args = ["--num-workers", str(args.num_workers)] + (
+        ["--address", args.address] if args.address else [])
+
+    print(f"== Phase 1: GRPO training -> {args.phase1_dir}", flush=True)
+    rc = train_grpo.main(["--output-dir", args.phase1_dir] + ray_args)
+    if rc:
+        return rc
+    print("== Phase 2: comparison", flush=True)
+    return two_phase_training.main([
+        "--grpo-checkpoint", os.path.join(args.phase1_dir, "final"), "--compare",
+        "--methods", "uncertainty_active", "--scm-type", "easy,medium,hard,er10,er15",
+        "--seeds", str(args.seeds), "--n-observational", "30", "--n-interventions", "50",
+        "--output-dir", args.output_dir] + ray_args)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -21,7 +21,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--output-dir", default="grpo_runs/default")
     p.add_argument("--episodes", type=positive_int("--episodes"), default=None,
-                   help="total training episodes; scales the default curriculum (default 2904)")
+                   help="total training episodes; scales the default curriculum (default 6104)")
     p.add_argument("--max-variables", type=positive_int("--max-variables", 3), default=15,
                    help="largest SCM of the curriculum (3..15)")
     p.add_argument("--scm-family", choices=["mixed", "er", "sf", "chain", "fork", "collider"],
@@ -30,7 +30,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--steps-per-episode", type=positive_int("--steps-per-episode"), default=10)
     p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     p.add_argument("--feature-source", choices=["bootstrap", "surrogate", "mixed"],
-                   default="bootstrap")
+                   default="mixed",
+                   help="policy features during training: bootstrap (true graph + decaying noise), "
+                        "surrogate (the exact posterior), or mixed (each episode draws one)")
     p.add_argument("--structure-weight", type=float, default=1.0)
     p.add_argument("--target-weight", type=float, default=0.0)
     p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=3e-4)

@@ -1,0 +1,106 @@
+"""Connecting to Ray: one helper used by every job.
+
+* ``--address`` given, or ``RAY_ADDRESS`` set (as inside ``ray job submit``): attach to that
+  cluster, after a quick TCP reachability check (Ray itself retries for a minute or more).
+* otherwise: start a local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
+  longer exists in Ray 2.60).
+
+CPU-only workers and the driver run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x,
+``num_gpus=0`` no longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a
+JAX memory fraction matching their share, so several can share one card.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+from causal_grpo.errors import UserError
+
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0",
+           # One XLA thread pool per actor process; N actors on N cores share cores fairly.
+           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+           "TQDM_DISABLE": "1"}
+
+
+def worker_env(gpus_per_worker: float) -> dict[str, str]:
+    """Environment variables of a worker actor."""
+    if gpus_per_worker <= 0:
+        return dict(CPU_ENV)
+    return {"RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
+            "TQDM_DISABLE": "1"}
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    if address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    host, port = parsed.hostname, parsed.port
+    if host is None or port is None:
+        raise UserError(f"Ray address '{address}' must look like host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Attach to or start Ray; returns True when this call started a local Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False,
+                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+        except (ConnectionError, RuntimeError) as e:
+            raise UserError(f"cannot connect to the Ray cluster at {address}: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    return True
+
+
+def check_resources(gpus_per_worker: float, num_workers: int) -> None:
+    """Fail with one line, rather than hang, when the cluster cannot host the workers."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
+    if num_workers > cpus and not _autoscaling():
+        raise UserError(f"--num-workers {num_workers} needs {num_workers} CPUs; the Ray cluster "
+                        f"has {cpus:g}")
+    if gpus_per_worker <= 0:
+        return
+    per_node = [n.get("Resources", {}).get("GPU", 0.0) for n in nodes]
+    total = sum(per_node)
+    if gpus_per_worker > max(per_node, default=0.0):
+        raise UserError(f"--gpus-per-worker {gpus_per_worker} is more than any node has "
+                        f"(largest node: {max(per_node, default=0.0):g} GPUs, cluster: {total:g})")
+    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
+        raise UserError("--gpus-per-worker above 1 must be a whole number")
+    fit = sum(int(g // gpus_per_worker + 1e-9) for g in per_node)
+    if fit < 1:
+        raise UserError(f"no node can host a worker with {gpus_per_worker} GPUs")
+    if fit < num_workers and not _autoscaling():
+        raise UserError(f"{num_workers} workers x {gpus_per_worker} GPUs do not fit the cluster's "
+                        f"{total:g} GPUs (at most {fit} workers)")
+
+
+def _autoscaling() -> bool:
+    """True when the cluster may add nodes (then pending GPU workers will be scheduled)."""
+    return os.environ.get("CAUSAL_GRPO_AUTOSCALING", "0") == "1"
+
+
+def shutdown_if_started(started: bool) -> None:
+    import ray
+    if started and ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,50 @@
+"""Phase 1 on Ray: rollout actors collect GRPO groups; the learner updates in the driver."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ray
+
+from causal_grpo.phase1 import Phase1Config, concat_batches, make_collect, merge_stats
+from cluster.pool import ActorGroup
+
+
+@ray.remote(max_restarts=0)
+class RolloutWorker:
+    """Runs a shard of an iteration's episodes (vmapped in one call) with given parameters."""
+
+    def __init__(self, cfg: Phase1Config):
+        self.cfg = cfg
+        self.collectors = {}
+
+    def collect(self, stage_index: int, params, keys: np.ndarray):
+        if stage_index not in self.collectors:
+            self.collectors[stage_index] = make_collect(self.cfg, self.cfg.curriculum[stage_index])
+        batch, stats = self.collectors[stage_index](params, jnp.asarray(keys))
+        return jax.device_get(batch), {k: float(v) for k, v in stats.items()}
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+
+class RolloutPool(ActorGroup):
+    """``collect(stage, params, keys)`` spread over actors; same batch as in-process."""
+
+    def __init__(self, cfg: Phase1Config, num_workers: int, address: str | None = None,
+                 gpus_per_worker: float = 0.0, **pool_kwargs):
+        self.cfg = cfg
+        super().__init__(RolloutWorker, lambda: (cfg,), num_workers, address, gpus_per_worker,
+                         **pool_kwargs)
+
+    def collect(self, stage_index: int, params, keys):
+        params_ref = ray.put(jax.device_get(params))    # once per iteration, shared by all
+        shards = [s for s in np.array_split(np.asarray(keys), len(self.pool.actors)) if len(s)]
+        out = dict(self.pool.map_unordered(
+            lambda a, shard: a.collect.remote(stage_index, params_ref, shard), shards))
+        parts = [out[i] for i in range(len(shards))]     # episode order, whatever finished first
+        batch = jax.tree.map(jnp.asarray, concat_batches([p[0] for p in parts]))
+        stats = merge_stats([p[1] for p in parts], [len(s) for s in shards])
+        return batch, stats

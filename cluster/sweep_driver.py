@@ -1,0 +1,61 @@
+"""Phase 2 on Ray: sweep batches run by actors wrapping ``causal_grpo.sweep.run_batch``."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+import ray
+
+from causal_grpo.sweep import Batch, PolicyHandle, SweepConfig, run_batch
+from cluster.pool import ActorGroup
+
+
+@ray.remote(max_restarts=0)
+class SweepWorker:
+    """Holds compiled Phase-2 programs; runs one batch of cells per call."""
+
+    def __init__(self, cfg: SweepConfig, sources: dict, policy_data):
+        self.cfg, self.sources = cfg, sources
+        self.policy = None
+        if policy_data is not None:
+            from causal_grpo.policy import make_policy_selector
+            params, digest, config, greedy = policy_data
+            self.policy = PolicyHandle(make_policy_selector(config, greedy),
+                                       jax.tree.map(np.asarray, params), digest, config, greedy)
+
+    def run(self, batch: Batch) -> dict:
+        return run_batch(batch, self.cfg, self.policy, self.sources)
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+
+class SweepPool(ActorGroup):
+    """``num_workers`` sweep actors behind a :class:`FaultTolerantPool`."""
+
+    def __init__(self, cfg: SweepConfig, sources: dict, policy: PolicyHandle | None,
+                 num_workers: int, address: str | None = None, gpus_per_worker: float = 0.0,
+                 **pool_kwargs):
+        policy_data = None
+        if policy is not None:
+            policy_data = (jax.device_get(policy.params), policy.digest, policy.config, policy.greedy)
+        payload = (cfg, sources, policy_data)
+        super().__init__(SweepWorker, lambda: payload, num_workers, address, gpus_per_worker,
+                         **pool_kwargs)
+
+    def run(self, batches: list[Batch]) -> Iterator[tuple[Batch, dict]]:
+        for k, arrays in self.pool.map_unordered(lambda a, b: a.run.remote(b), batches):
+            yield batches[k], arrays
+
+
+def run_batches_on_ray(batches: list[Batch], cfg: SweepConfig, sources: dict,
+                       policy: PolicyHandle | None, num_workers: int, address: str | None = None,
+                       gpus_per_worker: float = 0.0) -> Iterator[tuple[Batch, dict]]:
+    """Yield ``(batch, arrays)`` as actors finish them (any order; each batch exactly once)."""
+    if not batches:
+        return
+    with SweepPool(cfg, sources, policy, num_workers, address, gpus_per_worker) as pool:
+        yield from pool.run(batches)

@@ -1,0 +1,163 @@
+"""Real local Ray: identical results for 0/1/2 workers, and actor processes killed on purpose.
+
+Pools are module-scoped: an actor compiles its programs once and serves several tests, which
+is also how the jobs use them.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from causal_grpo import grpo  # noqa: E402
+from causal_grpo import phase1 as P  # noqa: E402
+from causal_grpo.active_learning import EpisodeConfig, Method  # noqa: E402
+from causal_grpo.scm_families import GraphKind, resolve_scm  # noqa: E402
+from causal_grpo.sweep import SweepConfig, plan_batches, run_batch  # noqa: E402
+from cluster.grpo_driver import RolloutPool  # noqa: E402
+from cluster.sweep_driver import SweepPool  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+# One SCM size (5) so that each actor compiles one Phase-2 program.
+SOURCES = {n: resolve_scm(n) for n in ("easy", "er5")}
+CFG = SweepConfig(scms=("easy", "er5"), methods=(Method.RANDOM, Method.UNCERTAINTY), seeds=6,
+                  episode=EpisodeConfig(n_observational=12, n_interventions=6), batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The undisturbed in-process sweep."""
+    return {b: run_batch(b, CFG, None, SOURCES) for b in plan_batches(CFG)}
+
+
+@pytest.fixture(scope="class")
+def pool2(local_ray):
+    with SweepPool(CFG, SOURCES, None, 2, first_timeout=300) as pool:
+        yield pool
+
+
+def assert_same(results, reference):
+    assert set(results) == set(reference)
+    for b, arrays in reference.items():
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(results[b][k], v, err_msg=f"{b} {k}")
+
+
+def test_sweep_on_one_worker_is_identical_to_in_process(local_ray, reference):
+    with SweepPool(CFG, SOURCES, None, 1) as pool:
+        assert_same(dict(pool.run(plan_batches(CFG))), reference)
+
+
+class TestTwoWorkers:
+    """Tests sharing one warm 2-actor pool (torn down before the Phase-1 pools start)."""
+
+    def test_sweep_on_two_workers_is_identical_to_in_process(self, pool2, reference):
+        assert_same(dict(pool2.run(plan_batches(CFG))), reference)
+
+
+    def test_killing_an_actor_mid_sweep_loses_nothing(self, pool2, reference):
+        pids = ray.get([a.pid.remote() for a in pool2.actors])
+        failures = pool2.pool.failures
+        results = {}
+        for b, arrays in pool2.run(plan_batches(CFG)):
+            if not results:
+                os.kill(pids[0], signal.SIGKILL)          # a real process, killed on purpose
+            results[b] = arrays
+        assert pool2.pool.failures > failures
+        assert_same(results, reference)
+
+
+    def test_a_hung_actor_is_timed_out_and_its_work_resubmitted(self, pool2, reference):
+        """The driver never waits forever: a stopped (SIGSTOP) actor is replaced at its deadline."""
+        deadline = time.time() + 120                      # until both actors are warm
+        while not all(pool2.pool.warm) and time.time() < deadline:
+            list(pool2.run(plan_batches(CFG)))
+            time.sleep(0.5)
+        assert all(pool2.pool.warm)
+        pool2.pool.slowest, pool2.pool.min_timeout, pool2.pool.timeout_factor = 0.5, 4.0, 4.0
+        pids = ray.get([a.pid.remote() for a in pool2.actors])
+        failures = pool2.pool.failures
+        results = {}
+        try:
+            for b, arrays in pool2.run(plan_batches(CFG)):
+                if not results:
+                    os.kill(pids[1], signal.SIGSTOP)
+                results[b] = arrays
+        finally:
+            try:
+                os.kill(pids[1], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        assert pool2.pool.failures > failures
+        assert_same(results, reference)
+
+
+TINY = P.Phase1Config(
+    curriculum=(P.Stage(sizes=(4,), d_pad=4, iterations=2, episodes=4),),
+    graph_kind=GraphKind.ER, steps_per_episode=2, n_observational=10,
+    grpo=grpo.GRPOConfig(group_size=4), eval_every=0)
+
+
+def _curve(collect_fn):
+    """Final params, per-iteration rewards, and the batch collected at iteration 0."""
+    tr = P.Trainer(TINY, collect_fn)
+    state = tr.initial_state()
+    first_batch = jax.device_get(tr.collect_fn(0, state.params, tr.episode_keys(0))[0])
+    rewards = []
+    for it in range(TINY.iterations):
+        state, m = tr.step(state, it)
+        rewards.append(m["reward"])
+    return state.params, rewards, first_batch
+
+
+@pytest.fixture(scope="module")
+def in_process_curve():
+    return _curve(None)
+
+
+def _same_curve(curve, reference):
+    params, rewards, batch = curve
+    ref_params, ref_rewards, ref_batch = reference
+    # The same episodes and the same actions, exactly ...
+    np.testing.assert_array_equal(batch.variable, ref_batch.variable)
+    np.testing.assert_array_equal(batch.value_bin, ref_batch.value_bin)
+    np.testing.assert_array_equal(batch.inputs.values, ref_batch.inputs.values)
+    # ... while actors run XLA single-threaded, so float sums may differ in the last digits:
+    # "the same training curve within float tolerance". Adam turns last-digit differences of
+    # near-zero gradients into whole steps, hence parameters are compared at the step scale.
+    np.testing.assert_allclose(batch.logp_old, ref_batch.logp_old, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(batch.advantages, ref_batch.advantages, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(rewards, ref_rewards, rtol=1e-3, atol=1e-5)
+    step = TINY.grpo.learning_rate * TINY.grpo.epochs * TINY.iterations
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=step)
+
+
+def test_phase1_curve_on_one_worker_matches_in_process(local_ray, in_process_curve):
+    with RolloutPool(TINY, 1) as pool:
+        _same_curve(_curve(pool.collect), in_process_curve)
+
+
+def test_phase1_curve_on_two_workers_survives_a_killed_actor(local_ray, in_process_curve):
+    with RolloutPool(TINY, 2) as pool:
+        _same_curve(_curve(pool.collect), in_process_curve)          # 2 workers, undisturbed
+        pids = ray.get([a.pid.remote() for a in pool.actors])
+        timer = threading.Timer(0.3, lambda: os.kill(pids[1], signal.SIGKILL))
+        timer.start()
+        _same_curve(_curve(pool.collect), in_process_curve)          # and with a kill
+        timer.join()
+        assert pool.pool.failures >= 1

@@ -1,0 +1,160 @@
+"""Checkpoints: round trips, refusal of unsafe/corrupt files, and the stateful policy API."""
+
+import json
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from causal_grpo import checkpoint as C
+from causal_grpo.active_learning import Observation
+from causal_grpo.features import Buffer, features_from_probs
+from causal_grpo.networks import PolicyConfig
+from causal_grpo.phase1 import Phase1Config, init_params
+from causal_grpo.policy import make_policy_selector
+from causal_grpo.scm_families import easy
+
+CFG = PolicyConfig(hidden=16, layers=1, heads=2)
+
+
+def random_params(seed=0):
+    """Initial params with every weight perturbed, so outputs depend on the inputs."""
+    params = init_params(Phase1Config(policy=CFG, seed=seed))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    leaves = [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return jax.tree_util.tree_unflatten(tree, leaves)
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    params = random_params()
+    path = C.save_checkpoint(str(tmp_path / "ck"), params, CFG, {"note": "test"}, {"reward": 1.0})
+    return path, params
+
+
+def observation(d=5, n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    vals = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    buf = Buffer(vals, jnp.zeros((n, d), bool), jnp.ones((n,), bool))
+    probs = jnp.asarray(rng.uniform(size=(d, d)) * (1 - np.eye(d)), jnp.float32)
+    mask = jnp.ones((d,), bool)
+    feats = features_from_probs(probs, buf, jnp.asarray(3), mask)
+    return Observation(buf, probs, feats, jnp.asarray(3), mask, jnp.float32(-2), jnp.float32(2),
+                       jnp.asarray(0))
+
+
+def test_save_load_act_round_trip_gives_identical_actions(ckpt):
+    path, params = ckpt
+    assert sorted(os.listdir(path)) == ["config.json", "policy_params.pkl"]
+    loaded = C.load_grpo_policy(path)
+    assert loaded.config == CFG
+    also = C.load_grpo_policy(os.path.join(path, "policy_params.pkl"))
+    assert also.digest == loaded.digest
+    select = jax.jit(make_policy_selector(CFG))
+    obs = observation()
+    for k in range(10):
+        key = jax.random.PRNGKey(k)
+        a = select(key, obs, params)
+        b = select(key, obs, loaded.params)
+        assert int(a.variable) == int(b.variable) and float(a.value) == float(b.value)
+        assert float(a.log_prob) == pytest.approx(float(b.log_prob), abs=1e-6)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED_MARKER",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck").mkdir()
+    with open(tmp_path / "ck" / "policy_params.pkl", "wb") as f:
+        pickle.dump({"format": C.FORMAT, "version": 1, "params": Exploit()}, f)
+    with pytest.raises(C.CheckpointError, match="refusing to load"):
+        C.load_grpo_policy(str(tmp_path / "ck"))
+    assert not (tmp_path / "EXPLOITED_MARKER").exists()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("missing_dir", "not found"),
+    ("missing_file", "no policy_params.pkl"),
+    ("truncated", "truncated or corrupt"),
+    ("garbage", "truncated or corrupt"),
+    ("wrong_shape", "do not fit the architecture"),
+    ("missing_param", "do not fit the architecture"),
+    ("not_ours", "not a causal-grpo policy file"),
+    ("bad_config_json", "not valid JSON"),
+])
+def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path):
+    path, _ = ckpt
+    pkl = os.path.join(path, "policy_params.pkl")
+    target = path
+    if damage == "missing_dir":
+        target = str(tmp_path / "nope")
+    elif damage == "missing_file":
+        os.unlink(pkl)
+    elif damage == "truncated":
+        data = open(pkl, "rb").read()
+        open(pkl, "wb").write(data[: len(data) // 2])
+    elif damage == "garbage":
+        open(pkl, "wb").write(os.urandom(300))
+    elif damage == "wrong_shape":
+        cfg = json.load(open(os.path.join(path, "config.json")))
+        cfg["architecture"]["hidden"] = 32
+        json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    elif damage == "missing_param":
+        blob = pickle.load(open(pkl, "rb"))
+        blob["params"].pop(next(iter(blob["params"])))
+        pickle.dump(blob, open(pkl, "wb"))
+    elif damage == "not_ours":
+        pickle.dump({"hello": np.zeros(3)}, open(pkl, "wb"))
+    elif damage == "bad_config_json":
+        open(os.path.join(path, "config.json"), "w").write("{oops")
+    with pytest.raises(C.CheckpointError, match=needle) as e:
+        C.load_grpo_policy(target)
+    assert "\n" not in str(e.value)
+
+
+def test_intervention_fn_sees_its_history(ckpt):
+    """LESSONS bug 2: the Phase-2 policy's choice depends on the data it has been shown."""
+    path, _ = ckpt
+    loaded = C.load_grpo_policy(path)
+    spec = easy()
+    fn = C.create_grpo_intervention_fn(loaded, spec, intervention_range=(-2.0, 2.0))
+    with pytest.raises(C.UserError, match="no data"):
+        fn()
+    rng = np.random.default_rng(0)
+    fn.observe(rng.normal(size=(20, 5)))
+    pv1, pb1 = fn.action_distribution()
+    assert pv1[spec.target] < 1e-6 and pv1.sum() == pytest.approx(1, abs=1e-5)
+    x = rng.normal(size=5)
+    x[1] = 2.0
+    fn.observe(x, np.arange(5) == 1)
+    pv2, pb2 = fn.action_distribution()
+    assert np.abs(pv1 - pv2).max() + np.abs(pb1 - pb2).max() > 1e-3
+    j, v = fn()
+    assert j != spec.target and -2.0 <= v <= 2.0
+    assert len(fn.history) == 21
+
+
+def test_intervention_fn_and_jitted_selector_agree(ckpt):
+    """The stateful API and the pure selector build the same input from the same history."""
+    path, _ = ckpt
+    loaded = C.load_grpo_policy(path)
+    fn = C.create_grpo_intervention_fn(loaded, easy(), capacity=20)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20, 5)).astype(np.float32)
+    fn.observe(x)
+    pv, _ = fn.action_distribution()
+    from causal_grpo.networks import make_policy
+    from causal_grpo.policy import policy_input
+    buf = Buffer(jnp.asarray(x), jnp.zeros((20, 5), bool), jnp.ones((20,), bool))
+    probs = fn._sur.edge_probs(fn._state)
+    obs = Observation(buf, probs, features_from_probs(probs, buf, jnp.asarray(3), jnp.ones(5, bool)),
+                      jnp.asarray(3), jnp.ones(5, bool), jnp.float32(-2), jnp.float32(2), jnp.asarray(0))
+    out = make_policy(CFG).apply(loaded.params, None, policy_input(obs))
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(out.var_logits)), pv, atol=1e-5)
