@@ -12,6 +12,7 @@ JAX memory fraction matching their share, so several can share one card.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from urllib.parse import urlparse
@@ -49,7 +50,12 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Attach to or start Ray; returns True when this call started a local Ray."""
+    import warnings
+
     import ray
+
+    # Ray launches its processes by fork+exec, which is safe after JAX started its threads.
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
@@ -58,14 +64,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, log_to_driver=False,
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return False
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             logging_level=logging.WARNING)
     return True
 
 

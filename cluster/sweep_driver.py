@@ -49,13 +49,3 @@ class SweepPool(ActorGroup):
     def run(self, batches: list[Batch]) -> Iterator[tuple[Batch, dict]]:
         for k, arrays in self.pool.map_unordered(lambda a, b: a.run.remote(b), batches):
             yield batches[k], arrays
-
-
-def run_batches_on_ray(batches: list[Batch], cfg: SweepConfig, sources: dict,
-                       policy: PolicyHandle | None, num_workers: int, address: str | None = None,
-                       gpus_per_worker: float = 0.0) -> Iterator[tuple[Batch, dict]]:
-    """Yield ``(batch, arrays)`` as actors finish them (any order; each batch exactly once)."""
-    if not batches:
-        return
-    with SweepPool(cfg, sources, policy, num_workers, address, gpus_per_worker) as pool:
-        yield from pool.run(batches)

@@ -86,7 +86,7 @@ def bench_gies(args) -> "pd.DataFrame":
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for _, r in df.iterrows():
         f1_note = " (F1 n/a: GIES is undirected)" if r["interventions"] == 0 else ""
-        print(f"| {r['d']} | {r['interventions']} | {r['seeds']} | {r['ours_f1']:.3f} ± {r['ours_f1_ci95']:.3f} "
+        print(f"| {int(r['d'])} | {int(r['interventions'])} | {int(r['seeds'])} | {r['ours_f1']:.3f} ± {r['ours_f1_ci95']:.3f} "
               f"| {r['gies_f1']:.3f} ± {r['gies_f1_ci95']:.3f}{f1_note} | {r['ours_shd']:.2f} ± {r['ours_shd_ci95']:.2f} "
               f"| {r['gies_shd']:.2f} ± {r['gies_shd_ci95']:.2f} |")
     return df

@@ -15,12 +15,16 @@ import yaml
 pytestmark = pytest.mark.ray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)      # the venv's ray CLI and python, whatever PATH says
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", JAX_PLATFORMS="cpu",
-           PYTHONUNBUFFERED="1")
+           PYTHONUNBUFFERED="1", PATH=BIN + os.pathsep + os.environ.get("PATH", ""))
+RAY = os.path.join(BIN, "ray")
 ENV.pop("RAY_ADDRESS", None)
-SWEEP = ["--scm-type", "easy,er5", "--methods", "random_active,uncertainty_active",
-         "--seeds", "8", "--batch-size", "2", "--n-observational", "10", "--n-interventions", "6",
+# 24 batches of 2 seeds on 8-variable graphs: long enough (seconds) to kill the driver mid-way.
+SWEEP = ["--scm-type", "medium,er8", "--methods", "random_active,uncertainty_active",
+         "--seeds", "12", "--batch-size", "2", "--n-observational", "20", "--n-interventions", "25",
          "--no-plots", "--quiet"]
+N_BATCHES = 24
 
 
 def py(*args, **kw):
@@ -52,16 +56,16 @@ def test_killed_driver_resumes_without_recomputing(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and len(cell_files(out)) < 2:
         assert proc.poll() is None, "driver ended before it could be killed"
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)       # the driver and the Ray it started
     proc.wait()
     before = cell_files(out)
-    assert 2 <= len(before) < 8
+    assert 2 <= len(before) < N_BATCHES
     assert not (out / "steps.csv").exists()
     r = py("jobs.two_phase_training", *SWEEP, "--num-workers", "1", "--output-dir", str(out))
     assert r.returncode == 0, r.stderr
     after = cell_files(out)
-    assert len(after) == 8
+    assert len(after) == N_BATCHES
     assert all(after[p] == m for p, m in before.items())      # finished cells were not redone
     pd.testing.assert_frame_equal(pd.read_csv(out / "steps.csv"), pd.read_csv(ref / "steps.csv"))
 
@@ -70,7 +74,7 @@ def test_killed_driver_resumes_without_recomputing(tmp_path):
 def ray_head(tmp_path_factory):
     port, dash = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("rayhead")
-    r = subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2",
+    r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
                         "--include-dashboard=true", f"--dashboard-port={dash}",
                         "--dashboard-host=127.0.0.1", "--disable-usage-stats",
                         f"--temp-dir={tmp}"], env=ENV, capture_output=True, text=True,
@@ -79,14 +83,14 @@ def ray_head(tmp_path_factory):
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
 
 
 def test_ray_job_submit_runs_the_phase2_job(ray_head, tmp_path):
     _, dashboard = ray_head
     out = tmp_path / "submitted"
-    r = subprocess.run(["ray", "job", "submit", "--address", dashboard, "--working-dir", ".",
-                        "--", "python", "-m", "jobs.two_phase_training", "--scm-type", "easy",
+    r = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", ".",
+                        "--", sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
                         "--methods", "random_active", "--seeds", "2", "--n-observational", "10",
                         "--n-interventions", "3", "--num-workers", "1", "--no-plots", "--quiet",
                         "--output-dir", str(out)],

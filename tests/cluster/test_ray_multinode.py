@@ -29,6 +29,7 @@ def test_removing_a_node_mid_sweep_loses_nothing():
                 results[b] = arrays
                 if len(results) == 1:
                     cluster.remove_node(doomed)
+            assert pool.pool.failures >= 1            # the lost actor was noticed and replaced
         assert_same(results, reference)
         assert keep in cluster.list_all_nodes()
     finally:

