@@ -267,26 +267,25 @@ class GRPOInterventionFn:
         self._state = self._sur.init(jax.random.PRNGKey(seed), self._var_mask)
         self._buffer = Buffer.empty(capacity, d)
         self._count = 0
-        self._n_interventions = 0
         self._key = jax.random.PRNGKey(seed)
         self._calls = 0
         self.history: list[dict] = []
         net = make_policy(loaded.config)
         K = loaded.config.n_bins
 
-        def _out(params, buffer, probs, target, step):
+        def _out(params, buffer, probs, target):
             feats = features_from_probs(probs, buffer, target, self._var_mask)
             inp = PolicyInput(buffer.values, buffer.intervened, buffer.valid, feats, target,
                               self._var_mask)
             return net.apply(params, None, inp)
 
-        def _act(params, buffer, probs, target, step, key):
-            out = _out(params, buffer, probs, target, step)
+        def _act(params, buffer, probs, target, key):
+            out = _out(params, buffer, probs, target)
             j, b, lp = sample_action(key, out, greedy)
             return j, bin_values(jnp.float32(lo), jnp.float32(hi), K)[b], lp
 
-        def _dist(params, buffer, probs, target, step):
-            out = _out(params, buffer, probs, target, step)
+        def _dist(params, buffer, probs, target):
+            out = _out(params, buffer, probs, target)
             pv = jax.nn.softmax(out.var_logits)
             return pv, jax.nn.softmax(out.value_logits, axis=-1)
 
@@ -311,7 +310,6 @@ class GRPOInterventionFn:
                               self._buffer.intervened.at[rows].set(m),
                               self._buffer.valid.at[rows].set(True))
         self._count += n
-        self._n_interventions += int(m.any(axis=1).sum())
         self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
         for row, mask in zip(x, m):
             self.history.append({"values": row, "intervened": mask})
@@ -319,7 +317,7 @@ class GRPOInterventionFn:
     def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
         """(d,) variable probabilities and (d, n_bins) value-bin probabilities right now."""
         pv, pb = self._dist(self.loaded.params, self._buffer, self._sur.edge_probs(self._state),
-                            jnp.asarray(self.target), jnp.asarray(self._n_interventions))
+                            jnp.asarray(self.target))
         return np.asarray(pv), np.asarray(pb)
 
     def __call__(self) -> tuple[int, float]:
@@ -329,7 +327,7 @@ class GRPOInterventionFn:
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
         j, v, _ = self._act(self.loaded.params, self._buffer, self._sur.edge_probs(self._state),
-                            jnp.asarray(self.target), jnp.asarray(self._n_interventions), key)
+                            jnp.asarray(self.target), key)
         return int(j), float(v)
 
 

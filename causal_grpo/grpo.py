@@ -118,7 +118,7 @@ def update(state: TrainState, batch: Batch, policy: hk.Transformed, cfg: GRPOCon
         (_, metrics), grads = jax.value_and_grad(grpo_loss, has_aux=True)(
             params, state.ref_params, batch, policy, cfg)
         updates, opt_state = opt.update(grads, opt_state, params)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return (optax.apply_updates(params, updates), opt_state), metrics
 
     (params, opt_state), metrics = jax.lax.scan(epoch, (state.params, state.opt_state), None,

@@ -24,9 +24,6 @@ from causal_grpo.active_learning import StepRecord
 
 EARLY_STEPS = 10
 
-METRIC_COLUMNS = [f for f in StepRecord._fields if f not in ("variable", "value")]
-
-
 def steps_frame(batches: Iterable[tuple[str, str, dict]], names: dict[str, Sequence[str]]) -> pd.DataFrame:
     """Tidy per-step frame from ``(scm, method, arrays)`` triples of :func:`sweep.run_batch`."""
     frames = []
@@ -314,9 +311,9 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
                                                paired[paired["scm"] == scm].to_dict("records"))}
             io.write_pickle(os.path.join(out_dir, f"comparison_results_{scm}.pkl"), cmp)
         if plots:
+            # The temporary name ends in the target's name, so matplotlib writes PNG.
             io.write_atomic(os.path.join(out_dir, f"plot_{scm}.png"),
-                            lambda p, scm=scm: plot_curves(steps, scm, p + ".png") or
-                            __import__("os").replace(p + ".png", p))
+                            lambda p, scm=scm: plot_curves(steps, scm, p))
     return table
 
 

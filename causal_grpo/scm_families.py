@@ -371,14 +371,6 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     )
 
 
-def source_name(src: ScmSource) -> str:
-    return src.name
-
-
-def source_d(src: ScmSource) -> int:
-    return src.d
-
-
 def instantiate(src: ScmSource, key: Array, d_pad: int | None = None) -> SCM:
     """The SCM of one cell: the fixed SCM itself, or the family's draw for ``key``."""
     if isinstance(src, SCMSpec):

@@ -78,7 +78,6 @@ class Tables(NamedTuple):
     ps_member: np.ndarray     # (d, P, d) float32: membership of global variable j in set p of i
     ps_gmask: np.ndarray      # (d, P) int32: global bitmask of set p of node i (d <= 30)
     glob: np.ndarray          # (d, 2^(d-1)) int: global bitmask of node i's local subset u
-    popcount_local: np.ndarray  # (2^(d-1),) int
     fwd: tuple                # per layer k=1..d: (sets (C,), pred (C,k), flat_alpha (C,k))
     bwd: tuple                # per layer t=d-1..0: (sets (C,), nxt (C,d-t), flat_alpha (C,d-t))
 
@@ -119,14 +118,13 @@ def build_tables(d: int, k: int, with_dp: bool = True) -> Tables:
                 ps_gmask[i, p] |= 1 << g
     if not with_dp:
         return Tables(d, k, ps_local, ps_size, ps_global, ps_member, ps_gmask,
-                      np.zeros((d, 0), np.int32), np.zeros((0,), np.int32), (), ())
+                      np.zeros((d, 0), np.int32), (), ())
     n_loc = 1 << (d - 1)
     glob = np.zeros((d, n_loc), np.int32)
     for i in range(d):
         low = np.arange(n_loc, dtype=np.int32)
         # Insert a zero bit at position i: bits below i stay, bits at/above i shift up by one.
         glob[i] = (low & ((1 << i) - 1)) | ((low >> i) << (i + 1))
-    popcount_local = np.array([bin(u).count("1") for u in range(n_loc)], np.int32)
 
     def loc(i: int, g: int) -> int:
         # Local index: remove bit i from the global mask.
@@ -156,7 +154,7 @@ def build_tables(d: int, k: int, with_dp: bool = True) -> Tables:
                 flat[r, m] = v * n_loc + loc(v, g)
         bwd.append((np.array(sets_t, np.int32), nxt, flat))
     return Tables(d, k, ps_local, ps_size, ps_global, ps_member, ps_gmask, glob,
-                  popcount_local, tuple(fwd), tuple(bwd))
+                  tuple(fwd), tuple(bwd))
 
 
 # --------------------------------------------------------------------------- statistics

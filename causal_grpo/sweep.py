@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -174,23 +174,3 @@ class CellStore:
     def load(self, batch: Batch) -> dict[str, np.ndarray]:
         with np.load(self.path(batch)) as z:
             return {k: z[k] for k in z.files}
-
-
-def run_sweep_inprocess(cfg: SweepConfig, store: CellStore | None = None,
-                        policy: PolicyHandle | None = None,
-                        sources: dict[str, ScmSource] | None = None,
-                        progress: Callable[[Iterable], Iterable] = lambda x: x
-                        ) -> dict[Batch, dict[str, np.ndarray]]:
-    """Run every batch in this process (skipping stored ones); returns all batch results."""
-    results = {}
-    todo = []
-    for b in plan_batches(cfg):
-        if store is not None and store.has(b):
-            results[b] = store.load(b)
-        else:
-            todo.append(b)
-    for b in progress(todo):
-        results[b] = run_batch(b, cfg, policy, sources)
-        if store is not None:
-            store.save(b, results[b])
-    return results
