@@ -16,7 +16,10 @@ from causal_grpo.errors import UserError
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    # The ".part" suffix keeps a file left by a killed writer out of globs for the real name
+    # (a resumed sweep counts its "*.npz" cells).
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=".part",
+                               dir=directory)
     os.close(fd)
     # mkstemp creates 0600; results are ordinary files, so honour the umask like open() does.
     umask = os.umask(0)

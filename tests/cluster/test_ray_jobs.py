@@ -41,7 +41,8 @@ def free_port():
 def cell_files(out):
     root = os.path.join(out, "cells")
     return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-            for d, _, fs in os.walk(root) for f in fs if f.endswith(".npz")}
+            for d, _, fs in os.walk(root) for f in fs
+            if f.endswith(".npz") and not f.startswith(".")}
 
 
 def test_killed_driver_resumes_without_recomputing(tmp_path):

@@ -1,0 +1,62 @@
+"""Atomic writes: a reader sees the old file or the whole new one, never a part."""
+
+import glob
+import os
+
+import pytest
+
+from causal_grpo import io
+
+
+def test_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("old\n")
+    io.write_atomic(str(p), lambda t: open(t, "w").write("new\n"))
+    assert p.read_text() == "new\n"
+    assert os.listdir(tmp_path) == ["r.csv"]
+
+
+def test_failed_writer_leaves_old_file_and_no_partial(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("old\n")
+
+    def boom(t):
+        open(t, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        io.write_atomic(str(p), boom)
+    assert p.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["r.csv"]
+
+
+def test_partial_file_never_matches_the_final_suffix(tmp_path):
+    # A writer killed mid-way leaves its temporary behind; globs for results must not see it.
+    with io.atomic_path(str(tmp_path / "cell.npz")) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path)
+        assert not tmp.endswith(".npz")
+        assert glob.glob(str(tmp_path / "*.npz")) == []
+        open(tmp, "wb").write(b"x")
+    assert glob.glob(str(tmp_path / "*.npz")) == [str(tmp_path / "cell.npz")]
+
+
+def test_written_file_honours_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.write_atomic(str(tmp_path / "a"), lambda t: open(t, "w").write("x"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o644
+
+
+def test_cell_store_drops_partials_of_dead_writers_only(tmp_path):
+    from causal_grpo.sweep import CellStore
+    store = CellStore(str(tmp_path), "abc")
+    old = os.path.join(store.dir, ".tmp-x.npz-1.part")
+    fresh = os.path.join(store.dir, ".tmp-y.npz-2.part")
+    for p in (old, fresh):
+        open(p, "wb").write(b"half")
+    os.utime(old, (0, 0))
+    CellStore(str(tmp_path), "abc")
+    assert not os.path.exists(old)
+    assert os.path.exists(fresh)         # may belong to a writer still running
