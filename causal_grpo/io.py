@@ -16,10 +16,9 @@ from causal_grpo.errors import UserError
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
-    # The ".part" suffix keeps a file left by a killed writer out of globs for the real name
-    # (a resumed sweep counts its "*.npz" cells).
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=".part",
-                               dir=directory)
+    # Hidden (a killed writer's leftover stays out of "*.npz" globs) but with the real
+    # extension, which writers such as matplotlib's savefig read the format from.
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
     os.close(fd)
     # mkstemp creates 0600; results are ordinary files, so honour the umask like open() does.
     umask = os.umask(0)

@@ -164,7 +164,7 @@ class CellStore:
         # milliseconds, so one a minute old belongs to a dead writer, not a live one.
         now = time.time()
         for name in os.listdir(self.dir):
-            if name.startswith(".tmp-") and name.endswith(".part"):
+            if name.startswith(".tmp-"):
                 path = os.path.join(self.dir, name)
                 try:
                     if now - os.stat(path).st_mtime > min_age_s:

@@ -30,11 +30,12 @@ def test_failed_writer_leaves_old_file_and_no_partial(tmp_path):
     assert os.listdir(tmp_path) == ["r.csv"]
 
 
-def test_partial_file_never_matches_the_final_suffix(tmp_path):
-    # A writer killed mid-way leaves its temporary behind; globs for results must not see it.
+def test_partial_file_is_hidden_but_keeps_the_extension(tmp_path):
+    # A writer killed mid-way leaves its temporary behind; globs for results must not see it,
+    # while format-sniffing writers (savefig) still need the extension.
     with io.atomic_path(str(tmp_path / "cell.npz")) as tmp:
         assert os.path.dirname(tmp) == str(tmp_path)
-        assert not tmp.endswith(".npz")
+        assert os.path.basename(tmp).startswith(".") and tmp.endswith(".npz")
         assert glob.glob(str(tmp_path / "*.npz")) == []
         open(tmp, "wb").write(b"x")
     assert glob.glob(str(tmp_path / "*.npz")) == [str(tmp_path / "cell.npz")]
@@ -52,8 +53,8 @@ def test_written_file_honours_umask(tmp_path):
 def test_cell_store_drops_partials_of_dead_writers_only(tmp_path):
     from causal_grpo.sweep import CellStore
     store = CellStore(str(tmp_path), "abc")
-    old = os.path.join(store.dir, ".tmp-x.npz-1.part")
-    fresh = os.path.join(store.dir, ".tmp-y.npz-2.part")
+    old = os.path.join(store.dir, ".tmp-1-x.npz")
+    fresh = os.path.join(store.dir, ".tmp-2-y.npz")
     for p in (old, fresh):
         open(p, "wb").write(b"half")
     os.utime(old, (0, 0))
