@@ -135,6 +135,47 @@ def make_oracle_selector(true_adj: Array) -> Selector:
     return select
 
 
+def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
+                                n_values: int = 2) -> Selector:
+    """Reference (cheats twice): the best *one-step* chooser for the Phase-1 structure reward.
+
+    For every allowed variable and each of ``n_values`` values spread over the intervention
+    range (2: its two ends), it simulates ``n_draws`` outcomes from the *true* SCM, updates the
+    surrogate with each, and picks the candidate with the largest mean drop in expected SHD
+    against the *true* graph. No policy trained on that one-step reward can beat it in
+    expectation, so it bounds what Phase 1 can learn (``python -m jobs.benchmark ceiling``).
+    The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates.
+    """
+    d = scm.d
+
+    def select(key: Array, obs: Observation, params: Any = None) -> Action:
+        buf = obs.buffer
+        state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values, buf.intervened,
+                                 buf.valid)
+        before = M.expected_shd(scm.adj, surrogate.edge_probs(state), scm.var_mask)
+        grid = jnp.linspace(obs.low, obs.high, n_values)
+        variables = jnp.repeat(jnp.arange(d), n_values)
+        values = jnp.tile(grid, d)
+        eps = jax.random.normal(key, (n_draws, d))     # shared by all candidates (paired)
+
+        def gain(j, v):
+            do = jnp.arange(d) == j
+
+            def one(e):
+                x = propagate(scm, e, do, jnp.where(do, v, 0.0))
+                s = surrogate.update(state, x[None], do[None], jnp.ones((1,), bool))
+                return before - M.expected_shd(scm.adj, surrogate.edge_probs(s), scm.var_mask)
+
+            return jax.vmap(one)(eps).mean()
+
+        g = jnp.where(allowed_variables(obs)[variables], jax.vmap(gain)(variables, values), -jnp.inf)
+        i = jnp.argmax(g)
+        return Action(variables[i].astype(jnp.int32), values[i].astype(jnp.float32),
+                      jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
+
+    return select
+
+
 def observational_selector(key: Array, obs: Observation, params: Any = None) -> Action:
     """No intervention: the step draws one more observational sample."""
     return Action(jnp.asarray(-1), jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(False))
@@ -295,6 +336,18 @@ def make_batch_runner(cfg: EpisodeConfig, d: int, policy_selector: Selector | No
                            use_bootstrap=method_id == 1)
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+
+
+def make_reference_runner(cfg: EpisodeConfig, d: int,
+                          make_selector: Callable[[SCM, Surrogate], Selector]) -> Callable:
+    """jit(vmap) over cells ``(keys (S,), scms (S,...))`` for a selector built from each cell's
+    SCM and the surrogate (references that see the truth, e.g. the expected-gain oracle)."""
+    surrogate = make_surrogate(cfg.surrogate, d, cfg.capacity)
+
+    def one(key, scm):
+        return run_episode(key, scm, cfg, surrogate, make_selector(scm, surrogate))
+
+    return jax.jit(jax.vmap(one))
 
 
 def method_id(method: Method) -> int:

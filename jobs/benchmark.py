@@ -4,6 +4,7 @@
     python -m jobs.benchmark phase2      # Phase-2 throughput (runs/s), compile time, peak memory
     python -m jobs.benchmark phase1      # Phase-1 candidate evaluations per second
     python -m jobs.benchmark ray         # in-process vs 1 vs 2 Ray workers (Phase 1 and 2)
+    python -m jobs.benchmark ceiling     # the best one-step chooser (knows the SCM) vs the rest
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV.
 """
@@ -134,6 +135,63 @@ def bench_phase2(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def bench_ceiling(args) -> "pd.DataFrame":
+    """How much can the choice of intervention gain over steps 1..T at all?
+
+    Runs, on the same cells as the Phase-2 sweep (base seed 0): random, max-uncertainty, the
+    expected-gain oracle (best one-step chooser for the Phase-1 reward, knowing the true SCM)
+    and, with ``--grpo-checkpoint``, the trained policy; prints F1-AUC over steps 1..T and the
+    paired difference to random with its one-sided p-value.
+    """
+    import functools
+
+    import jax.numpy as jnp
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
+                                             make_expected_gain_selector, make_reference_runner,
+                                             method_id)
+    from causal_grpo.scm import stack_scms
+    from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.sweep import cell_scm_and_key
+
+    policy = None
+    if args.grpo_checkpoint:
+        from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+        policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
+    cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
+    rows = []
+    for name in args.scms:
+        src = resolve_scm(name)
+        pairs = [cell_scm_and_key(src, 0, s) for s in range(args.seeds)]
+        scms = stack_scms([p[0] for p in pairs])
+        keys = jnp.stack([p[1] for p in pairs])
+        d = scms.adj.shape[-1]
+        builtin = make_batch_runner(cfg, d)
+        f1 = {m.value: builtin(keys, scms, None, method_id(m)).record.f1
+              for m in (Method.RANDOM, Method.UNCERTAINTY)}
+        if policy is not None:
+            f1["grpo_active"] = make_batch_runner(cfg, d, policy.selector)(
+                keys, scms, policy.params, 0).record.f1
+        t0 = time.time()
+        oracle = functools.partial(make_expected_gain_selector, n_draws=args.draws)
+        f1["expected_gain_oracle"] = make_reference_runner(cfg, d, oracle)(keys, scms).record.f1
+        oracle_s = time.time() - t0
+        auc = {m: np.asarray(v)[:, 1:].mean(1) for m, v in f1.items()}
+        for m, a in auc.items():
+            diff = a - auc["random_active"]
+            p = (stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue
+                 if m != "random_active" else float("nan"))
+            rows.append({"scm": name, "method": m, "f1_auc": a.mean(), "delta": diff.mean(),
+                         "p": p, "seeds": args.seeds})
+            print(f"{name:8s} {m:22s} F1-AUC 1-{args.n_interventions} {a.mean():.3f}  "
+                  f"delta {diff.mean():+.3f}  p {p:.2g}", flush=True)
+        print(f"{name}: oracle {oracle_s:.0f} s ({args.draws} draws per candidate)", flush=True)
+    return pd.DataFrame(rows)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -157,6 +215,14 @@ def build_parser() -> ArgumentParser:
     q.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50)
     q.add_argument("--repeats", type=positive_int("--repeats"), default=3)
 
+    c = sub.add_parser("ceiling", help="expected-gain oracle vs random, uncertainty, a policy")
+    c.add_argument("--scms", type=comma_list, default=["easy", "medium", "hard", "er10"])
+    c.add_argument("--grpo-checkpoint", default=None)
+    c.add_argument("--seeds", type=positive_int("--seeds"), default=30)
+    c.add_argument("--draws", type=positive_int("--draws"), default=16)
+    c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
+
     for name in ("phase1", "ray"):
         r = sub.add_parser(name, help=f"{name} benchmark")
         r.add_argument("--seconds", type=float, default=60.0,
@@ -175,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         df = bench_gies(args)
     elif args.cmd == "phase2":
         df = bench_phase2(args)
+    elif args.cmd == "ceiling":
+        df = bench_ceiling(args)
     elif args.cmd == "phase1":
         from jobs.bench_grpo import bench_phase1
         df = bench_phase1(args)

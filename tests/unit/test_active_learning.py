@@ -131,3 +131,37 @@ def test_neural_surrogate_f1_rises_with_data(spec, gain):
     f1 = np.asarray(run(AL.Method.RANDOM, scms, 6, cfg).record.f1)
     assert f1[:, -1].mean() > f1[:, 0].mean() + gain
     assert f1[:, -1].mean() > f1[:, 25].mean() - 0.05   # no collapse late in the episode
+
+
+def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
+    scm = easy().to_scm()
+    d = scm.d
+    sur = make_surrogate(SurrogateConfig(), d, 40)
+    x0 = sample_n(jax.random.PRNGKey(0), scm, 20)
+    buf = Buffer.empty(40, d)
+    buf = Buffer(buf.values.at[:20].set(x0), buf.intervened, buf.valid.at[:20].set(True))
+    probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
+                                      jnp.zeros_like(x0, bool), jnp.ones((20,), bool)))
+    obs = AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+    key = jax.random.PRNGKey(5)
+    act = jax.jit(lambda k, o: AL.make_expected_gain_selector(scm, sur, n_draws=4)(k, o))(key, obs)
+
+    state = sur.update(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
+    before = float(M.expected_shd(scm.adj, sur.edge_probs(state), scm.var_mask))
+    eps = jax.random.normal(key, (4, d))
+    gains = {}
+    for j in range(d):
+        if j == int(scm.target):
+            continue
+        for v in (float(scm.low), float(scm.high)):
+            do = jnp.arange(d) == j
+            g = []
+            for e in eps:
+                x = propagate(scm, e, do, jnp.where(do, v, 0.0))
+                s = sur.update(state, x[None], do[None], jnp.ones((1,), bool))
+                g.append(before - float(M.expected_shd(scm.adj, sur.edge_probs(s), scm.var_mask)))
+            gains[j, v] = np.mean(g)
+    best = max(gains.values())
+    assert int(act.variable) != int(scm.target)
+    assert gains[int(act.variable), float(act.value)] == pytest.approx(best, abs=1e-4)
+    assert best > min(gains.values()) + 1e-3          # the choice is not a tie
