@@ -87,6 +87,10 @@ class Phase1Config:
     # occur in practice (the held-out `hard` and `medium` SCMs sit at either end).
     weight_range: tuple[float, float] = (0.25, 2.0)
     noise_range: tuple[float, float] = (0.1, 2.0)
+    # Noise is drawn per graph: one level log-uniform in this range, each node's std within
+    # +-25% of it. Drawn per node from ``noise_range`` instead (None), equal-variance graphs
+    # such as `easy` and `medium` never occur in training (see README, "Training SCMs").
+    noise_level_range: tuple[float, float] | None = (0.1, 2.0)
     steps_per_episode: int = 10
     n_observational: int = 30
     # MIXED: each episode draws bootstrap or surrogate features (see README, "Why mixed features").
@@ -140,7 +144,15 @@ def sample_stage_scm(key: Array, stage: Stage, cfg: Phase1Config) -> SCM:
                          expected_degree=cfg.expected_degree, weight_range=cfg.weight_range,
                          noise_range=cfg.noise_range) for d in stage.sizes]
     idx = jax.random.randint(k_size, (), 0, len(fams))
-    return jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
+    scm = jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
+    if cfg.noise_level_range is None:
+        return scm
+    # fold_in, not a wider split: the default draws stay those of earlier runs.
+    k_level, k_node = jax.random.split(jax.random.fold_in(key, 11))
+    lo, hi = cfg.noise_level_range
+    level = jnp.exp(jax.random.uniform(k_level, (), minval=math.log(lo), maxval=math.log(hi)))
+    jitter = jax.random.uniform(k_node, scm.noise_std.shape, minval=0.75, maxval=1.25)
+    return scm._replace(noise_std=level * jitter)
 
 
 def episode_key(key: Array, iteration: int, episode: int | Array) -> Array:

@@ -142,3 +142,26 @@ def test_update_raises_on_non_finite_numbers(collected):
     bad = batch._replace(advantages=batch.advantages.at[0, 0].set(jnp.nan))
     _, metrics = tr._update(state, bad)
     assert not np.isfinite(float(metrics["loss"]))
+
+
+def test_noise_level_per_graph_gives_equal_variance_graphs_at_every_level():
+    stage = P.DEFAULT_CURRICULUM[1]
+    keys = jax.random.split(jax.random.PRNGKey(3), 128)
+
+    def draw(cfg):
+        return jax.jit(jax.vmap(lambda k: P.sample_stage_scm(k, stage, cfg)))(keys)
+
+    plain = draw(P.Phase1Config(noise_level_range=None))
+    graph = draw(P.Phase1Config())
+    np.testing.assert_array_equal(plain.adj, graph.adj)           # only the noise changes
+    np.testing.assert_array_equal(plain.weights, graph.weights)
+    mask = np.asarray(graph.var_mask)
+    spread = []
+    for std, m in zip(np.asarray(graph.noise_std), mask):
+        s = std[m]
+        assert s.max() / s.min() <= 1.25 / 0.75 + 1e-5               # one level per graph
+        spread.append(np.exp(np.log(s).mean()))
+    spread = np.array(spread)
+    assert spread.min() < 0.2 and spread.max() > 1.2                # low- and high-noise graphs
+    ratio = [s[m].max() / s[m].min() for s, m in zip(np.asarray(plain.noise_std), mask)]
+    assert np.median(ratio) > 3                                     # the per-node default differs
