@@ -22,9 +22,6 @@ Feature columns (``FEATURE_NAMES``), all in [0, 1]:
 6. ``intervened_frac``: share of the interventions so far that targeted j.
 7. ``is_target``: 1 for the target.
 8. ``progress``: interventions so far / (interventions so far + 10), the same for every j.
-9. ``max_edge_uncertainty``: the largest pair entropy of j (column 2 takes the mean, which
-   shrinks as 1/d when j has one uncertain pair among many certain ones).
-10. ``max_unoriented``: the largest 2 * min(P(j -> k), P(k -> j)) over k.
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ from causal_grpo.metrics import pair_entropy, pair_probs
 Array = jax.Array
 
 FEATURE_NAMES = ("parent_of_target", "child_of_target", "edge_uncertainty", "unoriented",
-                 "out_degree", "in_degree", "intervened_frac", "is_target", "progress",
-                 "max_edge_uncertainty", "max_unoriented")
+                 "out_degree", "in_degree", "intervened_frac", "is_target", "progress")
 N_FEATURES = len(FEATURE_NAMES)
 
 
@@ -85,8 +81,6 @@ def features_from_probs(probs: Array, buffer: Buffer, target: Array, var_mask: A
         n_int / jnp.maximum(total, 1.0),
         onehot_t,
         jnp.full((d,), total / (total + 10.0)),
-        ent.max(1),
-        (2.0 * jnp.minimum(p, q) * pair).max(1),
     ], axis=-1)
     return feats * real[:, None]
 

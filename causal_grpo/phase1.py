@@ -87,10 +87,11 @@ class Phase1Config:
     # occur in practice (the held-out `hard` and `medium` SCMs sit at either end).
     weight_range: tuple[float, float] = (0.25, 2.0)
     noise_range: tuple[float, float] = (0.1, 2.0)
-    # Noise is drawn per graph: one level log-uniform in this range, each node's std within
-    # +-25% of it. Drawn per node from ``noise_range`` instead (None), equal-variance graphs
-    # such as `easy` and `medium` never occur in training (see README, "Training SCMs").
-    noise_level_range: tuple[float, float] | None = (0.1, 2.0)
+    # When set, noise is drawn per graph instead of per node from ``noise_range``: one level
+    # log-uniform in this range, each node's std within +-25% of it, so equal-variance graphs
+    # (like `easy`, `medium`) occur in training. Off by default: see README, "Run-to-run
+    # variance", for what it did.
+    noise_level_range: tuple[float, float] | None = None
     steps_per_episode: int = 10
     n_observational: int = 30
     # MIXED: each episode draws bootstrap or surrogate features (see README, "Why mixed features").

@@ -33,9 +33,9 @@ def build_parser() -> ArgumentParser:
                    default="mixed",
                    help="policy features during training: bootstrap (true graph + decaying noise), "
                         "surrogate (the exact posterior), or mixed (each episode draws one)")
-    p.add_argument("--per-node-noise", action="store_true",
-                   help="draw each node's noise std from 0.1..2 independently instead of one "
-                        "level per graph (the default; see README)")
+    p.add_argument("--noise-per-graph", action="store_true",
+                   help="one noise level per training graph (log-uniform 0.1..2, each node within "
+                        "+-25%%) instead of each node's std drawn from 0.1..2")
     p.add_argument("--structure-weight", type=float, default=1.0)
     p.add_argument("--target-weight", type=float, default=0.0)
     p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=3e-4)
@@ -78,7 +78,7 @@ def config_from_args(args):
         curriculum=tuple(stages), graph_kind=GraphKind(args.scm_family),
         steps_per_episode=args.steps_per_episode, n_observational=args.n_observational,
         feature_source=FeatureSource(args.feature_source),
-        noise_level_range=None if args.per_node_noise else Phase1Config.noise_level_range,
+        noise_level_range=(0.1, 2.0) if args.noise_per_graph else None,
         grpo=grpo.GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps,
                              clip_eps_high=args.clip_eps_high,
                              normalize_std=not args.no_std_normalization,

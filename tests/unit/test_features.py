@@ -30,7 +30,7 @@ def test_features_of_a_certain_graph_by_hand():
     np.testing.assert_allclose(f[:, COL["child_of_target"]], 0)
     np.testing.assert_allclose(f[:, COL["out_degree"]], [1 / 3, 1 / 3, 1 / 3, 0, 0])
     np.testing.assert_allclose(f[:, COL["in_degree"]], [0, 1 / 3, 0, 2 / 3, 0])
-    for c in ("edge_uncertainty", "unoriented", "max_edge_uncertainty", "max_unoriented"):
+    for c in ("edge_uncertainty", "unoriented"):
         np.testing.assert_allclose(f[:, COL[c]], 0, atol=1e-6)       # certain graph
     np.testing.assert_allclose(f[:, COL["intervened_frac"]], [2 / 3, 0, 1 / 3, 0, 0])
     np.testing.assert_allclose(f[:, COL["is_target"]], [0, 0, 0, 1, 0])
@@ -38,17 +38,17 @@ def test_features_of_a_certain_graph_by_hand():
     np.testing.assert_allclose(f[4], 0)                                # padding is all zero
 
 
-def test_one_unoriented_pair_shows_in_the_max_features_whatever_the_size():
-    for d in (4, 12):
-        probs = jnp.zeros((d, d)).at[0, 1].set(0.5).at[1, 0].set(0.5)
-        f = np.asarray(features_from_probs(probs, Buffer.empty(4, d), jnp.asarray(d - 1),
-                                           jnp.ones(d, bool)))
-        np.testing.assert_allclose(f[:2, COL["max_unoriented"]], 1.0, rtol=1e-6)
-        np.testing.assert_allclose(f[:2, COL["unoriented"]], 1.0 / (d - 1), rtol=1e-6)
-        # pair {0, 1} has states (0.5, 0.5, 0): entropy log 2, normalised by log 3
-        np.testing.assert_allclose(f[:2, COL["max_edge_uncertainty"]], math.log(2) / math.log(3),
-                                   rtol=1e-5)
-        np.testing.assert_allclose(f[2:, COL["max_unoriented"]], 0, atol=1e-6)
+def test_one_unoriented_pair_by_hand():
+    d = 4
+    probs = jnp.zeros((d, d)).at[0, 1].set(0.5).at[1, 0].set(0.5)
+    f = np.asarray(features_from_probs(probs, Buffer.empty(4, d), jnp.asarray(d - 1),
+                                       jnp.ones(d, bool)))
+    np.testing.assert_allclose(f[:2, COL["unoriented"]], 1.0 / (d - 1), rtol=1e-6)
+    # pair {0, 1} has states (0.5, 0.5, 0): entropy log 2, normalised by log 3, mean over 3 others
+    np.testing.assert_allclose(f[:2, COL["edge_uncertainty"]], math.log(2) / math.log(3) / (d - 1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(f[2:, COL["unoriented"]], 0, atol=1e-6)
+    np.testing.assert_allclose(f[:2, COL["out_degree"]], 0.5 / (d - 1), rtol=1e-6)
 
 
 def test_bootstrap_without_noise_equals_a_surrogate_certain_of_the_truth():

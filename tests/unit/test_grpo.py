@@ -151,8 +151,8 @@ def test_noise_level_per_graph_gives_equal_variance_graphs_at_every_level():
     def draw(cfg):
         return jax.jit(jax.vmap(lambda k: P.sample_stage_scm(k, stage, cfg)))(keys)
 
-    plain = draw(P.Phase1Config(noise_level_range=None))
-    graph = draw(P.Phase1Config())
+    plain = draw(P.Phase1Config())
+    graph = draw(P.Phase1Config(noise_level_range=(0.1, 2.0)))
     np.testing.assert_array_equal(plain.adj, graph.adj)           # only the noise changes
     np.testing.assert_array_equal(plain.weights, graph.weights)
     mask = np.asarray(graph.var_mask)
