@@ -7,9 +7,13 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from typing import Any, Callable, Iterator
 
 from causal_grpo.errors import UserError
+
+
+TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
@@ -18,7 +22,8 @@ def atomic_path(path: str) -> Iterator[str]:
     directory = os.path.dirname(os.path.abspath(path))
     # Hidden (a killed writer's leftover stays out of "*.npz" globs) but with the real
     # extension, which writers such as matplotlib's savefig read the format from.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(path),
+                               dir=directory)
     os.close(fd)
     # mkstemp creates 0600; results are ordinary files, so honour the umask like open() does.
     umask = os.umask(0)
@@ -38,6 +43,23 @@ def write_atomic(path: str, writer: Callable[[str], None]) -> None:
     """Run ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
+    """Delete temporaries of :func:`atomic_path` older than ``min_age_s`` in ``directory``.
+
+    A writer killed mid-write leaves its temporary behind. Writing a result takes
+    milliseconds, so one a minute old belongs to a dead writer, not a live one.
+    """
+    now = time.time()
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.stat(path).st_mtime > min_age_s:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def write_text(path: str, text: str) -> None:

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -157,20 +156,7 @@ class CellStore:
     def __init__(self, root: str, digest: str):
         self.dir = os.path.join(root, digest)
         os.makedirs(self.dir, exist_ok=True)
-        self._drop_stale_partials()
-
-    def _drop_stale_partials(self, min_age_s: float = 60.0) -> None:
-        # A driver killed mid-write leaves its temporary behind. Writing a cell takes
-        # milliseconds, so one a minute old belongs to a dead writer, not a live one.
-        now = time.time()
-        for name in os.listdir(self.dir):
-            if name.startswith(".tmp-"):
-                path = os.path.join(self.dir, name)
-                try:
-                    if now - os.stat(path).st_mtime > min_age_s:
-                        os.unlink(path)
-                except FileNotFoundError:
-                    pass
+        io.drop_stale_partials(self.dir)
 
     def path(self, batch: Batch) -> str:
         name = f"{batch.scm}__{batch.method.value}__{batch.seeds[0]}-{batch.seeds[-1]}.npz"
