@@ -38,11 +38,12 @@ import numpy as np
 from causal_grpo import io
 from causal_grpo.errors import UserError
 from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
-from causal_grpo.networks import (PolicyConfig, PolicyInput, bin_values, make_policy,
-                                  sample_action)
+from causal_grpo.networks import (PolicyConfig, PolicyInput, bin_values, dummy_input,
+                                  make_policy, sample_action)
 from causal_grpo.scm import SCM, SCMSpec
 
 FORMAT = "causal-grpo-policy"
+OPTIONAL_ZERO = {"pairwise"}   # architecture fields where 0 means "off"
 VERSION = 1
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
@@ -144,9 +145,13 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
     unknown = set(obj) - set(fields)
     if unknown:
         raise CheckpointError(f"{where}: unknown architecture field(s) {sorted(unknown)}")
+    # Checkpoints written before the belief-graph terms existed have no 'pairwise': they are
+    # per-variable-only policies.
+    obj = {"pairwise": 0} | obj
     for k, v in obj.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise CheckpointError(f"{where}: architecture field '{k}' must be a positive integer")
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
+            kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"
+            raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} integer")
     cfg = PolicyConfig(**obj)
     if cfg.n_features != N_FEATURES:
         raise CheckpointError(f"{where}: policy expects {cfg.n_features} features, this version "
@@ -157,10 +162,7 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
 
 
 def template_params(cfg: PolicyConfig) -> Any:
-    d, C = 4, 8
-    dummy = PolicyInput(jnp.zeros((C, d)), jnp.zeros((C, d), bool), jnp.ones((C,), bool),
-                        jnp.zeros((d, cfg.n_features)), jnp.asarray(0), jnp.ones((d,), bool))
-    return jax.eval_shape(lambda: make_policy(cfg).init(jax.random.PRNGKey(0), dummy))
+    return jax.eval_shape(lambda: make_policy(cfg).init(jax.random.PRNGKey(0), dummy_input(cfg)))
 
 
 def _check_params(params: Any, cfg: PolicyConfig, where: str) -> dict:
@@ -276,7 +278,7 @@ class GRPOInterventionFn:
         def _out(params, buffer, probs, target):
             feats = features_from_probs(probs, buffer, target, self._var_mask)
             inp = PolicyInput(buffer.values, buffer.intervened, buffer.valid, feats, target,
-                              self._var_mask)
+                              self._var_mask, probs)
             return net.apply(params, None, inp)
 
         def _act(params, buffer, probs, target, key):

@@ -10,10 +10,17 @@ Inputs (one example; vmap for batches):
     column flag], is embedded by an MLP, and the cells of a variable are pooled (masked mean
     over all rows and over its intervened rows) into a per-variable summary;
   * per-variable features (d, F) of ``causal_grpo.features`` (one schema for bootstrap and
-    surrogate features).
+    surrogate features);
+  * the edge probabilities (d, d) those features were computed from (``pairwise`` > 0 only).
 
 Body: the summary and features are concatenated, embedded, and passed through ``layers``
 pre-norm transformer blocks of self-attention *across variables* (padding masked out).
+With ``pairwise`` > 0 each block also reads the belief graph: every ordered pair (i, j) gets an
+embedding of (P(i -> j), P(j -> i), pair entropy) that biases each head's attention logits,
+and each variable receives messages from its probable children and probable parents (sums
+weighted by P(i -> j) and P(j -> i)). Per-variable aggregates alone cannot tell "a parent of
+many uncertain edges upstream" from "many weak edges anywhere", which is what decides how
+informative an intervention is; the pairwise terms stay equivariant (they permute with i, j).
 
 Outputs:
   * ``var_logits`` (d,): the target and padding variables are masked to -inf;
@@ -25,6 +32,7 @@ Outputs:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import haiku as hk
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from causal_grpo.features import N_FEATURES
+from causal_grpo.metrics import pair_entropy
 
 Array = jax.Array
 NEG = -1e9
@@ -46,6 +55,7 @@ class PolicyConfig:
     heads: int = 4
     n_bins: int = 9
     n_features: int = N_FEATURES
+    pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
 
 
 class PolicyOutput(NamedTuple):
@@ -60,6 +70,45 @@ class PolicyInput(NamedTuple):
     features: Array      # (d, F)
     target: Array        # () int
     var_mask: Array      # (d,) bool
+    edge_probs: Array    # (d, d) P(i -> j), the matrix ``features`` came from
+
+
+def dummy_input(cfg: "PolicyConfig", d: int = 4, capacity: int = 8) -> PolicyInput:
+    """A zero input of the right shapes, to initialise or shape-check parameters."""
+    return PolicyInput(jnp.zeros((capacity, d)), jnp.zeros((capacity, d), bool),
+                       jnp.ones((capacity,), bool), jnp.zeros((d, cfg.n_features)),
+                       jnp.asarray(0), jnp.ones((d,), bool), jnp.zeros((d, d)))
+
+
+def _pair_inputs(probs: Array, var_mask: Array) -> Array:
+    """(d, d, 3): P(i -> j), P(j -> i), entropy of pair {i, j} / log 3; zero off the real pairs."""
+    d = probs.shape[-1]
+    real = var_mask.astype(jnp.float32)
+    pair = real[:, None] * real[None, :] * (1.0 - jnp.eye(d))
+    probs = probs * pair
+    ent = pair_entropy(probs) * pair / math.log(3.0)
+    return jnp.stack([probs, probs.T, ent], axis=-1)
+
+
+class BiasedAttention(hk.Module):
+    """Multi-head self-attention across variables with an additive per-head bias (h, d, d)."""
+
+    def __init__(self, heads: int, key_size: int, w_init_scale: float, name: str | None = None):
+        super().__init__(name=name)
+        self.heads, self.key_size, self.scale = heads, key_size, w_init_scale
+
+    def __call__(self, x: Array, bias: Array, mask: Array) -> Array:
+        d = x.shape[0]
+        h, k = self.heads, self.key_size
+        q = hk.Linear(h * k, name="query")(x).reshape(d, h, k)
+        kk = hk.Linear(h * k, name="key")(x).reshape(d, h, k)
+        v = hk.Linear(h * k, name="value")(x).reshape(d, h, k)
+        logits = jnp.einsum("ihk,jhk->hij", q, kk) / math.sqrt(k) + bias
+        logits = jnp.where(mask[None], logits, NEG)
+        w = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("hij,jhk->ihk", w, v).reshape(d, h * k)
+        return hk.Linear(x.shape[-1], w_init=hk.initializers.VarianceScaling(self.scale),
+                         name="out")(out)
 
 
 def _standardise(values: Array, valid: Array) -> Array:
@@ -94,13 +143,26 @@ class PolicyNet(hk.Module):
         e = hk.nets.MLP([H, H], activate_final=False, name="var_embed")(e)     # (d, H)
 
         mask = x.var_mask[None, :] & x.var_mask[:, None]                        # (d, d)
+        if cfg.pairwise:
+            pin = _pair_inputs(x.edge_probs, x.var_mask)
+            pe = hk.nets.MLP([H // 2, H // 2], activate_final=True, name="pair_mlp")(pin)
+            p_child, p_parent = pin[..., 0], pin[..., 1]                        # (d, d)
+            n_other = jnp.maximum(x.var_mask.sum() - 1.0, 1.0)
         for i in range(cfg.layers):
             ln1 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln1_{i}")
-            attn = hk.MultiHeadAttention(num_heads=cfg.heads, key_size=H // cfg.heads,
-                                         w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
-                                         name=f"attn_{i}")
             y = ln1(e)
-            e = e + attn(y, y, y, mask=mask[None])
+            if cfg.pairwise:
+                bias = hk.Linear(cfg.heads, name=f"pair_bias_{i}")(pe).transpose(2, 0, 1)
+                attn = BiasedAttention(cfg.heads, H // cfg.heads, 1.0 / cfg.layers, name=f"battn_{i}")
+                e = e + attn(y, bias, mask)
+                msg = jnp.concatenate([p_child @ y, p_parent @ y], axis=-1) / n_other
+                e = e + hk.Linear(H, w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
+                                  name=f"pair_msg_{i}")(msg)
+            else:
+                attn = hk.MultiHeadAttention(num_heads=cfg.heads, key_size=H // cfg.heads,
+                                             w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
+                                             name=f"attn_{i}")
+                e = e + attn(y, y, y, mask=mask[None])
             ln2 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln2_{i}")
             e = e + hk.nets.MLP([2 * H, H], name=f"ff_{i}")(ln2(e))
         e = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name="ln_out")(e)

@@ -132,6 +132,8 @@ class Phase1Config:
         for name in ("structure_weight", "target_weight"):
             if not math.isfinite(getattr(self.reward, name)):
                 raise UserError(f"reward {name} must be finite")
+        if self.reward.outcomes < 1:
+            raise UserError("--reward-outcomes must be at least 1")
         if self.reward.structure_weight == 0 and self.reward.target_weight == 0:
             raise UserError("at least one reward weight must be non-zero")
 
@@ -191,7 +193,11 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
     buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
     state = sur.update(sur.init(ks["surrogate"], scm.var_mask), x0, jnp.zeros_like(x0, bool),
                        jnp.ones((n0,), bool))
-    eps = jax.random.normal(ks["noise"], (T, d))
+    M = cfg.reward.outcomes
+    eps = jax.random.normal(ks["noise"], (T, d))[:, None]                 # (T, M, d)
+    if M > 1:   # extra draws from a fold_in, so outcome 0 is the one-outcome default's
+        eps = jnp.concatenate(
+            [eps, jax.random.normal(jax.random.fold_in(ks["noise"], 1), (T, M - 1, d))], axis=1)
     noise_b = bootstrap_noise(ks["bootstrap"], d)
     t_mean, t_std = jnp.mean(x0[:, scm.target]), jnp.std(x0[:, scm.target])
     values_of_bins = bin_values(scm.low, scm.high, K)
@@ -207,15 +213,22 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
             jax.random.split(jax.random.fold_in(ks["select"], t), G), out)
         vals = values_of_bins[vbin]
         masks = jax.nn.one_hot(var, d, dtype=bool)
-        xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
-        new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(xs, masks)
-        new_probs = jax.vmap(sur.edge_probs)(new)
-        r_struct = jax.vmap(lambda p: structure_reward(scm.adj, probs, p, scm.var_mask))(new_probs)
-        r_target = target_reward(xs[:, scm.target], t_mean, t_std)
+
+        def outcome(e):   # every candidate of the group under one exogenous noise draw
+            xs = jax.vmap(lambda m, v: propagate(scm, e, m, jnp.where(m, v, 0.0)))(masks, vals)
+            new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
+                xs, masks)
+            r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
+                                                           scm.var_mask))(new)
+            return xs, new, r_struct, target_reward(xs[:, scm.target], t_mean, t_std)
+
+        xs, new, r_struct, r_target = jax.vmap(outcome)(eps[t])          # (M, G, ...)
+        r_struct, r_target = r_struct.mean(0), r_target.mean(0)
         r = total_reward(cfg.reward, r_struct, r_target)
         adv = grpo.group_advantages(r, cfg.grpo.normalize_std)
-        state = jax.tree.map(lambda a: a[0], new)
-        buffer = buffer.write(n0 + t, xs[0], masks[0])
+        # The episode goes on with candidate 0's first outcome, itself a draw from pi.
+        state = jax.tree.map(lambda a: a[0, 0], new)
+        buffer = buffer.write(n0 + t, xs[0, 0], masks[0])
         info = {
             "is_target_parent": scm.adj[var, scm.target].mean(),
             "chosen_out_degree": out_deg[var].mean(),
@@ -290,12 +303,8 @@ class Evaluator:
 
 def init_params(cfg: Phase1Config) -> Any:
     """Initial policy parameters (deterministic in ``cfg.seed``)."""
-    from causal_grpo.networks import PolicyInput
-    from causal_grpo.features import N_FEATURES
-    d, C = 4, 8
-    dummy = PolicyInput(jnp.zeros((C, d)), jnp.zeros((C, d), bool), jnp.ones((C,), bool),
-                        jnp.zeros((d, N_FEATURES)), jnp.asarray(0), jnp.ones((d,), bool))
-    return make_policy(cfg.policy).init(jax.random.PRNGKey(cfg.seed), dummy)
+    from causal_grpo.networks import dummy_input
+    return make_policy(cfg.policy).init(jax.random.PRNGKey(cfg.seed), dummy_input(cfg.policy))
 
 
 def train_key(cfg: Phase1Config) -> Array:

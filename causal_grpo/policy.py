@@ -20,7 +20,7 @@ Array = jax.Array
 
 def policy_input(obs: Observation) -> PolicyInput:
     return PolicyInput(obs.buffer.values, obs.buffer.intervened, obs.buffer.valid, obs.features,
-                       obs.target, obs.var_mask)
+                       obs.target, obs.var_mask, obs.probs)
 
 
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False) -> Selector:

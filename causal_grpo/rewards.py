@@ -11,6 +11,11 @@ A candidate intervention's reward depends on its *outcome*, the sample it produc
 
 ``reward = structure_weight * structure + target_weight * target``. Rewards are normalised
 inside each group by GRPO, so only their relative sizes within a group matter.
+
+With ``outcomes`` = M > 1 each candidate is executed M times from the same state (M exogenous
+noise draws, shared by the whole group) and its reward is the mean over the M outcomes: an
+unbiased estimate of the candidate's expected reward with 1/M of the single-outcome variance.
+Under large noise one outcome says little about which intervention was better (see README).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class RewardConfig:
 
     structure_weight: float = 1.0
     target_weight: float = 0.0
+    outcomes: int = 1          # outcomes averaged per candidate (static)
 
 
 def structure_reward(true_adj: Array, probs_before: Array, probs_after: Array,

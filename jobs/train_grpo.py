@@ -38,6 +38,8 @@ def build_parser() -> ArgumentParser:
                         "+-25%%) instead of each node's std drawn from 0.1..2")
     p.add_argument("--structure-weight", type=float, default=1.0)
     p.add_argument("--target-weight", type=float, default=0.0)
+    p.add_argument("--reward-outcomes", type=positive_int("--reward-outcomes"), default=1,
+                   help="outcomes (noise draws) averaged into each candidate's reward")
     p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=3e-4)
     p.add_argument("--clip-eps", type=positive_float("--clip-eps"), default=0.2)
     p.add_argument("--clip-eps-high", type=positive_float("--clip-eps-high"), default=None)
@@ -84,7 +86,8 @@ def config_from_args(args):
                              normalize_std=not args.no_std_normalization,
                              entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
                              learning_rate=args.learning_rate),
-        reward=RewardConfig(structure_weight=args.structure_weight, target_weight=args.target_weight),
+        reward=RewardConfig(structure_weight=args.structure_weight, target_weight=args.target_weight,
+                            outcomes=args.reward_outcomes),
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed)
     cfg.validate()
     return cfg
