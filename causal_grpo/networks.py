@@ -73,7 +73,7 @@ class PolicyInput(NamedTuple):
     edge_probs: Array    # (d, d) P(i -> j), the matrix ``features`` came from
 
 
-def dummy_input(cfg: "PolicyConfig", d: int = 4, capacity: int = 8) -> PolicyInput:
+def dummy_input(cfg: PolicyConfig, d: int = 4, capacity: int = 8) -> PolicyInput:
     """A zero input of the right shapes, to initialise or shape-check parameters."""
     return PolicyInput(jnp.zeros((capacity, d)), jnp.zeros((capacity, d), bool),
                        jnp.ones((capacity,), bool), jnp.zeros((d, cfg.n_features)),

@@ -132,6 +132,8 @@ class Phase1Config:
         for name in ("structure_weight", "target_weight"):
             if not math.isfinite(getattr(self.reward, name)):
                 raise UserError(f"reward {name} must be finite")
+        if not 0.0 <= self.reward.map_share <= 1.0:
+            raise UserError("--map-share must be in [0, 1]")
         if self.reward.outcomes < 1:
             raise UserError("--reward-outcomes must be at least 1")
         if self.reward.structure_weight == 0 and self.reward.target_weight == 0:
@@ -219,7 +221,7 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
             new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
                 xs, masks)
             r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
-                                                           scm.var_mask))(new)
+                                                           scm.var_mask, cfg.reward.map_share))(new)
             return xs, new, r_struct, target_reward(xs[:, scm.target], t_mean, t_std)
 
         xs, new, r_struct, r_target = jax.vmap(outcome)(eps[t])          # (M, G, ...)

@@ -40,6 +40,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--target-weight", type=float, default=0.0)
     p.add_argument("--reward-outcomes", type=positive_int("--reward-outcomes"), default=1,
                    help="outcomes (noise draws) averaged into each candidate's reward")
+    p.add_argument("--map-share", type=float, default=0.0,
+                   help="share of the structure reward paid on the posterior's point estimate")
     p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=3e-4)
     p.add_argument("--clip-eps", type=positive_float("--clip-eps"), default=0.2)
     p.add_argument("--clip-eps-high", type=positive_float("--clip-eps-high"), default=None)
@@ -87,7 +89,7 @@ def config_from_args(args):
                              entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
                              learning_rate=args.learning_rate),
         reward=RewardConfig(structure_weight=args.structure_weight, target_weight=args.target_weight,
-                            outcomes=args.reward_outcomes),
+                            outcomes=args.reward_outcomes, map_share=args.map_share),
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed)
     cfg.validate()
     return cfg

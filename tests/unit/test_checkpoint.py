@@ -119,6 +119,30 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
     assert "\n" not in str(e.value)
 
 
+def test_checkpoints_from_before_the_belief_graph_load_as_per_variable_policies(tmp_path):
+    """Older checkpoints have no 'pairwise' field; they load (as pairwise = 0) and act."""
+    old_cfg = PolicyConfig(hidden=16, layers=1, heads=2, pairwise=0)
+    params = init_params(Phase1Config(policy=old_cfg))
+    path = C.save_checkpoint(str(tmp_path / "old"), params, old_cfg, {}, {})
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    del cfg["architecture"]["pairwise"]
+    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    blob = pickle.load(open(os.path.join(path, "policy_params.pkl"), "rb"))
+    del blob["architecture"]["pairwise"]
+    pickle.dump(blob, open(os.path.join(path, "policy_params.pkl"), "wb"))
+    loaded = C.load_grpo_policy(path)
+    assert loaded.config == old_cfg
+    C.load_grpo_policy(os.path.join(path, "policy_params.pkl"))
+    a = jax.jit(make_policy_selector(old_cfg))(jax.random.PRNGKey(0), observation(), loaded.params)
+    assert 0 <= int(a.variable) < 5 and int(a.variable) != 3
+    # A pairwise policy's parameters do not fit a per-variable architecture, and say so.
+    cfg = json.load(open(os.path.join(path, "config.json")))
+    cfg["architecture"]["pairwise"] = 1
+    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    with pytest.raises(C.CheckpointError, match="do not fit the architecture"):
+        C.load_grpo_policy(path)
+
+
 def test_intervention_fn_sees_its_history(ckpt):
     """LESSONS bug 2: the Phase-2 policy's choice depends on the data it has been shown."""
     path, _ = ckpt

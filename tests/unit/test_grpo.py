@@ -108,6 +108,14 @@ def test_rewards_depend_on_the_outcome():
     r = structure_reward(adj, before, after, jnp.ones(2, bool))
     assert float(r) == pytest.approx((1 - 0.4) - (1 - 0.9), abs=1e-6)
     assert float(expected_shd(adj, after)) == pytest.approx(0.1, abs=1e-6)
+    # Point-estimate share: before, "no edge" is not beaten by either direction (0.4 vs 0.4),
+    # so the estimate is empty (SHD 1); after, it is 0 -> 1 (SHD 0): a drop of 1.
+    m = structure_reward(adj, before, after, jnp.ones(2, bool), map_share=0.5)
+    assert float(m) == pytest.approx(0.5 * 0.5 + 0.5 * 1.0, abs=1e-6)
+    # Surer of an edge the estimate already has right: expected SHD pays, the estimate does not.
+    surer = jnp.array([[0.0, 0.99], [0.0, 0.0]])
+    assert float(structure_reward(adj, after, surer, jnp.ones(2, bool), map_share=1.0)) == 0.0
+    assert float(structure_reward(adj, after, surer, jnp.ones(2, bool))) > 0.05
 
 
 def test_averaged_outcomes_keep_the_trajectory_and_average_the_rewards():
