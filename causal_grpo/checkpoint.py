@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causal_grpo import io
 from causal_grpo.errors import UserError
 from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
 from causal_grpo.networks import (PolicyConfig, PolicyInput, bin_values, dummy_input,

@@ -5,10 +5,10 @@ A candidate intervention's reward depends on its *outcome*, the sample it produc
 * structure term: how much closer the surrogate's belief gets to the true graph when that
   sample is added, measured as the drop in expected SHD (``metrics.expected_shd``) of the
   exact DAG posterior, before minus after. Positive = the sample taught something true.
-  With ``map_share`` = s > 0 the structure term is ``(1 - s) * that + s * (the drop in SHD
-  of the posterior's point estimate``, ``metrics.posterior_graph``): the point-estimate part
-  only pays when a sample flips an edge of the estimate, which is what F1 and SHD measure;
-  expected SHD also pays for growing surer of edges the estimate already has right.
+  With ``map_share`` = s > 0 the structure term is (1 - s) times that plus s times the drop
+  in SHD of the posterior's point estimate (``metrics.posterior_graph``): the point-estimate
+  part only pays when a sample flips an edge of the estimate, which is what F1 and SHD
+  measure; expected SHD also pays for growing surer of edges the estimate already has right.
 * target term: the seed's objective, a lower target value is better; scored as minus the
   target's value standardised by the observational mean and std of the target, so it is
   comparable across SCMs.
