@@ -59,15 +59,23 @@ class Buffer(NamedTuple):
                       self.valid.at[row].set(True))
 
 
-def features_from_probs(probs: Array, buffer: Buffer, target: Array, var_mask: Array) -> Array:
-    """(d, F) features of every variable from edge probabilities (d, d) and the buffer."""
+def masked_pairs(probs: Array, var_mask: Array) -> tuple[Array, Array, Array]:
+    """Edge probabilities and pair entropies (/ log 3), both zero off the real ordered pairs,
+    and the (d, d) mask of those pairs; shared by the features and the policy's pair inputs."""
     d = probs.shape[-1]
     real = var_mask.astype(jnp.float32)
     pair = real[:, None] * real[None, :] * (1.0 - jnp.eye(d))
     probs = probs * pair
+    return probs, pair_entropy(probs) * pair / math.log(3.0), pair
+
+
+def features_from_probs(probs: Array, buffer: Buffer, target: Array, var_mask: Array) -> Array:
+    """(d, F) features of every variable from edge probabilities (d, d) and the buffer."""
+    d = probs.shape[-1]
+    real = var_mask.astype(jnp.float32)
+    probs, ent, pair = masked_pairs(probs, var_mask)
     n_other = jnp.maximum(real.sum() - 1.0, 1.0)
     p, q, _ = pair_probs(probs)
-    ent = pair_entropy(probs) * pair / math.log(3.0)
     n_int = jnp.sum(buffer.intervened & buffer.valid[:, None], axis=0).astype(jnp.float32)
     total = n_int.sum()
     onehot_t = (jnp.arange(d) == target).astype(jnp.float32)

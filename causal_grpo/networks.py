@@ -39,8 +39,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from causal_grpo.features import N_FEATURES
-from causal_grpo.metrics import pair_entropy
+from causal_grpo.features import N_FEATURES, masked_pairs
 
 Array = jax.Array
 NEG = -1e9
@@ -82,11 +81,7 @@ def dummy_input(cfg: PolicyConfig, d: int = 4, capacity: int = 8) -> PolicyInput
 
 def _pair_inputs(probs: Array, var_mask: Array) -> Array:
     """(d, d, 3): P(i -> j), P(j -> i), entropy of pair {i, j} / log 3; zero off the real pairs."""
-    d = probs.shape[-1]
-    real = var_mask.astype(jnp.float32)
-    pair = real[:, None] * real[None, :] * (1.0 - jnp.eye(d))
-    probs = probs * pair
-    ent = pair_entropy(probs) * pair / math.log(3.0)
+    probs, ent, _ = masked_pairs(probs, var_mask)
     return jnp.stack([probs, probs.T, ent], axis=-1)
 
 
