@@ -42,7 +42,7 @@ from causal_grpo.networks import (PolicyConfig, PolicyInput, bin_values, dummy_i
 from causal_grpo.scm import SCM, SCMSpec
 
 FORMAT = "causal-grpo-policy"
-OPTIONAL_ZERO = {"pairwise"}   # architecture fields where 0 means "off"
+OPTIONAL_ZERO = {"pairwise", "data_stats"}   # architecture fields where 0 means "off"
 VERSION = 1
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
@@ -144,9 +144,9 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
     unknown = set(obj) - set(fields)
     if unknown:
         raise CheckpointError(f"{where}: unknown architecture field(s) {sorted(unknown)}")
-    # Checkpoints written before the belief-graph terms existed have no 'pairwise': they are
-    # per-variable-only policies.
-    obj = {"pairwise": 0} | obj
+    # Checkpoints written before the belief-graph terms (or the data statistics) existed lack
+    # those fields: they are policies without them.
+    obj = {"pairwise": 0, "data_stats": 0} | obj
     for k, v in obj.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
             kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"

@@ -55,6 +55,7 @@ class PolicyConfig:
     n_bins: int = 9
     n_features: int = N_FEATURES
     pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
+    data_stats: int = 0        # 1: also read the buffer's correlations (needs pairwise)
 
 
 class PolicyOutput(NamedTuple):
@@ -106,6 +107,31 @@ class BiasedAttention(hk.Module):
                          name="out")(out)
 
 
+def _data_stats(z: Array, valid: Array, var_mask: Array, shrink: float = 0.1) -> tuple[Array, Array]:
+    """Second-order statistics of the standardised buffer ``z`` (C, d).
+
+    Returns ((d, d, 2) [|correlation|, |partial correlation|], (d,) R^2 of each variable on
+    all the others), zero off the real variables. The per-cell encoder pools every variable on
+    its own, so without these the policy cannot see how strongly the data tie variables
+    together: a child that its parents nearly determine (high R^2) is where one intervention
+    on a parent says most. The correlation is shrunk towards the identity (``shrink``) so the
+    precision matrix exists with fewer rows than variables; padding gets an identity block,
+    which leaves the real block's inverse unchanged.
+    """
+    d = z.shape[1]
+    real = var_mask.astype(jnp.float32)
+    pair = real[:, None] * real[None, :]
+    n = jnp.maximum(valid.astype(jnp.float32).sum(), 1.0)
+    corr = (z.T @ z / n) * pair
+    corr = corr * (1.0 - jnp.eye(d)) * (1.0 - shrink) + jnp.eye(d)
+    prec = jnp.linalg.inv(corr)
+    diag = jnp.diag(prec)
+    pcorr = -prec / jnp.sqrt(diag[:, None] * diag[None, :])
+    off = pair * (1.0 - jnp.eye(d))
+    r2 = jnp.clip(1.0 - 1.0 / diag, 0.0, 1.0) * real
+    return jnp.stack([jnp.abs(corr) * off, jnp.abs(pcorr) * off], axis=-1), r2
+
+
 def _standardise(values: Array, valid: Array) -> Array:
     w = valid.astype(jnp.float32)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
@@ -134,12 +160,17 @@ class PolicyNet(hk.Module):
             (h * w_all).sum(0) / jnp.maximum(w_all.sum(0), 1.0),
             (h * w_int).sum(0) / jnp.maximum(w_int.sum(0), 1.0),
         ], axis=-1)                                                             # (d, 2H)
+        if cfg.data_stats:
+            pair_stats, r2 = _data_stats(z, x.valid, x.var_mask)
+            pooled = jnp.concatenate([pooled, r2[:, None]], axis=-1)
         e = jnp.concatenate([pooled, x.features], axis=-1)
         e = hk.nets.MLP([H, H], activate_final=False, name="var_embed")(e)     # (d, H)
 
         mask = x.var_mask[None, :] & x.var_mask[:, None]                        # (d, d)
         if cfg.pairwise:
             pin = _pair_inputs(x.edge_probs, x.var_mask)
+            if cfg.data_stats:
+                pin = jnp.concatenate([pin, pair_stats], axis=-1)
             pe = hk.nets.MLP([H // 2, H // 2], activate_final=True, name="pair_mlp")(pin)
             p_child, p_parent = pin[..., 0], pin[..., 1]                        # (d, d)
             n_other = jnp.maximum(x.var_mask.sum() - 1.0, 1.0)

@@ -36,6 +36,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--noise-per-graph", action="store_true",
                    help="one noise level per training graph (log-uniform 0.1..2, each node within "
                         "+-25%%) instead of each node's std drawn from 0.1..2")
+    p.add_argument("--data-stats", action="store_true",
+                   help="the policy also reads the buffer's correlations, partial correlations "
+                        "and each variable's R^2 on the others")
     p.add_argument("--structure-weight", type=float, default=1.0)
     p.add_argument("--target-weight", type=float, default=0.0)
     p.add_argument("--reward-outcomes", type=positive_int("--reward-outcomes"), default=1,
@@ -65,6 +68,7 @@ def config_from_args(args):
     from causal_grpo.rewards import RewardConfig
     from causal_grpo.scm_families import GraphKind
     from causal_grpo.errors import UserError
+    from causal_grpo.networks import PolicyConfig
 
     if args.max_variables > 15:
         raise UserError("--max-variables must be at most 15 (the exact posterior's training range)")
@@ -83,6 +87,7 @@ def config_from_args(args):
         steps_per_episode=args.steps_per_episode, n_observational=args.n_observational,
         feature_source=FeatureSource(args.feature_source),
         noise_level_range=(0.1, 2.0) if args.noise_per_graph else None,
+        policy=PolicyConfig(data_stats=int(args.data_stats)),
         grpo=grpo.GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps,
                              clip_eps_high=args.clip_eps_high,
                              normalize_std=not args.no_std_normalization,

@@ -120,15 +120,15 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
 
 
 def test_checkpoints_from_before_the_belief_graph_load_as_per_variable_policies(tmp_path):
-    """Older checkpoints have no 'pairwise' field; they load (as pairwise = 0) and act."""
+    """Older checkpoints have no 'pairwise' or 'data_stats' field; they load (as 0) and act."""
     old_cfg = PolicyConfig(hidden=16, layers=1, heads=2, pairwise=0)
     params = init_params(Phase1Config(policy=old_cfg))
     path = C.save_checkpoint(str(tmp_path / "old"), params, old_cfg, {}, {})
     cfg = json.load(open(os.path.join(path, "config.json")))
-    del cfg["architecture"]["pairwise"]
+    del cfg["architecture"]["pairwise"], cfg["architecture"]["data_stats"]
     json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
     blob = pickle.load(open(os.path.join(path, "policy_params.pkl"), "rb"))
-    del blob["architecture"]["pairwise"]
+    del blob["architecture"]["pairwise"], blob["architecture"]["data_stats"]
     pickle.dump(blob, open(os.path.join(path, "policy_params.pkl"), "wb"))
     loaded = C.load_grpo_policy(path)
     assert loaded.config == old_cfg

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from causal_grpo.features import Buffer, features_from_probs
-from causal_grpo.networks import PolicyConfig, PolicyInput, dummy_input, make_policy
+from causal_grpo.networks import (PolicyConfig, PolicyInput, _data_stats, _standardise,
+                                  dummy_input, make_policy)
 
 
 def _random_params(cfg, seed=0):
@@ -39,9 +40,9 @@ def _permute(x: PolicyInput, perm: np.ndarray) -> PolicyInput:
                        x.edge_probs[perm][:, perm])
 
 
-@pytest.mark.parametrize("pairwise", [0, 1])
-def test_permuting_variables_permutes_outputs(pairwise):
-    cfg = PolicyConfig(pairwise=pairwise)
+@pytest.mark.parametrize("pairwise,data_stats", [(0, 0), (1, 0), (1, 1)])
+def test_permuting_variables_permutes_outputs(pairwise, data_stats):
+    cfg = PolicyConfig(pairwise=pairwise, data_stats=data_stats)
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(6)
     perm = np.array([4, 0, 5, 2, 1, 3])
@@ -52,8 +53,9 @@ def test_permuting_variables_permutes_outputs(pairwise):
     assert out.var_logits[2] < -1e8                         # the target is masked out
 
 
-def test_padding_does_not_change_real_outputs():
-    cfg = PolicyConfig()
+@pytest.mark.parametrize("data_stats", [0, 1])
+def test_padding_does_not_change_real_outputs(data_stats):
+    cfg = PolicyConfig(data_stats=data_stats)
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(5)
     pad = 3
@@ -81,3 +83,49 @@ def test_belief_graph_reaches_the_output_only_when_pairwise():
         a, b = net.apply(params, None, x), net.apply(params, None, y)
         diff = float(jnp.max(jnp.abs(jnp.where(x.var_mask, a.var_logits - b.var_logits, 0.0))))
         assert (diff > 1e-3) == changes, (pairwise, diff)
+
+
+def test_data_stats_match_numpy_on_a_hand_made_buffer():
+    """x1 = 0.9 x0 + small noise; x2 independent. R^2, |corr| and |partial corr| against numpy
+    (shrunk correlation, as documented); a padding column changes none of them."""
+    rng = np.random.default_rng(3)
+    C = 50
+    x0 = rng.normal(size=C)
+    vals = np.stack([x0, 0.9 * x0 + 0.1 * rng.normal(size=C), rng.normal(size=C)], 1)
+    valid = np.ones(C, bool)
+    z = _standardise(jnp.asarray(vals, jnp.float32), jnp.asarray(valid))
+    pair, r2 = _data_stats(z, jnp.asarray(valid), jnp.ones(3, bool), shrink=0.1)
+    corr = np.corrcoef(vals, rowvar=False)
+    shrunk = 0.9 * corr + 0.1 * np.eye(3)
+    prec = np.linalg.inv(shrunk)
+    np.testing.assert_allclose(r2, 1 - 1 / np.diag(prec), atol=1e-4)
+    off = 1 - np.eye(3)
+    np.testing.assert_allclose(pair[..., 0], np.abs(shrunk) * off, atol=1e-4)
+    pc = -prec / np.sqrt(np.outer(np.diag(prec), np.diag(prec)))
+    np.testing.assert_allclose(pair[..., 1], np.abs(pc) * off, atol=1e-4)
+    assert r2[0] > 0.8 and r2[1] > 0.8 and r2[2] < 0.1        # the tied pair is visible
+
+    zp = jnp.pad(z, ((0, 0), (0, 2)))
+    pair_p, r2_p = _data_stats(zp, jnp.asarray(valid), jnp.array([True] * 3 + [False] * 2))
+    np.testing.assert_allclose(r2_p[:3], r2, atol=1e-5)
+    np.testing.assert_allclose(pair_p[:3, :3], pair, atol=1e-5)
+    assert float(jnp.abs(r2_p[3:]).max()) == 0 and float(jnp.abs(pair_p[3:]).max()) == 0
+
+
+def test_data_correlations_reach_the_output_only_with_data_stats():
+    """Shuffling one column's rows keeps every variable's marginal (all the per-variable
+    pooling sees) but breaks its correlations: only a data_stats policy notices."""
+    x = _input(6)
+    x = x._replace(intervened=jnp.zeros_like(x.intervened))
+    vals = np.asarray(x.values).copy()
+    vals[:, 4] = vals[:, 0] + 0.05 * vals[:, 4]                 # column 4 tied to column 0
+    x = x._replace(values=jnp.asarray(vals))
+    shuffled = vals.copy()
+    shuffled[:9, 4] = shuffled[np.random.default_rng(1).permutation(9), 4]
+    y = x._replace(values=jnp.asarray(shuffled))
+    for data_stats, changes in ((1, True), (0, False)):
+        cfg = PolicyConfig(data_stats=data_stats)
+        net, params = make_policy(cfg), _random_params(cfg)
+        a, b = net.apply(params, None, x), net.apply(params, None, y)
+        diff = float(jnp.max(jnp.abs(jnp.where(x.var_mask, a.var_logits - b.var_logits, 0.0))))
+        assert (diff > 1e-3) == changes, (data_stats, diff)
