@@ -11,7 +11,10 @@ Inputs (one example; vmap for batches):
     over all rows and over its intervened rows) into a per-variable summary;
   * per-variable features (d, F) of ``causal_grpo.features`` (one schema for bootstrap and
     surrogate features);
-  * the edge probabilities (d, d) those features were computed from (``pairwise`` > 0 only).
+  * the edge probabilities (d, d) those features were computed from (``pairwise`` > 0 only);
+  * with ``data_stats`` (opt-in, see README), second-order statistics of the standardised
+    buffer: |correlation| and |partial correlation| join the pair inputs, each variable's R^2
+    on the others joins its summary.
 
 Body: the summary and features are concatenated, embedded, and passed through ``layers``
 pre-norm transformer blocks of self-attention *across variables* (padding masked out).
