@@ -58,7 +58,7 @@ class PolicyConfig:
     n_bins: int = 9
     n_features: int = N_FEATURES
     pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
-    data_stats: int = 0        # 1: also read the buffer's correlations (needs pairwise)
+    data_stats: int = 0        # 1: also read the buffer's correlations (pair terms need pairwise)
 
 
 class PolicyOutput(NamedTuple):
