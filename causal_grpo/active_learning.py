@@ -135,6 +135,35 @@ def make_oracle_selector(true_adj: Array) -> Selector:
     return select
 
 
+def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
+                        sim: SCM, eps_shift: Array, ref_adj: Array, n_draws: int,
+                        n_values: int) -> Action:
+    """The candidate (variable, value) whose simulated outcomes drop the expected SHD against
+    ``ref_adj`` most on average. Outcomes come from ``sim`` with exogenous noise ``eps +
+    eps_shift`` (a shift of eps is an intercept: ``sim.noise_std * eps_shift``)."""
+    d = sim.d
+    before = M.expected_shd(ref_adj, surrogate.edge_probs(state), obs.var_mask)
+    grid = jnp.linspace(obs.low, obs.high, n_values)
+    variables = jnp.repeat(jnp.arange(d), n_values)
+    values = jnp.tile(grid, d)
+    eps = jax.random.normal(key, (n_draws, d))     # shared by all candidates (paired)
+
+    def gain(j, v):
+        do = jnp.arange(d) == j
+
+        def one(e):
+            x = propagate(sim, e + eps_shift, do, jnp.where(do, v, 0.0))
+            s = surrogate.update(state, x[None], do[None], jnp.ones((1,), bool))
+            return before - M.expected_shd(ref_adj, surrogate.edge_probs(s), obs.var_mask)
+
+        return jax.vmap(one)(eps).mean()
+
+    g = jnp.where(allowed_variables(obs)[variables], jax.vmap(gain)(variables, values), -jnp.inf)
+    i = jnp.argmax(g)
+    return Action(variables[i].astype(jnp.int32), values[i].astype(jnp.float32),
+                  jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
+
+
 def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
                                 n_values: int = 2) -> Selector:
     """Reference (cheats twice): the best *one-step* chooser for the Phase-1 structure reward.
@@ -146,32 +175,64 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
     expectation, so it bounds what Phase 1 can learn (``python -m jobs.benchmark ceiling``).
     The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates.
     """
-    d = scm.d
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
         buf = obs.buffer
         state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values, buf.intervened,
                                  buf.valid)
-        before = M.expected_shd(scm.adj, surrogate.edge_probs(state), scm.var_mask)
-        grid = jnp.linspace(obs.low, obs.high, n_values)
-        variables = jnp.repeat(jnp.arange(d), n_values)
-        values = jnp.tile(grid, d)
-        eps = jax.random.normal(key, (n_draws, d))     # shared by all candidates (paired)
+        return _best_expected_gain(key, obs, surrogate, state, scm, jnp.zeros((scm.d,)),
+                                   scm.adj, n_draws, n_values)
 
-        def gain(j, v):
-            do = jnp.arange(d) == j
+    return select
 
-            def one(e):
-                x = propagate(scm, e, do, jnp.where(do, v, 0.0))
-                s = surrogate.update(state, x[None], do[None], jnp.ones((1,), bool))
-                return before - M.expected_shd(scm.adj, surrogate.edge_probs(s), scm.var_mask)
 
-            return jax.vmap(one)(eps).mean()
+def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
+                   ridge: float = 1e-3) -> tuple[SCM, Array]:
+    """Least-squares linear-Gaussian SCM on a given graph from the buffer.
 
-        g = jnp.where(allowed_variables(obs)[variables], jax.vmap(gain)(variables, values), -jnp.inf)
-        i = jnp.argmax(g)
-        return Action(variables[i].astype(jnp.int32), values[i].astype(jnp.float32),
-                      jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
+    Each variable is regressed (with intercept, small ``ridge``) on its parents in ``graph``
+    over the valid rows where it was not intervened on. Returns the SCM (``template``'s target,
+    mask and range; weights, residual noise std) and the intercepts (d,).
+    """
+    d = graph.shape[-1]
+    X = buffer.values
+    usable = buffer.valid[:, None] & ~buffer.intervened
+
+    def node(j):
+        w = usable[:, j].astype(jnp.float32)
+        pa = graph[:, j]
+        Xa = jnp.concatenate([X * pa[None], jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
+        beta = jnp.linalg.solve((Xa * w[:, None]).T @ Xa + ridge * jnp.eye(d + 1),
+                                (Xa * w[:, None]).T @ X[:, j])
+        resid = (X[:, j] - Xa @ beta) * w
+        dof = jnp.maximum(w.sum() - pa.sum() - 1.0, 1.0)
+        return beta[:d] * pa, beta[d], jnp.sqrt((resid ** 2).sum() / dof)
+
+    w_in, intercept, std = jax.vmap(node)(jnp.arange(d))       # w_in[j, i]: weight of i -> j
+    fitted = template._replace(adj=graph.astype(jnp.float32), weights=w_in.T,
+                               noise_std=jnp.maximum(std, 1e-3))
+    return fitted, intercept
+
+
+def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
+                              n_values: int = 2) -> Selector:
+    """The expected-gain chooser without the truth: a data-only reference.
+
+    Same candidates and criterion as :func:`make_expected_gain_selector`, but outcomes are
+    simulated from a *plug-in* SCM (the posterior's point-estimate graph, weights and noise
+    fitted to the buffer by :func:`fit_linear_scm`) and the expected SHD is measured against
+    that point estimate. ``scm`` (same signature as the oracle) only lends shapes, mask and
+    range; nothing true is read (a test swaps in a wrong SCM and gets the same choices).
+    """
+
+    def select(key: Array, obs: Observation, params: Any = None) -> Action:
+        buf = obs.buffer
+        state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values,
+                                 buf.intervened, buf.valid)
+        graph = M.posterior_graph(surrogate.edge_probs(state), obs.var_mask)
+        plug, intercept = fit_linear_scm(graph, buf, scm)
+        return _best_expected_gain(key, obs, surrogate, state, plug,
+                                   intercept / plug.noise_std, graph, n_draws, n_values)
 
     return select
 

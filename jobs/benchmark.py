@@ -139,8 +139,9 @@ def bench_ceiling(args) -> "pd.DataFrame":
     """How much can the choice of intervention gain over steps 1..T at all?
 
     Runs, on the same cells as the Phase-2 sweep (base seed 0): random, max-uncertainty, the
-    expected-gain oracle (best one-step chooser for the Phase-1 reward, knowing the true SCM)
-    and, with ``--grpo-checkpoint``, the trained policy; prints F1-AUC over steps 1..T and the
+    expected-gain oracle (best one-step chooser for the Phase-1 reward, knowing the true SCM),
+    the same chooser on a plug-in SCM fitted to the data (no truth) and, with
+    ``--grpo-checkpoint``, the trained policy; prints F1-AUC over steps 1..T and the
     paired difference to random with its one-sided p-value.
     """
     import functools
@@ -151,7 +152,8 @@ def bench_ceiling(args) -> "pd.DataFrame":
     from scipy import stats
 
     from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
-                                             make_expected_gain_selector, make_reference_runner,
+                                             make_expected_gain_selector,
+                                             make_plugin_gain_selector, make_reference_runner,
                                              method_id)
     from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
@@ -179,6 +181,8 @@ def bench_ceiling(args) -> "pd.DataFrame":
         oracle = functools.partial(make_expected_gain_selector, n_draws=args.draws)
         f1["expected_gain_oracle"] = make_reference_runner(cfg, d, oracle)(keys, scms).record.f1
         oracle_s = time.time() - t0
+        plugin = functools.partial(make_plugin_gain_selector, n_draws=args.draws)
+        f1["plugin_expected_gain"] = make_reference_runner(cfg, d, plugin)(keys, scms).record.f1
         auc = {m: np.asarray(v)[:, 1:].mean(1) for m, v in f1.items()}
         for m, a in auc.items():
             diff = a - auc["random_active"]
