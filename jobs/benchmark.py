@@ -155,6 +155,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
+    from causal_grpo.errors import UserError
     from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.sweep import cell_scm_and_key
@@ -164,6 +165,13 @@ def bench_ceiling(args) -> "pd.DataFrame":
         from causal_grpo.checkpoint import load_grpo_policy, policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
+    for name in args.scms:
+        d = cell_scm_and_key(resolve_scm(name), 0, 0)[0].adj.shape[-1]
+        if d > 12:
+            # Each decision is d * 2 * draws exact-posterior updates, all vmapped over seeds: at
+            # d = 15 that is ~48 GB and ~45 minutes for 30 seeds.
+            raise UserError(f"ceiling: '{name}' has {d} variables; the expected-gain references "
+                            "run only up to 12")
     rows = []
     for name in args.scms:
         src = resolve_scm(name)

@@ -105,3 +105,11 @@ def test_invalid_scm_json_and_unwritable_output(tmp_path):
     blocker.write_text("x")
     r = cli("--scm-type", "easy", "--output-dir", str(blocker / "sub"))
     assert r.returncode == 2 and "output directory" in r.stderr, r.stderr
+
+
+def test_ceiling_benchmark_refuses_graphs_too_big_for_its_references():
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ceiling", "--scms", "easy,er15",
+                        "--seeds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "15 variables" in lines[0], r.stderr
