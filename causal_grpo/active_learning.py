@@ -222,7 +222,9 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
     simulated from a *plug-in* SCM (the posterior's point-estimate graph, weights and noise
     fitted to the buffer by :func:`fit_linear_scm`) and the expected SHD is measured against
     that point estimate. ``scm`` (same signature as the oracle) only lends shapes, mask and
-    range; nothing true is read (a test swaps in a wrong SCM and gets the same choices).
+    range; nothing true is read (a test swaps in a wrong SCM and gets the same choices). A
+    cyclic point estimate (rare: pairs are decided one by one) is simulated by the same d
+    fixed-point sweeps as a DAG, so only approximately.
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:

@@ -133,16 +133,22 @@ def test_neural_surrogate_f1_rises_with_data(spec, gain):
     assert f1[:, -1].mean() > f1[:, 25].mean() - 0.05   # no collapse late in the episode
 
 
+def _after_observational(scm, n=20, capacity=40):
+    """The exact-posterior surrogate, a buffer of n observational samples, and the observation."""
+    d = scm.d
+    sur = make_surrogate(SurrogateConfig(), d, capacity)
+    x0 = sample_n(jax.random.PRNGKey(0), scm, n)
+    buf = Buffer.empty(capacity, d)
+    buf = Buffer(buf.values.at[:n].set(x0), buf.intervened, buf.valid.at[:n].set(True))
+    probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
+                                      jnp.zeros_like(x0, bool), jnp.ones((n,), bool)))
+    return sur, buf, AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+
+
 def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
     scm = easy().to_scm()
     d = scm.d
-    sur = make_surrogate(SurrogateConfig(), d, 40)
-    x0 = sample_n(jax.random.PRNGKey(0), scm, 20)
-    buf = Buffer.empty(40, d)
-    buf = Buffer(buf.values.at[:20].set(x0), buf.intervened, buf.valid.at[:20].set(True))
-    probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
-                                      jnp.zeros_like(x0, bool), jnp.ones((20,), bool)))
-    obs = AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+    sur, buf, obs = _after_observational(scm)
     key = jax.random.PRNGKey(5)
     act = jax.jit(lambda k, o: AL.make_expected_gain_selector(scm, sur, n_draws=4)(k, o))(key, obs)
 
@@ -189,14 +195,7 @@ def test_fit_linear_scm_recovers_weights_intercepts_and_noise():
 def test_plugin_gain_selector_reads_no_truth():
     """The data-only chooser: the same choice whatever SCM lends it shapes; a real candidate."""
     scm = medium().to_scm()
-    d = scm.d
-    sur = make_surrogate(SurrogateConfig(), d, 40)
-    x0 = sample_n(jax.random.PRNGKey(0), scm, 20)
-    buf = Buffer.empty(40, d)
-    buf = Buffer(buf.values.at[:20].set(x0), buf.intervened, buf.valid.at[:20].set(True))
-    probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
-                                      jnp.zeros_like(x0, bool), jnp.ones((20,), bool)))
-    obs = AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+    sur, _, obs = _after_observational(scm)
     wrong = scm._replace(adj=scm.adj.T, weights=-3.0 * scm.weights.T, noise_std=scm.noise_std * 7)
     choose = jax.jit(lambda s, k: AL.make_plugin_gain_selector(s, sur, n_draws=4)(k, obs))
     for k in range(3):
