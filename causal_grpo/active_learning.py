@@ -202,8 +202,8 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
         w = usable[:, j].astype(jnp.float32)
         pa = graph[:, j]
         Xa = jnp.concatenate([X * pa[None], jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
-        beta = jnp.linalg.solve((Xa * w[:, None]).T @ Xa + ridge * jnp.eye(d + 1),
-                                (Xa * w[:, None]).T @ X[:, j])
+        Xw = (Xa * w[:, None]).T
+        beta = jnp.linalg.solve(Xw @ Xa + ridge * jnp.eye(d + 1), Xw @ X[:, j])
         resid = (X[:, j] - Xa @ beta) * w
         dof = jnp.maximum(w.sum() - pa.sum() - 1.0, 1.0)
         return beta[:d] * pa, beta[d], jnp.sqrt((resid ** 2).sum() / dof)
