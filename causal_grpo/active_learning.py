@@ -135,18 +135,18 @@ def make_oracle_selector(true_adj: Array) -> Selector:
     return select
 
 
-def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
-                        sim: SCM, eps_shift: Array, ref_adj: Array, n_draws: int,
-                        n_values: int) -> Action:
-    """The candidate (variable, value) whose simulated outcomes drop the expected SHD against
-    ``ref_adj`` most on average. Outcomes come from ``sim`` with exogenous noise ``eps +
-    eps_shift`` (a shift of eps is an intercept: ``sim.noise_std * eps_shift``)."""
+def expected_gains(key: Array, obs: Observation, surrogate: Surrogate, state: Any, sim: SCM,
+                   eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array) -> Array:
+    """(d, V) mean drop in expected SHD against ``ref_adj`` of ``do(X_j = grid[v])``.
+
+    Outcomes come from ``sim`` with exogenous noise ``eps + eps_shift`` (a shift of eps is an
+    intercept: ``sim.noise_std * eps_shift``); the ``n_draws`` noise draws are shared by all
+    candidates, so the gains are paired. Entries of variables that may not be chosen (the
+    target, padding) are ``-inf``. Cost: d * V * n_draws surrogate updates.
+    """
     d = sim.d
     before = M.expected_shd(ref_adj, surrogate.edge_probs(state), obs.var_mask)
-    grid = jnp.linspace(obs.low, obs.high, n_values)
-    variables = jnp.repeat(jnp.arange(d), n_values)
-    values = jnp.tile(grid, d)
-    eps = jax.random.normal(key, (n_draws, d))     # shared by all candidates (paired)
+    eps = jax.random.normal(key, (n_draws, d))
 
     def gain(j, v):
         do = jnp.arange(d) == j
@@ -158,9 +158,19 @@ def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, stat
 
         return jax.vmap(one)(eps).mean()
 
-    g = jnp.where(allowed_variables(obs)[variables], jax.vmap(gain)(variables, values), -jnp.inf)
-    i = jnp.argmax(g)
-    return Action(variables[i].astype(jnp.int32), values[i].astype(jnp.float32),
+    g = jax.vmap(lambda j: jax.vmap(lambda v: gain(j, v))(grid))(jnp.arange(d))
+    return jnp.where(allowed_variables(obs)[:, None], g, -jnp.inf)
+
+
+def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
+                        sim: SCM, eps_shift: Array, ref_adj: Array, n_draws: int,
+                        n_values: int) -> Action:
+    """The candidate of :func:`expected_gains` (values spread evenly over the range) with the
+    largest mean gain."""
+    grid = jnp.linspace(obs.low, obs.high, n_values)
+    g = expected_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
+    i = jnp.argmax(g.reshape(-1))
+    return Action((i // n_values).astype(jnp.int32), grid[i % n_values].astype(jnp.float32),
                   jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
 
 
