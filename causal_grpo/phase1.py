@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from causal_grpo import grpo
-from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, make_batch_runner,
-                                         method_id, observe)
+from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, expected_gains,
+                                         fit_linear_scm, make_batch_runner, method_id, observe)
 from causal_grpo.features import BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs
-from causal_grpo.metrics import expected_shd
+from causal_grpo.metrics import expected_shd, posterior_graph
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy, sample_action
 from causal_grpo.policy import make_policy_selector, policy_input
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
@@ -77,6 +77,48 @@ DEFAULT_CURRICULUM = (
 
 
 @dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """The expected-gain teacher of the distillation term (active when
+    ``grpo.distill_coef`` > 0).
+
+    At every state it scores each allowed variable at ``n_values`` value bins spread over the
+    range (2: the two ends) by the mean drop in expected SHD against the true graph over
+    ``draws`` outcomes simulated from the true SCM (``active_learning.expected_gains``, the
+    ceiling benchmark's oracle), and turns the z-scored gains into the target
+    ``softmax(z / temperature)``. Cost per state: d * n_values * draws posterior updates.
+    """
+
+    draws: int = 2
+    n_values: int = 2
+    temperature: float = 0.5
+    # "truth": outcomes from the true SCM, gains against the true graph (the oracle);
+    # "plugin": the data-only reference (active_learning.make_plugin_gain_selector): outcomes
+    # from a linear SCM fitted to the buffer on the posterior's point estimate, gains against it.
+    source: str = "truth"
+
+
+def teacher_bins(n_bins: int, n_values: int) -> np.ndarray:
+    """The policy's value bins the teacher scores: ``n_values`` spread evenly, ends included."""
+    return np.unique(np.round(np.linspace(0, n_bins - 1, n_values)).astype(int))
+
+
+def teacher_target(gains: Array, bins: np.ndarray, n_bins: int, temperature: float) -> Array:
+    """(d, n_bins) target over (variable, bin) from (d, len(bins)) gains (-inf: not allowed).
+
+    Gains are z-scored over the allowed candidates (as GRPO normalises a group's rewards), so
+    the temperature means the same at every state; equal gains give a uniform target.
+    """
+    ok = jnp.isfinite(gains)
+    n = jnp.maximum(ok.sum(), 1)
+    g = jnp.where(ok, gains, 0.0)
+    mean = g.sum() / n
+    std = jnp.sqrt(jnp.where(ok, (g - mean) ** 2, 0.0).sum() / n)
+    z = jnp.where(std > 1e-9, (g - mean) / jnp.maximum(std, 1e-9), 0.0)
+    q = jax.nn.softmax(jnp.where(ok, z / temperature, -jnp.inf).reshape(-1)).reshape(gains.shape)
+    return jnp.zeros((gains.shape[0], n_bins), q.dtype).at[:, bins].set(q)
+
+
+@dataclasses.dataclass(frozen=True)
 class Phase1Config:
     """Everything that defines a Phase-1 run (saved in every checkpoint's config.json)."""
 
@@ -101,6 +143,7 @@ class Phase1Config:
     reward: RewardConfig = RewardConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     surrogate: AnalyticConfig = AnalyticConfig()
+    teacher: TeacherConfig = TeacherConfig()
     eval_every: int = 20
     eval_scm: str = "er8"
     eval_seeds: int = 32
@@ -138,6 +181,18 @@ class Phase1Config:
             raise UserError("--reward-outcomes must be at least 1")
         if self.reward.structure_weight == 0 and self.reward.target_weight == 0:
             raise UserError("at least one reward weight must be non-zero")
+        if not (math.isfinite(self.grpo.distill_coef) and self.grpo.distill_coef >= 0):
+            raise UserError("--distill-coef must be a finite number >= 0")
+        if self.teacher.draws < 1 or self.teacher.n_values < 1:
+            raise UserError("--teacher-draws and --teacher-values must be at least 1")
+        if not (math.isfinite(self.teacher.temperature) and self.teacher.temperature > 0):
+            raise UserError("--teacher-temperature must be a positive number")
+        if self.teacher.source not in ("truth", "plugin"):
+            raise UserError(f"teacher source must be 'truth' or 'plugin', not {self.teacher.source!r}")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.grpo.distill_coef > 0
 
 
 # --------------------------------------------------------------------------- SCM curriculum
@@ -204,15 +259,30 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
     t_mean, t_std = jnp.mean(x0[:, scm.target]), jnp.std(x0[:, scm.target])
     values_of_bins = bin_values(scm.low, scm.high, K)
     out_deg = scm.adj.sum(1)
+    t_bins = teacher_bins(K, cfg.teacher.n_values)
 
     def step(carry, t):
         state, buffer = carry
         probs = sur.edge_probs(state)
         fprobs = jnp.where(use_boot, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
-        inp = policy_input(observe(scm, buffer, probs, t, fprobs))
+        obs = observe(scm, buffer, probs, t, fprobs)
+        inp = policy_input(obs)
         out = net.apply(params, None, inp)
         var, vbin, logp = jax.vmap(sample_action, in_axes=(0, None))(
             jax.random.split(jax.random.fold_in(ks["select"], t), G), out)
+        if cfg.uses_teacher:
+            if cfg.teacher.source == "plugin":
+                graph = posterior_graph(probs, scm.var_mask)
+                sim, intercept = fit_linear_scm(graph, buffer, scm)
+                shift, ref = intercept / sim.noise_std, graph
+            else:
+                sim, shift, ref = scm, jnp.zeros((d,)), scm.adj
+            gains = expected_gains(jax.random.fold_in(jax.random.fold_in(ks["noise"], 2), t), obs,
+                                   sur, state, sim, shift, ref, cfg.teacher.draws,
+                                   values_of_bins[t_bins])
+            teacher = teacher_target(gains, t_bins, K, cfg.teacher.temperature)
+        else:
+            teacher = None
         vals = values_of_bins[vbin]
         masks = jax.nn.one_hot(var, d, dtype=bool)
 
@@ -241,10 +311,13 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
             "expected_shd": expected_shd(scm.adj, probs, scm.var_mask),
             "d": jnp.sum(scm.var_mask).astype(jnp.float32),
         }
-        return (state, buffer), (inp, var, vbin, logp, adv, r, r_struct, r_target, info)
+        if teacher is not None:   # how much of the teacher's target the group's variables hit
+            info["teacher_mass"] = teacher.sum(1)[var].mean() * jnp.sum(teacher.sum(1) > 0)
+        return (state, buffer), (inp, var, vbin, logp, adv, teacher, r, r_struct, r_target, info)
 
-    _, (inp, var, vbin, logp, adv, r, rs, rt, info) = jax.lax.scan(step, (state, buffer), jnp.arange(T))
-    return EpisodeData(grpo.Batch(inp, var, vbin, logp, adv), r, rs, rt, info)
+    _, (inp, var, vbin, logp, adv, teacher, r, rs, rt, info) = jax.lax.scan(
+        step, (state, buffer), jnp.arange(T))
+    return EpisodeData(grpo.Batch(inp, var, vbin, logp, adv, teacher), r, rs, rt, info)
 
 
 def make_collect(cfg: Phase1Config, stage: Stage) -> Callable:

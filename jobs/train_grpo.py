@@ -45,6 +45,16 @@ def build_parser() -> ArgumentParser:
                    help="outcomes (noise draws) averaged into each candidate's reward")
     p.add_argument("--map-share", type=float, default=0.0,
                    help="share of the structure reward paid on the posterior's point estimate")
+    p.add_argument("--distill-coef", type=float, default=0.0,
+                   help="weight of the cross-entropy to the expected-gain teacher (0 = off)")
+    p.add_argument("--teacher-draws", type=positive_int("--teacher-draws"), default=2,
+                   help="outcomes simulated from the true SCM per teacher candidate")
+    p.add_argument("--teacher-values", type=positive_int("--teacher-values"), default=2,
+                   help="value bins the teacher scores per variable (2: the range's ends)")
+    p.add_argument("--teacher-temperature", type=positive_float("--teacher-temperature"),
+                   default=0.5, help="softmax temperature of the teacher's z-scored gains")
+    p.add_argument("--teacher-source", choices=["truth", "plugin"], default="truth",
+                   help="teacher outcomes from the true SCM, or from a linear SCM fitted to the data")
     p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=3e-4)
     p.add_argument("--clip-eps", type=positive_float("--clip-eps"), default=0.2)
     p.add_argument("--clip-eps-high", type=positive_float("--clip-eps-high"), default=None)
@@ -64,7 +74,8 @@ def build_parser() -> ArgumentParser:
 
 def config_from_args(args):
     from causal_grpo import grpo
-    from causal_grpo.phase1 import DEFAULT_CURRICULUM, FeatureSource, Phase1Config, Stage
+    from causal_grpo.phase1 import (DEFAULT_CURRICULUM, FeatureSource, Phase1Config, Stage,
+                                    TeacherConfig)
     from causal_grpo.rewards import RewardConfig
     from causal_grpo.scm_families import GraphKind
     from causal_grpo.errors import UserError
@@ -92,7 +103,9 @@ def config_from_args(args):
                              clip_eps_high=args.clip_eps_high,
                              normalize_std=not args.no_std_normalization,
                              entropy_coef=args.entropy_coef, kl_coef=args.kl_coef,
-                             learning_rate=args.learning_rate),
+                             distill_coef=args.distill_coef, learning_rate=args.learning_rate),
+        teacher=TeacherConfig(draws=args.teacher_draws, n_values=args.teacher_values,
+                              temperature=args.teacher_temperature, source=args.teacher_source),
         reward=RewardConfig(structure_weight=args.structure_weight, target_weight=args.target_weight,
                             outcomes=args.reward_outcomes, map_share=args.map_share),
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed)

@@ -89,3 +89,19 @@ def test_bad_checkpoint_at_the_cli_is_one_line_exit_2(trained, tmp_path, damage)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert ("not found" if damage == "missing" else "corrupt") in r.stderr
     assert not (tmp_path / "o" / "steps.csv").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--distill-coef", "-1"], "--distill-coef"),
+    (["--distill-coef", "nan"], "--distill-coef"),
+    (["--teacher-draws", "0"], "--teacher-draws"),
+    (["--teacher-temperature", "0"], "--teacher-temperature"),
+    (["--teacher-source", "psychic"], "--teacher-source"),
+])
+def test_bad_teacher_flags_are_one_line_exit_2(args, needle, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(out)] + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert not out.exists()

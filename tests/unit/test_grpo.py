@@ -194,3 +194,60 @@ def test_noise_level_per_graph_gives_equal_variance_graphs_at_every_level():
     assert spread.min() < 0.2 and spread.max() > 1.2                # low- and high-noise graphs
     ratio = [s[m].max() / s[m].min() for s, m in zip(np.asarray(plain.noise_std), mask)]
     assert np.median(ratio) > 3                                     # the per-node default differs
+
+
+def test_teacher_target_on_hand_made_gains():
+    bins = P.teacher_bins(9, 2)
+    assert list(bins) == [0, 8]                      # the two ends of the range
+    assert list(P.teacher_bins(9, 3)) == [0, 4, 8]
+    inf = float("inf")
+    gains = jnp.array([[1.0, 3.0], [-inf, -inf], [2.0, 2.0]])      # variable 1: the target
+    q = np.asarray(P.teacher_target(gains, bins, 9, 0.5))
+    z = (np.array([1.0, 3.0, 2.0, 2.0]) - 2.0) / np.sqrt(0.5)       # z-scored over allowed
+    e = np.exp(z / 0.5)
+    e /= e.sum()
+    want = np.zeros((3, 9))
+    want[0, [0, 8]], want[2, [0, 8]] = e[:2], e[2:]
+    np.testing.assert_allclose(q, want, rtol=1e-5, atol=1e-7)
+    flat = np.asarray(P.teacher_target(jnp.array([[0.5, 0.5], [-inf, -inf], [0.5, 0.5]]),
+                                       bins, 9, 0.5))
+    np.testing.assert_allclose(flat[[0, 2]][:, [0, 8]], 0.25, rtol=1e-6)   # equal: uniform
+    assert flat[1].sum() == 0
+
+
+def test_cross_entropy_matches_the_joint_log_probabilities():
+    from causal_grpo.networks import PolicyOutput
+    rng = np.random.default_rng(1)
+    out = PolicyOutput(jnp.asarray(rng.normal(size=4), jnp.float32),
+                       jnp.asarray(rng.normal(size=(4, 3)), jnp.float32))
+    q = np.zeros((4, 3))
+    q[0, 0], q[2, 2], q[3, 1] = 0.5, 0.3, 0.2
+    want = -sum(q[j, b] * float(action_log_prob(out, j, b)) for j in range(4) for b in range(3))
+    assert float(grpo.cross_entropy(out, jnp.asarray(q))) == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("source", ["truth", "plugin"])
+def test_distillation_targets_are_collected_and_learned(source):
+    """With distill_coef > 0 every state carries the teacher's target (no mass on the target
+    variable or padding), and updates on it alone move the policy towards it."""
+    cfg = dataclasses.replace(TINY, grpo=dataclasses.replace(TINY.grpo, distill_coef=1.0,
+                                                             entropy_coef=0.0),
+                              teacher=P.TeacherConfig(source=source))
+    tr = P.Trainer(cfg)
+    state = tr.initial_state()
+    batch, stats = tr.collect_fn(0, state.params, tr.episode_keys(0))
+    q = np.asarray(batch.teacher)
+    assert q.shape == (32, 5, 9)
+    np.testing.assert_allclose(q.sum((1, 2)), 1.0, rtol=1e-5)
+    target, mask = np.asarray(batch.inputs.target), np.asarray(batch.inputs.var_mask)
+    assert np.all(q[np.arange(32), target] == 0) and np.all(q.sum(2)[~mask] == 0)
+    assert np.ptp(q.sum(2), axis=1).max() > 0.1      # gains differ between variables
+    assert "teacher_mass" in stats
+    if source == "plugin":      # the same learning path; checking it once is enough
+        return
+    batch = batch._replace(advantages=jnp.zeros_like(batch.advantages))
+    ce = [float(grpo.grpo_loss(state.params, state.ref_params, batch, tr.net, cfg.grpo)[1]["teacher_ce"])]
+    for _ in range(5):
+        state, m = tr._update(state, batch)
+    ce.append(float(grpo.grpo_loss(state.params, state.ref_params, batch, tr.net, cfg.grpo)[1]["teacher_ce"]))
+    assert ce[1] < ce[0] - 0.05, ce
