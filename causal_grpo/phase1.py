@@ -439,6 +439,18 @@ def config_to_dict(cfg: Phase1Config) -> dict:
     return _jsonable(dataclasses.asdict(cfg))
 
 
+def with_new_defaults(stored: Any, defaults: Any) -> Any:
+    """``stored`` (a config dict from an older checkpoint) with the fields added since filled
+    in from ``defaults``: every field is added with a default that keeps the old behaviour, so
+    a run written before it existed is the same run (resuming it after an upgrade works)."""
+    if not isinstance(stored, dict) or not isinstance(defaults, dict):
+        return stored
+    out = {k: with_new_defaults(v, defaults.get(k)) for k, v in stored.items()}
+    for k, v in defaults.items():
+        out.setdefault(k, v)
+    return out
+
+
 def trainer_state_arrays(state: grpo.TrainState, iteration: int) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_leaves(state)
     out = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
@@ -503,7 +515,9 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
         if os.path.exists(os.path.join(existing, "config.json")):
             with open(os.path.join(existing, "config.json"), encoding="utf-8") as f:
                 stored = json.load(f)
-            if stored.get("training") != json.loads(json.dumps(train_dict, default=str)):
+            current = json.loads(json.dumps(train_dict, default=str))
+            defaults = json.loads(json.dumps(config_to_dict(Phase1Config()), default=str))
+            if with_new_defaults(stored.get("training"), defaults) != current:
                 raise UserError(f"{out_dir} holds a run with a different configuration; "
                                 "use a new --output-dir (or the same flags to resume)")
     if resume and os.path.exists(os.path.join(final_dir, "config.json")):

@@ -77,6 +77,29 @@ def test_resuming_with_other_flags_is_refused(trained):
     assert r.returncode == 2 and "different configuration" in r.stderr, r.stderr
 
 
+def test_a_run_from_before_new_config_fields_still_resumes(trained, tmp_path, capsys):
+    """Fields added to the training config later (with defaults that keep the old behaviour)
+    do not make an older finished run look like a different one."""
+    import json
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    for name in os.listdir(old):
+        path = old / name / "config.json"
+        if path.exists():
+            cfg = json.loads(path.read_text())
+            del cfg["training"]["teacher"], cfg["training"]["grpo"]["distill_coef"]
+            path.write_text(json.dumps(cfg))
+    args = ["--output-dir", str(old), "--episodes", "48", "--max-variables", "5",
+            "--steps-per-episode", "4", "--group-size", "4", "--eval-every", "0",
+            "--checkpoint-every", "2"]
+    assert train_grpo.main(args) == 0
+    assert "training already complete" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:        # a real difference is still refused
+        train_grpo.main(args + ["--distill-coef", "1"])
+    assert e.value.code == 2 and "different configuration" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_bad_checkpoint_at_the_cli_is_one_line_exit_2(trained, tmp_path, damage):
     ck = tmp_path / "ck"
