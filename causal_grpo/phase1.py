@@ -82,10 +82,10 @@ class TeacherConfig:
     ``grpo.distill_coef`` > 0).
 
     At every state it scores each allowed variable at ``n_values`` value bins spread over the
-    range (2: the two ends) by the mean drop in expected SHD against the true graph over
-    ``draws`` outcomes simulated from the true SCM (``active_learning.expected_gains``, the
-    ceiling benchmark's oracle), and turns the z-scored gains into the target
-    ``softmax(z / temperature)``. Cost per state: d * n_values * draws posterior updates.
+    range (2: the two ends) by the mean drop in expected SHD over ``draws`` simulated outcomes
+    (``active_learning.expected_gains``; ``source`` says from which SCM and against which
+    graph), and turns the z-scored gains into the target ``softmax(z / temperature)``. Cost
+    per state: d * n_values * draws posterior updates.
     """
 
     draws: int = 2
