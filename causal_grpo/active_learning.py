@@ -224,6 +224,15 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
     return fitted, intercept
 
 
+def plugin_simulator(probs: Array, buffer: Buffer, template: SCM) -> tuple[SCM, Array, Array]:
+    """The data-only stand-in for the truth: ``(sim, eps_shift, ref_adj)`` for
+    :func:`expected_gains`, from the posterior's point-estimate graph and a linear SCM fitted
+    to the buffer on it (intercepts become a shift of the exogenous noise)."""
+    graph = M.posterior_graph(probs, template.var_mask)
+    sim, intercept = fit_linear_scm(graph, buffer, template)
+    return sim, intercept / sim.noise_std, graph
+
+
 def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
                               n_values: int = 2) -> Selector:
     """The expected-gain chooser without the truth: a data-only reference.
@@ -241,10 +250,8 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
         buf = obs.buffer
         state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values,
                                  buf.intervened, buf.valid)
-        graph = M.posterior_graph(surrogate.edge_probs(state), obs.var_mask)
-        plug, intercept = fit_linear_scm(graph, buf, scm)
-        return _best_expected_gain(key, obs, surrogate, state, plug,
-                                   intercept / plug.noise_std, graph, n_draws, n_values)
+        sim, shift, ref = plugin_simulator(surrogate.edge_probs(state), buf, scm)
+        return _best_expected_gain(key, obs, surrogate, state, sim, shift, ref, n_draws, n_values)
 
     return select
 

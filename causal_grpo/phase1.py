@@ -34,9 +34,9 @@ import numpy as np
 
 from causal_grpo import grpo
 from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, expected_gains,
-                                         fit_linear_scm, make_batch_runner, method_id, observe)
+                                         make_batch_runner, method_id, observe, plugin_simulator)
 from causal_grpo.features import BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs
-from causal_grpo.metrics import expected_shd, posterior_graph
+from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy, sample_action
 from causal_grpo.policy import make_policy_selector, policy_input
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
@@ -272,9 +272,7 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
             jax.random.split(jax.random.fold_in(ks["select"], t), G), out)
         if cfg.uses_teacher:
             if cfg.teacher.source == "plugin":
-                graph = posterior_graph(probs, scm.var_mask)
-                sim, intercept = fit_linear_scm(graph, buffer, scm)
-                shift, ref = intercept / sim.noise_std, graph
+                sim, shift, ref = plugin_simulator(probs, buffer, scm)
             else:
                 sim, shift, ref = scm, jnp.zeros((d,)), scm.adj
             gains = expected_gains(jax.random.fold_in(jax.random.fold_in(ks["noise"], 2), t), obs,
