@@ -35,14 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causal_grpo.active_learning import Observation
 from causal_grpo.errors import UserError
 from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
-from causal_grpo.networks import (PolicyConfig, PolicyInput, bin_values, dummy_input,
-                                  make_policy, sample_action)
+from causal_grpo.networks import (PolicyConfig, bin_values, dummy_input, make_policy,
+                                  sample_action)
+from causal_grpo.policy import (lookahead_features, lookahead_key, make_policy_selector,
+                                policy_input)
 from causal_grpo.scm import SCM, SCMSpec
 
 FORMAT = "causal-grpo-policy"
-OPTIONAL_ZERO = {"pairwise", "data_stats"}   # architecture fields where 0 means "off"
+OPTIONAL_ZERO = {"pairwise", "data_stats", "lookahead"}   # architecture fields where 0 means "off"
 VERSION = 1
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
@@ -146,7 +149,7 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
         raise CheckpointError(f"{where}: unknown architecture field(s) {sorted(unknown)}")
     # Checkpoints written before the belief-graph terms (or the data statistics) existed lack
     # those fields: they are policies without them.
-    obj = {"pairwise": 0, "data_stats": 0} | obj
+    obj = {k: 0 for k in OPTIONAL_ZERO} | obj
     for k, v in obj.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
             kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"
@@ -235,7 +238,6 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
 
 def policy_handle(loaded: LoadedPolicy, greedy: bool = False):
     """The loaded policy as the pure selector of the jitted Phase-2 loop."""
-    from causal_grpo.policy import make_policy_selector
     from causal_grpo.sweep import PolicyHandle
     return PolicyHandle(make_policy_selector(loaded.config, greedy), loaded.params,
                         loaded.digest + ("-greedy" if greedy else ""), loaded.config, greedy)
@@ -274,19 +276,22 @@ class GRPOInterventionFn:
         net = make_policy(loaded.config)
         K = loaded.config.n_bins
 
-        def _out(params, buffer, probs, target):
+        def _out(params, buffer, state, target, key):
+            probs = self._sur.edge_probs(state)
             feats = features_from_probs(probs, buffer, target, self._var_mask)
-            inp = PolicyInput(buffer.values, buffer.intervened, buffer.valid, feats, target,
-                              self._var_mask, probs)
-            return net.apply(params, None, inp)
+            obs = Observation(buffer, probs, feats, target, self._var_mask, jnp.float32(lo),
+                              jnp.float32(hi), jnp.asarray(0))
+            extra = (lookahead_features(lookahead_key(key), obs, self._sur, state)
+                     if loaded.config.lookahead else None)
+            return net.apply(params, None, policy_input(obs, extra))
 
-        def _act(params, buffer, probs, target, key):
-            out = _out(params, buffer, probs, target)
+        def _act(params, buffer, state, target, key):
+            out = _out(params, buffer, state, target, key)
             j, b, lp = sample_action(key, out, greedy)
             return j, bin_values(jnp.float32(lo), jnp.float32(hi), K)[b], lp
 
-        def _dist(params, buffer, probs, target):
-            out = _out(params, buffer, probs, target)
+        def _dist(params, buffer, state, target, key):
+            out = _out(params, buffer, state, target, key)
             pv = jax.nn.softmax(out.var_logits)
             return pv, jax.nn.softmax(out.value_logits, axis=-1)
 
@@ -316,9 +321,9 @@ class GRPOInterventionFn:
             self.history.append({"values": row, "intervened": mask})
 
     def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
-        """(d,) variable probabilities and (d, n_bins) value-bin probabilities right now."""
-        pv, pb = self._dist(self.loaded.params, self._buffer, self._sur.edge_probs(self._state),
-                            jnp.asarray(self.target))
+        """(d,) variable probabilities and (d, n_bins) value-bin probabilities of the next call."""
+        pv, pb = self._dist(self.loaded.params, self._buffer, self._state, jnp.asarray(self.target),
+                            jax.random.fold_in(self._key, self._calls))
         return np.asarray(pv), np.asarray(pb)
 
     def __call__(self) -> tuple[int, float]:
@@ -327,7 +332,7 @@ class GRPOInterventionFn:
             raise UserError("the intervention function has seen no data yet; call observe() first")
         key = jax.random.fold_in(self._key, self._calls)
         self._calls += 1
-        j, v, _ = self._act(self.loaded.params, self._buffer, self._sur.edge_probs(self._state),
+        j, v, _ = self._act(self.loaded.params, self._buffer, self._state,
                             jnp.asarray(self.target), key)
         return int(j), float(v)
 

@@ -59,6 +59,12 @@ class PolicyConfig:
     n_features: int = N_FEATURES
     pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
     data_stats: int = 0        # 1: also read the buffer's correlations (pair terms need pairwise)
+    lookahead: int = 0         # 1: features carry 2 more columns, policy.lookahead_features
+
+    @property
+    def input_features(self) -> int:
+        """Width of ``PolicyInput.features``: the feature schema plus the lookahead columns."""
+        return self.n_features + 2 * self.lookahead
 
 
 class PolicyOutput(NamedTuple):
@@ -79,7 +85,7 @@ class PolicyInput(NamedTuple):
 def dummy_input(cfg: PolicyConfig, d: int = 4, capacity: int = 8) -> PolicyInput:
     """A zero input of the right shapes, to initialise or shape-check parameters."""
     return PolicyInput(jnp.zeros((capacity, d)), jnp.zeros((capacity, d), bool),
-                       jnp.ones((capacity,), bool), jnp.zeros((d, cfg.n_features)),
+                       jnp.ones((capacity,), bool), jnp.zeros((d, cfg.input_features)),
                        jnp.asarray(0), jnp.ones((d,), bool), jnp.zeros((d, d)))
 
 

@@ -38,7 +38,8 @@ from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, expec
 from causal_grpo.features import BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs
 from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy, sample_action
-from causal_grpo.policy import make_policy_selector, policy_input
+from causal_grpo.policy import (lookahead_features, lookahead_key, make_policy_selector,
+                                 policy_input)
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
 from causal_grpo.scm import SCM, propagate, sample_n, stack_scms
 from causal_grpo.scm_families import FamilyConfig, GraphKind, resolve_scm, sample_family
@@ -266,10 +267,13 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
         probs = sur.edge_probs(state)
         fprobs = jnp.where(use_boot, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
         obs = observe(scm, buffer, probs, t, fprobs)
-        inp = policy_input(obs)
+        k_select = jax.random.fold_in(ks["select"], t)
+        extra = (lookahead_features(lookahead_key(k_select), obs, sur, state)
+                 if cfg.policy.lookahead else None)
+        inp = policy_input(obs, extra)
         out = net.apply(params, None, inp)
         var, vbin, logp = jax.vmap(sample_action, in_axes=(0, None))(
-            jax.random.split(jax.random.fold_in(ks["select"], t), G), out)
+            jax.random.split(k_select, G), out)
         if cfg.uses_teacher:
             if cfg.teacher.source == "plugin":
                 sim, shift, ref = plugin_simulator(probs, buffer, scm)

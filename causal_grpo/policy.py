@@ -3,6 +3,9 @@
 ``policy_input(obs)`` is the only way an :class:`~causal_grpo.active_learning.Observation` becomes
 a network input, in Phase-1 rollouts and in Phase-2 episodes alike, so the states the loss
 sees are exactly the states the policy acted on.
+
+With ``PolicyConfig.lookahead`` the input also carries :func:`lookahead_features`: a one-step,
+data-only lookahead the network cannot compute itself (README, "How much is there to gain?").
 """
 
 from __future__ import annotations
@@ -12,23 +15,67 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from causal_grpo.active_learning import Action, Observation, Selector
+from causal_grpo.active_learning import (Action, Observation, Selector, expected_gains,
+                                         plugin_simulator)
 from causal_grpo.networks import PolicyConfig, PolicyInput, bin_values, make_policy, sample_action
+from causal_grpo.scm import SCM
+from causal_grpo.surrogate import Surrogate
+from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
 
 Array = jax.Array
 
 
-def policy_input(obs: Observation) -> PolicyInput:
-    return PolicyInput(obs.buffer.values, obs.buffer.intervened, obs.buffer.valid, obs.features,
+def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state: Any) -> Array:
+    """(d, 2): each variable's one-step plug-in gain at the low and the high end of the range.
+
+    One outcome per candidate is simulated from the linear SCM fitted to the data on the point
+    estimate of ``obs.probs`` (the features' graph: the posterior's, or the bootstrap graph for
+    ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with it, and the gain is the
+    drop in expected SHD against that point estimate (``active_learning.expected_gains``).
+    Gains are z-scored over the allowed candidates (0 for the target and padding), so the scale
+    is the same at every state. Cost: 2 d posterior updates. Reads nothing true.
+    """
+    d = obs.var_mask.shape[-1]
+    shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target, obs.var_mask,
+                 obs.low, obs.high)
+    sim, shift, ref = plugin_simulator(obs.probs, obs.buffer, shapes)
+    g = expected_gains(key, obs, surrogate, state, sim, shift, ref, 1,
+                       jnp.stack([obs.low, obs.high]))
+    ok = jnp.isfinite(g)
+    n = jnp.maximum(ok.sum(), 1)
+    g0 = jnp.where(ok, g, 0.0)
+    mean = g0.sum() / n
+    std = jnp.sqrt(jnp.where(ok, (g0 - mean) ** 2, 0.0).sum() / n)
+    return jnp.where(ok & (std > 1e-9), (g0 - mean) / jnp.maximum(std, 1e-9), 0.0)
+
+
+def lookahead_key(select_key: Array) -> Array:
+    """The lookahead's key, derived from the key the policy acts with (both phases alike)."""
+    return jax.random.fold_in(select_key, 1)
+
+
+def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInput:
+    feats = obs.features if lookahead is None else jnp.concatenate([obs.features, lookahead], -1)
+    return PolicyInput(obs.buffer.values, obs.buffer.intervened, obs.buffer.valid, feats,
                        obs.target, obs.var_mask, obs.probs)
 
 
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False) -> Selector:
-    """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi."""
+    """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi.
+
+    With ``cfg.lookahead`` it refits the exact posterior to ``obs.buffer`` (the selector sees
+    only the observation) and adds :func:`lookahead_features` to the input.
+    """
     net = make_policy(cfg)
 
     def select(key: Array, obs: Observation, params: Any) -> Action:
-        out = net.apply(params, None, policy_input(obs))
+        extra = None
+        if cfg.lookahead:
+            sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
+            buf = obs.buffer
+            state = sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
+            extra = lookahead_features(lookahead_key(key), obs, sur, state)
+        out = net.apply(params, None, policy_input(obs, extra))
         j, b, lp = sample_action(key, out, greedy)
         v = bin_values(obs.low, obs.high, cfg.n_bins)[b]
         return Action(j.astype(jnp.int32), v.astype(jnp.float32), lp, jnp.asarray(True))

@@ -45,6 +45,9 @@ def build_parser() -> ArgumentParser:
                    help="outcomes (noise draws) averaged into each candidate's reward")
     p.add_argument("--map-share", type=float, default=0.0,
                    help="share of the structure reward paid on the posterior's point estimate")
+    p.add_argument("--lookahead", action="store_true",
+                   help="the policy also reads each variable's one-step plug-in gain at both ends "
+                        "of the range (data only; 2d posterior updates per decision)")
     p.add_argument("--distill-coef", type=float, default=0.0,
                    help="weight of the cross-entropy to the expected-gain teacher (0 = off)")
     p.add_argument("--teacher-draws", type=positive_int("--teacher-draws"), default=2,
@@ -98,7 +101,7 @@ def config_from_args(args):
         steps_per_episode=args.steps_per_episode, n_observational=args.n_observational,
         feature_source=FeatureSource(args.feature_source),
         noise_level_range=(0.1, 2.0) if args.noise_per_graph else None,
-        policy=PolicyConfig(data_stats=int(args.data_stats)),
+        policy=PolicyConfig(data_stats=int(args.data_stats), lookahead=int(args.lookahead)),
         grpo=grpo.GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps,
                              clip_eps_high=args.clip_eps_high,
                              normalize_std=not args.no_std_normalization,

@@ -203,3 +203,22 @@ def test_plugin_gain_selector_reads_no_truth():
         a, b = choose(scm, key), choose(wrong, key)
         assert (int(a.variable), float(a.value)) == (int(b.variable), float(b.value))
         assert int(a.variable) != int(scm.target) and float(a.value) in (float(scm.low), float(scm.high))
+
+
+def test_lookahead_features_are_the_plugin_choosers_gains_z_scored():
+    """The policy's lookahead input ranks candidates as the data-only plug-in chooser (one
+    draw, both ends) does, is zero on the target and padding, and is z-scored."""
+    from causal_grpo.policy import lookahead_features
+    scm = medium().to_scm()
+    sur, buf, obs = _after_observational(scm)
+    for k in range(3):
+        key = jax.random.PRNGKey(k)
+        state = sur.update(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
+        z = np.asarray(jax.jit(lambda kk: lookahead_features(kk, obs, sur, state))(key))
+        assert z.shape == (scm.d, 2)
+        ok = np.asarray(AL.allowed_variables(obs))
+        assert np.all(z[~ok] == 0)
+        assert abs(z[ok].mean()) < 1e-4 and z[ok].std() == pytest.approx(1.0, abs=1e-3)
+        act = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=1)(kk, obs))(key)
+        j, end = np.unravel_index(np.argmax(np.where(ok[:, None], z, -np.inf)), z.shape)
+        assert (j, [float(scm.low), float(scm.high)][end]) == (int(act.variable), float(act.value))

@@ -182,3 +182,34 @@ def test_intervention_fn_and_jitted_selector_agree(ckpt):
                       jnp.asarray(3), jnp.ones(5, bool), jnp.float32(-2), jnp.float32(2), jnp.asarray(0))
     out = make_policy(CFG).apply(loaded.params, None, policy_input(obs))
     np.testing.assert_allclose(np.asarray(jax.nn.softmax(out.var_logits)), pv, atol=1e-5)
+
+
+def test_a_lookahead_policy_round_trips_and_reads_its_lookahead(tmp_path):
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2, lookahead=1)
+    params = init_params(Phase1Config(policy=cfg))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    loaded = C.load_grpo_policy(C.save_checkpoint(str(tmp_path / "ck"), params, cfg, {}, {}))
+    assert loaded.config == cfg
+    select = jax.jit(make_policy_selector(cfg))
+    obs = observation()
+    for k in range(3):
+        a, b = select(jax.random.PRNGKey(k), obs, params), select(jax.random.PRNGKey(k), obs, loaded.params)
+        assert (int(a.variable), float(a.value)) == (int(b.variable), float(b.value))
+    # The lookahead columns reach the logits.
+    from causal_grpo.networks import make_policy
+    from causal_grpo.policy import policy_input
+    net = make_policy(cfg)
+    la = jnp.asarray(np.random.default_rng(0).normal(size=(5, 2)), jnp.float32)
+    x, y = (net.apply(params, None, policy_input(obs, s * la)).var_logits for s in (1.0, -1.0))
+    assert float(jnp.abs(x - y).max()) > 1e-3
+    # The seed document's stateful function computes the same lookahead from its own history.
+    from causal_grpo.scm import sample_n
+    spec = easy()
+    fn = C.create_grpo_intervention_fn(loaded, spec)
+    fn.observe(np.asarray(sample_n(jax.random.PRNGKey(0), spec.to_scm(), 20)))
+    pv, _ = fn.action_distribution()
+    j, v = fn()
+    assert j != spec.target and pv[spec.target] == 0 and abs(pv.sum() - 1) < 1e-5

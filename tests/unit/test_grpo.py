@@ -251,3 +251,21 @@ def test_distillation_targets_are_collected_and_learned(source):
         state, m = tr._update(state, batch)
     ce.append(float(grpo.grpo_loss(state.params, state.ref_params, batch, tr.net, cfg.grpo)[1]["teacher_ce"]))
     assert ce[1] < ce[0] - 0.05, ce
+
+
+def test_lookahead_inputs_are_recorded_and_trained_on():
+    """With policy.lookahead the recorded inputs carry the two lookahead columns (z-scored,
+    computed at acting time) and the update runs on exactly those inputs."""
+    from causal_grpo.features import N_FEATURES
+    from causal_grpo.networks import PolicyConfig
+    cfg = dataclasses.replace(TINY, policy=PolicyConfig(lookahead=1))
+    tr = P.Trainer(cfg)
+    state = tr.initial_state()
+    batch, _ = tr.collect_fn(0, state.params, tr.episode_keys(0))
+    feats = np.asarray(batch.inputs.features)
+    assert feats.shape[-1] == N_FEATURES + 2
+    la = feats[..., N_FEATURES:]
+    assert np.abs(la).max() > 0.5 and np.all(la[np.arange(len(la)), np.asarray(batch.inputs.target)] == 0)
+    new, m = tr._update(state, batch)
+    diffs = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), state.params, new.params)
+    assert max(jax.tree.leaves(diffs)) > 1e-5 and np.isfinite(m["loss"])
