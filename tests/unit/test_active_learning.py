@@ -211,14 +211,17 @@ def test_lookahead_features_are_the_plugin_choosers_gains_z_scored():
     from causal_grpo.policy import lookahead_features
     scm = medium().to_scm()
     sur, buf, obs = _after_observational(scm)
+    state = sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), buf.values, buf.intervened,
+                       buf.valid)
+    look = jax.jit(lambda kk: lookahead_features(kk, obs, sur, state))
+    plug = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=1)(kk, obs))
+    ok = np.asarray(AL.allowed_variables(obs))
     for k in range(3):
         key = jax.random.PRNGKey(k)
-        state = sur.update(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
-        z = np.asarray(jax.jit(lambda kk: lookahead_features(kk, obs, sur, state))(key))
+        z = np.asarray(look(key))
         assert z.shape == (scm.d, 2)
-        ok = np.asarray(AL.allowed_variables(obs))
         assert np.all(z[~ok] == 0)
         assert abs(z[ok].mean()) < 1e-4 and z[ok].std() == pytest.approx(1.0, abs=1e-3)
-        act = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=1)(kk, obs))(key)
+        act = plug(key)
         j, end = np.unravel_index(np.argmax(np.where(ok[:, None], z, -np.inf)), z.shape)
         assert (j, [float(scm.low), float(scm.high)][end]) == (int(act.variable), float(act.value))
