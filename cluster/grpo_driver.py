@@ -43,7 +43,8 @@ class RolloutPool(ActorGroup):
         params_ref = ray.put(jax.device_get(params))    # once per iteration, shared by all
         shards = [s for s in np.array_split(np.asarray(keys), len(self.pool.actors)) if len(s)]
         out = dict(self.pool.map_unordered(
-            lambda a, shard: a.collect.remote(stage_index, params_ref, shard), shards))
+            lambda a, shard: a.collect.remote(stage_index, params_ref, shard), shards,
+            program=lambda shard: stage_index))
         parts = [out[i] for i in range(len(shards))]     # episode order, whatever finished first
         batch = jax.tree.map(jnp.asarray, concat_batches([p[0] for p in parts]))
         stats = merge_stats([p[1] for p in parts], [len(s) for s in shards])

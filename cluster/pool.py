@@ -43,10 +43,10 @@ class FaultTolerantPool:
     Args:
       make_actor: creates one actor handle (called again to replace a lost one).
       size: number of actors.
-      first_timeout: deadline (s) of an actor's first item (it includes compilation), and how
-        long the pool waits with no usable actor before giving up.
-      timeout_factor, min_timeout: deadline of a warm actor's item =
-        max(min_timeout, factor * slowest item of a warm actor).
+      first_timeout: deadline (s) of an actor's first item of a program (it includes
+        compilation), and how long the pool waits with no usable actor before giving up.
+      timeout_factor, min_timeout: deadline of an item whose program the actor has already
+        run = max(min_timeout, factor * slowest warm item of that program).
       max_failures: total actor losses tolerated before :class:`PoolFailure`.
     """
 
@@ -56,20 +56,23 @@ class FaultTolerantPool:
         self.make_actor = make_actor
         self.actors = [make_actor() for _ in range(size)]
         self.pings = {a.pid.remote(): i for i, a in enumerate(self.actors)}
-        self.warm = [False] * size          # has finished an item (its programs are compiled)
+        # Programs (a Phase-1 stage, a Phase-2 SCM x method) each actor has finished an item
+        # of: the next one is not compiled again. Warmth and timing are per program because a
+        # new stage compiles for minutes and a d = 15 item takes far longer than a d = 6 one.
+        self.warm: list[set] = [set() for _ in range(size)]
         self.idle: collections.deque[int] = collections.deque()
         self.first_timeout = first_timeout
         self.timeout_factor = timeout_factor
         self.min_timeout = min_timeout
         self.max_failures = max_failures if max_failures is not None else 4 * size + 8
         self.failures = 0
-        self.slowest = 0.0
+        self.slowest: dict[Any, float] = {}
         self.last_progress = time.time()   # a result, a ready actor, or a (re)started actor
 
-    def _deadline(self, i: int) -> float:
-        if not self.warm[i] or self.slowest == 0.0:
+    def _deadline(self, i: int, program: Any = None) -> float:
+        if program not in self.warm[i] or self.slowest.get(program, 0.0) == 0.0:
             return self.first_timeout
-        return max(self.min_timeout, self.timeout_factor * self.slowest)
+        return max(self.min_timeout, self.timeout_factor * self.slowest[program])
 
     def _replace(self, i: int, reason: str) -> None:
         self.failures += 1
@@ -81,15 +84,18 @@ class FaultTolerantPool:
         except SYSTEM_FAILURES + (ValueError,):
             pass
         self.actors[i] = self.make_actor()
-        self.warm[i] = False
+        self.warm[i] = set()
         self.pings[self.actors[i].pid.remote()] = i
         self.last_progress = time.time()
 
     def map_unordered(self, submit: Callable[[Any, Any], "ray.ObjectRef"],
-                      items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+                      items: Sequence[Any],
+                      program: Callable[[Any], Any] = lambda item: None
+                      ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, result)`` for every item, each exactly once, as they finish.
 
-        ``submit(actor, item)`` starts the remote call and returns its ObjectRef.
+        ``submit(actor, item)`` starts the remote call and returns its ObjectRef;
+        ``program(item)`` names the compiled program the item runs (deadlines are per program).
         """
         queue = collections.deque(range(len(items)))
         inflight: dict[Any, tuple[int, int, float]] = {}
@@ -118,18 +124,20 @@ class FaultTolerantPool:
                     queue.appendleft(k)
                     self._replace(i, type(e).__name__)
                     continue
-                if self.warm[i]:
-                    self.slowest = max(self.slowest, time.time() - t0)
-                self.warm[i] = True
+                prog = program(items[k])
+                if prog in self.warm[i]:
+                    self.slowest[prog] = max(self.slowest.get(prog, 0.0), time.time() - t0)
+                self.warm[i].add(prog)
                 self.idle.append(i)
                 self.last_progress = time.time()
                 yield k, result
             now = time.time()
             for ref, (k, i, t0) in list(inflight.items()):
-                if now - t0 > self._deadline(i):
+                limit = self._deadline(i, program(items[k]))
+                if now - t0 > limit:
                     inflight.pop(ref)
                     queue.appendleft(k)
-                    self._replace(i, f"item {k} exceeded its {self._deadline(i):.0f}s deadline")
+                    self._replace(i, f"item {k} exceeded its {limit:.0f}s deadline")
             if not inflight and not self.idle and now - self.last_progress > self.first_timeout:
                 raise PoolFailure(f"no worker could be started for {self.first_timeout:.0f}s "
                                   "(does the cluster have free CPUs/GPUs?)")

@@ -47,5 +47,6 @@ class SweepPool(ActorGroup):
                          **pool_kwargs)
 
     def run(self, batches: list[Batch]) -> Iterator[tuple[Batch, dict]]:
-        for k, arrays in self.pool.map_unordered(lambda a, b: a.run.remote(b), batches):
+        for k, arrays in self.pool.map_unordered(lambda a, b: a.run.remote(b), batches,
+                                                 program=lambda b: (b.scm, b.method)):
             yield batches[k], arrays

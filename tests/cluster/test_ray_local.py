@@ -83,12 +83,16 @@ class TestTwoWorkers:
 
     def test_a_hung_actor_is_timed_out_and_its_work_resubmitted(self, pool2, reference):
         """The driver never waits forever: a stopped (SIGSTOP) actor is replaced at its deadline."""
-        deadline = time.time() + 120                      # until both actors are warm
-        while not all(pool2.pool.warm) and time.time() < deadline:
+        programs = {(b.scm, b.method) for b in plan_batches(CFG)}
+        deadline = time.time() + 120                      # until both actors ran every program
+        while not all(programs <= w for w in pool2.pool.warm) and time.time() < deadline:
             list(pool2.run(plan_batches(CFG)))
             time.sleep(0.5)
-        assert all(pool2.pool.warm)
-        pool2.pool.slowest, pool2.pool.min_timeout, pool2.pool.timeout_factor = 0.5, 4.0, 4.0
+        assert all(programs <= w for w in pool2.pool.warm)
+        # A program an actor has not run yet (a new stage, a new SCM) gets the compile deadline.
+        assert pool2.pool._deadline(0, ("er15", "new")) == pool2.pool.first_timeout
+        pool2.pool.slowest = {p: 0.5 for p in programs}
+        pool2.pool.min_timeout, pool2.pool.timeout_factor = 4.0, 4.0
         pids = ray.get([a.pid.remote() for a in pool2.actors])
         failures = pool2.pool.failures
         results = {}
@@ -139,7 +143,9 @@ def _same_curve(curve, reference):
     # ... while actors run XLA single-threaded, so float sums may differ in the last digits:
     # "the same training curve within float tolerance". Adam turns last-digit differences of
     # near-zero gradients into whole steps, hence parameters are compared at the step scale.
-    np.testing.assert_allclose(batch.logp_old, ref_batch.logp_old, rtol=1e-4, atol=1e-5)
+    # The lookahead input is a z-score of small gain differences, so last-digit differences
+    # of the posterior reach the log-probabilities at about 1e-3.
+    np.testing.assert_allclose(batch.logp_old, ref_batch.logp_old, rtol=0, atol=3e-3)
     np.testing.assert_allclose(batch.advantages, ref_batch.advantages, rtol=0, atol=2e-3)
     np.testing.assert_allclose(rewards, ref_rewards, rtol=1e-3, atol=1e-5)
     step = TINY.grpo.learning_rate * TINY.grpo.epochs * TINY.iterations
