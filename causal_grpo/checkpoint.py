@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import io as _io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -45,7 +46,8 @@ from causal_grpo.policy import (lookahead_features, lookahead_key, make_policy_s
 from causal_grpo.scm import SCM, SCMSpec
 
 FORMAT = "causal-grpo-policy"
-OPTIONAL_ZERO = {"pairwise", "data_stats", "lookahead"}   # architecture fields where 0 means "off"
+OPTIONAL_ZERO = {"pairwise", "data_stats", "lookahead", "lookahead_prior"}   # 0 means "off"
+REAL_FIELDS = {"lookahead_prior"}   # architecture fields that are numbers, not integers
 VERSION = 1
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
@@ -151,6 +153,13 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
     # those fields: they are policies without them.
     obj = {k: 0 for k in OPTIONAL_ZERO} | obj
     for k, v in obj.items():
+        if k in REAL_FIELDS:
+            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+                    or v < 0):
+                raise CheckpointError(f"{where}: architecture field '{k}' must be a finite "
+                                      "non-negative number")
+            obj = obj | {k: float(v)}
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
             kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"
             raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} integer")

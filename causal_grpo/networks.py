@@ -59,7 +59,10 @@ class PolicyConfig:
     n_features: int = N_FEATURES
     pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
     data_stats: int = 0        # 1: also read the buffer's correlations (pair terms need pairwise)
-    lookahead: int = 0         # 1: features carry 2 more columns, policy.lookahead_features
+    lookahead: int = 1         # 1: features carry 2 more columns, policy.lookahead_features
+    # > 0 (needs lookahead): the logits also get a learned multiple of the lookahead, starting
+    # at this value, so the policy starts as the softmax of the plug-in gains (see PolicyNet).
+    lookahead_prior: float = 2.0
 
     @property
     def input_features(self) -> int:
@@ -206,6 +209,19 @@ class PolicyNet(hk.Module):
         var_logits = hk.Linear(1, w_init=jnp.zeros, name="var_head")(e)[:, 0]
         var_logits = jnp.where(allowed, var_logits, NEG)
         value_logits = hk.Linear(cfg.n_bins, w_init=jnp.zeros, name="value_head")(e)
+        if cfg.lookahead and cfg.lookahead_prior > 0:
+            # A network that reads the lookahead as one input column among many does not learn
+            # to follow it (README, "How much is there to gain?"): GRPO's signal is too weak to
+            # discover a ranking it already has as an input. Adding it to the logits directly
+            # makes the plug-in chooser the starting point; the scales and the heads learn
+            # how far to trust it and what to add.
+            la = x.features[:, -2:]                                              # (d, 2) low, high
+            init = hk.initializers.Constant(cfg.lookahead_prior)
+            s_var = hk.get_parameter("lookahead_var_scale", (), init=init)
+            s_val = hk.get_parameter("lookahead_value_scale", (), init=init)
+            var_logits = var_logits + jnp.where(allowed, s_var * la.max(-1), 0.0)
+            tilt = jnp.linspace(-1.0, 1.0, cfg.n_bins)                          # low end -> high end
+            value_logits = value_logits + s_val * 0.5 * (la[:, 1:] - la[:, :1]) * tilt
         return PolicyOutput(var_logits, value_logits)
 
 

@@ -69,11 +69,14 @@ class Stage:
     episodes: int = 16
 
 
+# Sized for the 15-minute budget on 2 CPU cores with the lookahead input (2 d more posterior
+# updates per decision; README, "Phase-1 throughput"). Starting from the lookahead prior the
+# policy needs far fewer iterations than the 386 the plain network took.
 DEFAULT_CURRICULUM = (
     Stage(sizes=(3, 4, 5, 6), d_pad=6, iterations=40),
-    Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=300),
-    Stage(sizes=(11, 12), d_pad=12, iterations=40),
-    Stage(sizes=(13, 14, 15), d_pad=15, iterations=6, episodes=4),
+    Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=150),
+    Stage(sizes=(11, 12), d_pad=12, iterations=16),
+    Stage(sizes=(13, 14, 15), d_pad=15, iterations=3, episodes=4),
 )
 
 
@@ -441,15 +444,22 @@ def config_to_dict(cfg: Phase1Config) -> dict:
     return _jsonable(dataclasses.asdict(cfg))
 
 
-def with_new_defaults(stored: Any, defaults: Any) -> Any:
+# Fields added with a default that is not their old behaviour: a run written before they
+# existed ran with these values (the lookahead was off), not with today's default.
+LEGACY_VALUES = {"policy": {"lookahead": 0, "lookahead_prior": 0.0}}
+
+
+def with_new_defaults(stored: Any, defaults: Any, legacy: Any = LEGACY_VALUES) -> Any:
     """``stored`` (a config dict from an older checkpoint) with the fields added since filled
-    in from ``defaults``: every field is added with a default that keeps the old behaviour, so
-    a run written before it existed is the same run (resuming it after an upgrade works)."""
+    in: from ``legacy`` where the new default changed behaviour, else from ``defaults`` (which
+    keep the old behaviour), so a run written before a field existed is the same run
+    (resuming it after an upgrade works) and a run that differs is still refused."""
     if not isinstance(stored, dict) or not isinstance(defaults, dict):
         return stored
-    out = {k: with_new_defaults(v, defaults.get(k)) for k, v in stored.items()}
+    legacy = legacy if isinstance(legacy, dict) else {}
+    out = {k: with_new_defaults(v, defaults.get(k), legacy.get(k)) for k, v in stored.items()}
     for k, v in defaults.items():
-        out.setdefault(k, v)
+        out.setdefault(k, legacy.get(k, v) if not isinstance(v, dict) else v)
     return out
 
 

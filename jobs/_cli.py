@@ -65,6 +65,18 @@ def positive_float(name: str) -> Callable[[str], float]:
     return parse
 
 
+def nonnegative_float(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (v >= 0 and v < float("inf")):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text}")
+        return v
+    return parse
+
+
 def comma_list(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t for t in items):

@@ -9,10 +9,12 @@ command resumes from the newest checkpoint; a finished run is left as it is.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
-from jobs._cli import (ArgumentParser, positive_float, positive_int, user_errors_exit_2)
+from jobs._cli import (ArgumentParser, nonnegative_float, positive_float, positive_int,
+                       user_errors_exit_2)
 
 PROG = "train_grpo"
 
@@ -45,9 +47,12 @@ def build_parser() -> ArgumentParser:
                    help="outcomes (noise draws) averaged into each candidate's reward")
     p.add_argument("--map-share", type=float, default=0.0,
                    help="share of the structure reward paid on the posterior's point estimate")
-    p.add_argument("--lookahead", action="store_true",
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                    help="the policy also reads each variable's one-step plug-in gain at both ends "
-                        "of the range (data only; 2d posterior updates per decision)")
+                        "of the range (data only; 2d posterior updates per decision; on by default)")
+    p.add_argument("--lookahead-prior", type=nonnegative_float("--lookahead-prior"), default=None,
+                   help="add this (learned) multiple of the lookahead to the logits, so training "
+                        "starts from the plug-in chooser (default 2 with --lookahead; 0 = off)")
     p.add_argument("--distill-coef", type=float, default=0.0,
                    help="weight of the cross-entropy to the expected-gain teacher (0 = off)")
     p.add_argument("--teacher-draws", type=positive_int("--teacher-draws"), default=2,
@@ -84,6 +89,10 @@ def config_from_args(args):
     from causal_grpo.errors import UserError
     from causal_grpo.networks import PolicyConfig
 
+    if args.lookahead_prior is None:
+        args.lookahead_prior = 2.0 if args.lookahead else 0.0
+    if args.lookahead_prior and not args.lookahead:
+        raise UserError("--lookahead-prior needs --lookahead")
     if args.max_variables > 15:
         raise UserError("--max-variables must be at most 15 (the exact posterior's training range)")
     stages = []
@@ -101,7 +110,8 @@ def config_from_args(args):
         steps_per_episode=args.steps_per_episode, n_observational=args.n_observational,
         feature_source=FeatureSource(args.feature_source),
         noise_level_range=(0.1, 2.0) if args.noise_per_graph else None,
-        policy=PolicyConfig(data_stats=int(args.data_stats), lookahead=int(args.lookahead)),
+        policy=PolicyConfig(data_stats=int(args.data_stats), lookahead=int(args.lookahead),
+                            lookahead_prior=float(args.lookahead_prior)),
         grpo=grpo.GRPOConfig(group_size=args.group_size, clip_eps=args.clip_eps,
                              clip_eps_high=args.clip_eps_high,
                              normalize_std=not args.no_std_normalization,

@@ -100,6 +100,18 @@ def test_a_run_from_before_new_config_fields_still_resumes(trained, tmp_path, ca
     assert e.value.code == 2 and "different configuration" in capsys.readouterr().err
 
 
+def test_missing_fields_whose_default_changed_read_as_their_old_value():
+    """A run from before the lookahead existed ran without it: it must not be mistaken for a
+    run with today's default (lookahead on), while other new fields take their defaults."""
+    from causal_grpo.phase1 import with_new_defaults
+    stored = {"policy": {"hidden": 64}, "seed": 0}
+    defaults = {"policy": {"hidden": 64, "lookahead": 1, "lookahead_prior": 2.0, "data_stats": 0},
+                "seed": 0, "teacher": {"draws": 2}}
+    assert with_new_defaults(stored, defaults) == {
+        "policy": {"hidden": 64, "lookahead": 0, "lookahead_prior": 0.0, "data_stats": 0},
+        "seed": 0, "teacher": {"draws": 2}}
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_bad_checkpoint_at_the_cli_is_one_line_exit_2(trained, tmp_path, damage):
     ck = tmp_path / "ck"

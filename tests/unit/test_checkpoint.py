@@ -17,7 +17,9 @@ from causal_grpo.phase1 import Phase1Config, init_params
 from causal_grpo.policy import make_policy_selector
 from causal_grpo.scm_families import easy
 
-CFG = PolicyConfig(hidden=16, layers=1, heads=2)
+# The API mechanics are tested without the lookahead (its input depends on the acting key);
+# test_a_lookahead_policy_round_trips_and_reads_its_lookahead covers the default.
+CFG = PolicyConfig(hidden=16, layers=1, heads=2, lookahead=0, lookahead_prior=0.0)
 
 
 def random_params(seed=0):
@@ -88,6 +90,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, monke
     ("missing_param", "do not fit the architecture"),
     ("not_ours", "not a causal-grpo policy file"),
     ("bad_config_json", "not valid JSON"),
+    ("negative_prior", "finite non-negative number"),
 ])
 def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path):
     path, _ = ckpt
@@ -114,21 +117,29 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
         pickle.dump({"hello": np.zeros(3)}, open(pkl, "wb"))
     elif damage == "bad_config_json":
         open(os.path.join(path, "config.json"), "w").write("{oops")
+    elif damage == "negative_prior":
+        cfg = json.load(open(os.path.join(path, "config.json")))
+        cfg["architecture"]["lookahead_prior"] = -1.0
+        json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
     with pytest.raises(C.CheckpointError, match=needle) as e:
         C.load_grpo_policy(target)
     assert "\n" not in str(e.value)
 
 
 def test_checkpoints_from_before_the_belief_graph_load_as_per_variable_policies(tmp_path):
-    """Older checkpoints have no 'pairwise' or 'data_stats' field; they load (as 0) and act."""
-    old_cfg = PolicyConfig(hidden=16, layers=1, heads=2, pairwise=0)
+    """Older checkpoints have no 'pairwise', 'data_stats' or lookahead fields; they load (as 0)
+    and act."""
+    old_cfg = PolicyConfig(hidden=16, layers=1, heads=2, pairwise=0, lookahead=0,
+                           lookahead_prior=0.0)
     params = init_params(Phase1Config(policy=old_cfg))
     path = C.save_checkpoint(str(tmp_path / "old"), params, old_cfg, {}, {})
     cfg = json.load(open(os.path.join(path, "config.json")))
-    del cfg["architecture"]["pairwise"], cfg["architecture"]["data_stats"]
+    for k in ("pairwise", "data_stats", "lookahead", "lookahead_prior"):
+        del cfg["architecture"][k]
     json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
     blob = pickle.load(open(os.path.join(path, "policy_params.pkl"), "rb"))
-    del blob["architecture"]["pairwise"], blob["architecture"]["data_stats"]
+    for k in ("pairwise", "data_stats", "lookahead", "lookahead_prior"):
+        del blob["architecture"][k]
     pickle.dump(blob, open(os.path.join(path, "policy_params.pkl"), "wb"))
     loaded = C.load_grpo_policy(path)
     assert loaded.config == old_cfg
@@ -185,7 +196,7 @@ def test_intervention_fn_and_jitted_selector_agree(ckpt):
 
 
 def test_a_lookahead_policy_round_trips_and_reads_its_lookahead(tmp_path):
-    cfg = PolicyConfig(hidden=16, layers=1, heads=2, lookahead=1)
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2, lookahead=1, lookahead_prior=1.5)
     params = init_params(Phase1Config(policy=cfg))
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))

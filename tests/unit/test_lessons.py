@@ -53,10 +53,8 @@ def test_final_metrics_are_against_the_true_graph():
 
 
 def test_policy_selector_reads_the_buffer():
-    from causal_grpo.networks import PolicyConfig
     from causal_grpo.policy import make_policy_selector, policy_input
-    from test_checkpoint import observation, random_params   # shared helpers
-    cfg = PolicyConfig(hidden=16, layers=1, heads=2)
+    from test_checkpoint import CFG as cfg, observation, random_params   # shared helpers
     params = random_params()
     from causal_grpo.networks import make_policy
     net = make_policy(cfg)

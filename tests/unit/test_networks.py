@@ -29,6 +29,9 @@ def _input(d, C=12, n_valid=9, target=2, seed=0):
     buf = Buffer(jnp.asarray(values), jnp.asarray(intervened), jnp.asarray(valid))
     mask = jnp.ones((d,), bool)
     feats = features_from_probs(jnp.asarray(probs), buf, jnp.asarray(target), mask)
+    # The lookahead columns of the default config (policy.lookahead_features: 0 on the target).
+    la = rng.normal(size=(d, 2)).astype(np.float32) * (np.arange(d) != target)[:, None]
+    feats = jnp.concatenate([feats, jnp.asarray(la)], -1)
     return PolicyInput(buf.values, buf.intervened, buf.valid, feats, jnp.asarray(target), mask,
                        jnp.asarray(probs))
 
@@ -128,3 +131,20 @@ def test_data_correlations_reach_the_output_only_with_data_stats():
     y = x._replace(values=jnp.asarray(shuffled))
     assert _logit_change(PolicyConfig(data_stats=1), x, y) > 1e-3
     assert _logit_change(PolicyConfig(data_stats=0), x, y) <= 1e-3
+
+
+def test_the_lookahead_prior_is_the_starting_policy():
+    """With heads at their zero init, the logits are exactly the scaled lookahead: variables by
+    their better end, values tilted towards the end with the larger gain."""
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2, lookahead=1, lookahead_prior=2.0)
+    x = _input(4, target=2)
+    la = jnp.asarray([[0.0, 1.0], [2.0, -1.0], [5.0, 5.0], [-0.5, -1.5]])
+    x = x._replace(features=x.features.at[:, -2:].set(la))
+    net = make_policy(cfg)
+    out = net.apply(net.init(jax.random.PRNGKey(0), x), None, x)
+    np.testing.assert_allclose(np.asarray(out.var_logits)[[0, 1, 3]], [2.0, 4.0, -1.0], atol=1e-5)
+    assert float(out.var_logits[2]) < -1e8                      # the target stays masked
+    tilt = np.linspace(-1.0, 1.0, cfg.n_bins)
+    np.testing.assert_allclose(np.asarray(out.value_logits[1]), 2.0 * 0.5 * (-3.0) * tilt,
+                               atol=1e-5)
+    assert int(jnp.argmax(out.value_logits[0])) == cfg.n_bins - 1   # high end gains more
