@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -25,27 +26,40 @@ def measure_collect(cfg: P.Phase1Config, stage_index: int, collect_fn, repeats: 
         t0 = time.time()
         jax.block_until_ready(tr.collect_fn(stage_index, params, keys))
         times.append(time.time() - t0)
-    n = stage.episodes * cfg.steps_per_episode * cfg.grpo.group_size
+    states = stage.episodes * cfg.steps_per_episode
+    n = states * cfg.grpo.group_size
+    # Every posterior update of the call: one per candidate, plus the lookahead's two per
+    # variable per state (the same exact-posterior work, spent on the policy's input).
+    updates = n + states * 2 * stage.d_pad * cfg.policy.lookahead
     best = min(times)
-    return {"d_pad": stage.d_pad, "sizes": f"{min(stage.sizes)}-{max(stage.sizes)}",
+    return {"lookahead": cfg.policy.lookahead, "d_pad": stage.d_pad,
+            "sizes": f"{min(stage.sizes)}-{max(stage.sizes)}",
             "candidates_per_call": n, "seconds_per_call": best,
-            "candidates_per_s": n / best, "first_call_s": compile_s}
+            "candidates_per_s": n / best, "posterior_updates_per_s": updates / best,
+            "first_call_s": compile_s}
 
 
 def bench_phase1(args) -> pd.DataFrame:
-    cfg = P.Phase1Config()
+    """The default curriculum with the default policy (lookahead input) and without it."""
     rows = []
-    for i in range(len(cfg.curriculum)):
-        row = measure_collect(cfg, i, None)
-        rows.append(row)
-        print(f"stage {i} (d {row['sizes']}, padded {row['d_pad']}): {row['candidates_per_s']:.0f} "
-              f"candidate evaluations/s ({row['candidates_per_call']} per call, "
-              f"{row['seconds_per_call']:.2f} s; first call incl. compile {row['first_call_s']:.1f} s)",
-              flush=True)
-    df = pd.DataFrame(rows)
-    iters = [s.iterations for s in cfg.curriculum]
-    total = sum(r["candidates_per_call"] * it for r, it in zip(rows, iters))
-    secs = sum(r["seconds_per_call"] * it for r, it in zip(rows, iters))
-    print(f"default curriculum: {total} candidates, {total / secs:.0f} candidate evaluations/s "
-          f"averaged over the curriculum (collection only)")
-    return df
+    base = P.Phase1Config()
+    for cfg in (base, dataclasses.replace(base, policy=dataclasses.replace(
+            base.policy, lookahead=0, lookahead_prior=0.0))):
+        name = "lookahead (default)" if cfg.policy.lookahead else "no lookahead"
+        part = []
+        for i in range(len(cfg.curriculum)):
+            row = measure_collect(cfg, i, None)
+            part.append(row)
+            print(f"{name}: stage {i} (d {row['sizes']}, padded {row['d_pad']}): "
+                  f"{row['candidates_per_s']:.0f} candidate evaluations/s, "
+                  f"{row['posterior_updates_per_s']:.0f} posterior updates/s "
+                  f"({row['candidates_per_call']} candidates per call, "
+                  f"{row['seconds_per_call']:.2f} s; first call incl. compile "
+                  f"{row['first_call_s']:.1f} s)", flush=True)
+        iters = [s.iterations for s in cfg.curriculum]
+        total = sum(r["candidates_per_call"] * it for r, it in zip(part, iters))
+        secs = sum(r["seconds_per_call"] * it for r, it in zip(part, iters))
+        print(f"{name}: default curriculum: {total} candidates, {total / secs:.0f} candidate "
+              f"evaluations/s averaged over the curriculum (collection only)", flush=True)
+        rows += part
+    return pd.DataFrame(rows)
