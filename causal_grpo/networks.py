@@ -26,7 +26,10 @@ many uncertain edges upstream" from "many weak edges anywhere", which is what de
 informative an intervention is; the pairwise terms stay equivariant (they permute with i, j).
 
 Outputs:
-  * ``var_logits`` (d,): the target and padding variables are masked to -inf;
+  * ``var_logits`` (d,): the target and padding variables are masked to -inf; with
+    ``lookahead_prior`` they include a learned multiple of each variable's better lookahead
+    gain (and ``value_logits`` a tilt towards its better end), so an untrained policy is the
+    plug-in chooser softened by that multiple;
   * ``value_logits`` (d, n_bins): a categorical distribution over ``n_bins`` equally spaced
     values spanning the SCM's intervention range, endpoints included (value bins, so exact
     log-probabilities and entropies; the ends of the range are reachable exactly).

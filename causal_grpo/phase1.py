@@ -70,7 +70,7 @@ class Stage:
 
 
 # Sized for the 15-minute budget on 2 CPU cores with the lookahead input (2 d more posterior
-# updates per decision; README, "Phase-1 throughput"). Starting from the lookahead prior the
+# updates per decision; README, "Speed and memory"). Starting from the lookahead prior the
 # policy needs far fewer iterations than the 386 the plain network took.
 DEFAULT_CURRICULUM = (
     Stage(sizes=(3, 4, 5, 6), d_pad=6, iterations=40),
