@@ -53,26 +53,16 @@ def positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
-def positive_float(name: str) -> Callable[[str], float]:
+def positive_float(name: str, allow_zero: bool = False) -> Callable[[str], float]:
+    """A finite number > 0 (>= 0 with ``allow_zero``)."""
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not (v > 0 and v < float("inf")):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text}")
-        return v
-    return parse
-
-
-def nonnegative_float(name: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not (v >= 0 and v < float("inf")):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text}")
+        if not ((v >= 0 if allow_zero else v > 0) and v < float("inf")):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number {bound}, got {text}")
         return v
     return parse
 

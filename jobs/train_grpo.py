@@ -13,8 +13,7 @@ import argparse
 import dataclasses
 import sys
 
-from jobs._cli import (ArgumentParser, nonnegative_float, positive_float, positive_int,
-                       user_errors_exit_2)
+from jobs._cli import ArgumentParser, positive_float, positive_int, user_errors_exit_2
 
 PROG = "train_grpo"
 
@@ -50,7 +49,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=True,
                    help="the policy also reads each variable's one-step plug-in gain at both ends "
                         "of the range (data only; 2d posterior updates per decision; on by default)")
-    p.add_argument("--lookahead-prior", type=nonnegative_float("--lookahead-prior"), default=None,
+    p.add_argument("--lookahead-prior", type=positive_float("--lookahead-prior", allow_zero=True), default=None,
                    help="add this (learned) multiple of the lookahead to the logits, so training "
                         "starts from the plug-in chooser (default 2 with --lookahead; 0 = off)")
     p.add_argument("--distill-coef", type=float, default=0.0,

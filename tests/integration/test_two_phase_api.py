@@ -132,6 +132,8 @@ def test_bad_checkpoint_at_the_cli_is_one_line_exit_2(trained, tmp_path, damage)
     (["--teacher-draws", "0"], "--teacher-draws"),
     (["--teacher-temperature", "0"], "--teacher-temperature"),
     (["--teacher-source", "psychic"], "--teacher-source"),
+    (["--lookahead-prior", "-1"], "--lookahead-prior"),
+    (["--no-lookahead", "--lookahead-prior", "1"], "--lookahead-prior needs --lookahead"),
 ])
 def test_bad_teacher_flags_are_one_line_exit_2(args, needle, tmp_path, capsys):
     out = tmp_path / "run"
