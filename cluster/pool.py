@@ -43,8 +43,11 @@ class FaultTolerantPool:
     Args:
       make_actor: creates one actor handle (called again to replace a lost one).
       size: number of actors.
-      first_timeout: deadline (s) of an actor's first item of a program (it includes
-        compilation), and how long the pool waits with no usable actor before giving up.
+      first_timeout: how long the pool waits with no usable actor before giving up, and the
+        least deadline (s) of an actor's first item of a program (it includes compilation);
+        once some actor has finished a first item of the program, that deadline is at least
+        ``timeout_factor`` times its duration (a d = 15 Phase-2 batch can take longer than
+        any fixed limit on a slow machine).
       timeout_factor, min_timeout: deadline of an item whose program the actor has already
         run = max(min_timeout, factor * slowest warm item of that program).
       max_failures: total actor losses tolerated before :class:`PoolFailure`.
@@ -66,12 +69,14 @@ class FaultTolerantPool:
         self.min_timeout = min_timeout
         self.max_failures = max_failures if max_failures is not None else 4 * size + 8
         self.failures = 0
-        self.slowest: dict[Any, float] = {}
+        self.slowest: dict[Any, float] = {}         # per program, items of warm actors
+        self.slowest_first: dict[Any, float] = {}   # per program, first items (with compile)
         self.last_progress = time.time()   # a result, a ready actor, or a (re)started actor
 
     def _deadline(self, i: int, program: Any = None) -> float:
         if program not in self.warm[i] or self.slowest.get(program, 0.0) == 0.0:
-            return self.first_timeout
+            return max(self.first_timeout,
+                       self.timeout_factor * self.slowest_first.get(program, 0.0))
         return max(self.min_timeout, self.timeout_factor * self.slowest[program])
 
     def _replace(self, i: int, reason: str) -> None:
@@ -125,8 +130,9 @@ class FaultTolerantPool:
                     self._replace(i, type(e).__name__)
                     continue
                 prog = program(items[k])
-                if prog in self.warm[i]:
-                    self.slowest[prog] = max(self.slowest.get(prog, 0.0), time.time() - t0)
+                took = time.time() - t0
+                seen = self.slowest if prog in self.warm[i] else self.slowest_first
+                seen[prog] = max(seen.get(prog, 0.0), took)
                 self.warm[i].add(prog)
                 self.idle.append(i)
                 self.last_progress = time.time()

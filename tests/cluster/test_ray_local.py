@@ -89,8 +89,12 @@ class TestTwoWorkers:
             list(pool2.run(plan_batches(CFG)))
             time.sleep(0.5)
         assert all(programs <= w for w in pool2.pool.warm)
-        # A program an actor has not run yet (a new stage, a new SCM) gets the compile deadline.
-        assert pool2.pool._deadline(0, ("er15", "new")) == pool2.pool.first_timeout
+        # A program an actor has not run yet (a new stage, a new SCM) gets the compile deadline,
+        # stretched to 10x the slowest first item another actor needed for it.
+        fresh = ("er15", "new")
+        assert pool2.pool._deadline(0, fresh) == pool2.pool.first_timeout
+        pool2.pool.slowest_first[fresh] = 5000.0
+        assert pool2.pool._deadline(0, fresh) == pool2.pool.timeout_factor * 5000.0
         pool2.pool.slowest = {p: 0.5 for p in programs}
         pool2.pool.min_timeout, pool2.pool.timeout_factor = 4.0, 4.0
         pids = ray.get([a.pid.remote() for a in pool2.actors])
