@@ -245,11 +245,14 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
                         metadata)
 
 
-def policy_handle(loaded: LoadedPolicy, greedy: bool = False):
-    """The loaded policy as the pure selector of the jitted Phase-2 loop."""
+def policy_handle(loaded: LoadedPolicy, greedy: bool = False, lookahead_draws: int = 1):
+    """The loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:
+    outcomes per candidate in its lookahead input; part of the digest, so of the cache key)."""
     from causal_grpo.sweep import PolicyHandle
-    return PolicyHandle(make_policy_selector(loaded.config, greedy), loaded.params,
-                        loaded.digest + ("-greedy" if greedy else ""), loaded.config, greedy)
+    draws = lookahead_draws if loaded.config.lookahead else 1
+    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws > 1 else "")
+    return PolicyHandle(make_policy_selector(loaded.config, greedy, draws), loaded.params,
+                        digest, loaded.config, greedy, draws)
 
 
 # --------------------------------------------------------------------------- stateful policy API
@@ -265,13 +268,15 @@ class GRPOInterventionFn:
 
     def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
                  intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
-                 greedy: bool = False):
+                 greedy: bool = False, lookahead_draws: int = 1):
         from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
         lo, hi = (float(x) for x in intervention_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
         if not 0 <= target < d:
             raise UserError(f"target index {target} out of range for {d} variables")
+        if not (isinstance(lookahead_draws, int) and lookahead_draws >= 1):
+            raise UserError(f"lookahead_draws must be a positive integer, got {lookahead_draws!r}")
         self.loaded, self.d, self.target, self.names = loaded, d, target, names
         self.low, self.high, self.capacity = lo, hi, capacity
         self._sur = make_analytic_surrogate(AnalyticConfig(), d)
@@ -290,7 +295,7 @@ class GRPOInterventionFn:
             feats = features_from_probs(probs, buffer, target, self._var_mask)
             obs = Observation(buffer, probs, feats, target, self._var_mask, jnp.float32(lo),
                               jnp.float32(hi), jnp.asarray(0))
-            extra = (lookahead_features(lookahead_key(key), obs, self._sur, state)
+            extra = (lookahead_features(lookahead_key(key), obs, self._sur, state, lookahead_draws)
                      if loaded.config.lookahead else None)
             return net.apply(params, None, policy_input(obs, extra))
 
@@ -349,7 +354,8 @@ class GRPOInterventionFn:
 def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
                                 intervention_range: tuple[float, float] = (-2.0, 2.0),
                                 seed: int = 0, greedy: bool = False,
-                                capacity: int = 512) -> GRPOInterventionFn:
+                                capacity: int = 512,
+                                lookahead_draws: int = 1) -> GRPOInterventionFn:
     """The seed document's step 2: a stateful intervention function for ``scm``.
 
     Only the SCM's size, target and names are used, never its graph: the function learns what
@@ -369,4 +375,5 @@ def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM 
     else:
         raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
     return GRPOInterventionFn(loaded_policy, d, target, names, intervention_range,
-                              capacity=capacity, seed=seed, greedy=greedy)
+                              capacity=capacity, seed=seed, greedy=greedy,
+                              lookahead_draws=lookahead_draws)

@@ -25,21 +25,23 @@ from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
 Array = jax.Array
 
 
-def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state: Any) -> Array:
+def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
+                       draws: int = 1) -> Array:
     """(d, 2): each variable's one-step plug-in gain at the low and the high end of the range.
 
-    One outcome per candidate is simulated from the linear SCM fitted to the data on the point
+    ``draws`` outcomes per candidate (1 in training; more when acting makes the input less
+    noisy, README "How much is there to gain?") are simulated from the linear SCM fitted to the data on the point
     estimate of ``obs.probs`` (the features' graph: the posterior's, or the bootstrap graph for
-    ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with it, and the gain is the
-    drop in expected SHD against that point estimate (``active_learning.expected_gains``).
+    ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with each, and the gain is the
+    mean drop in expected SHD against that point estimate (``active_learning.expected_gains``).
     Gains are z-scored over the allowed candidates (0 for the target and padding), so the scale
-    is the same at every state. Cost: 2 d posterior updates. Reads nothing true.
+    is the same at every state. Cost: 2 d ``draws`` posterior updates. Reads nothing true.
     """
     d = obs.var_mask.shape[-1]
     shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target, obs.var_mask,
                  obs.low, obs.high)
     sim, shift, ref = plugin_simulator(obs.probs, obs.buffer, shapes)
-    g = expected_gains(key, obs, surrogate, state, sim, shift, ref, 1,
+    g = expected_gains(key, obs, surrogate, state, sim, shift, ref, draws,
                        jnp.stack([obs.low, obs.high]))
     ok = jnp.isfinite(g)
     n = jnp.maximum(ok.sum(), 1)
@@ -60,11 +62,13 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
                        obs.target, obs.var_mask, obs.probs)
 
 
-def make_policy_selector(cfg: PolicyConfig, greedy: bool = False) -> Selector:
+def make_policy_selector(cfg: PolicyConfig, greedy: bool = False,
+                         lookahead_draws: int = 1) -> Selector:
     """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi.
 
     With ``cfg.lookahead`` it refits the exact posterior to ``obs.buffer`` (the selector sees
-    only the observation) and adds :func:`lookahead_features` to the input.
+    only the observation) and adds :func:`lookahead_features` with ``lookahead_draws``
+    outcomes per candidate to the input.
     """
     net = make_policy(cfg)
 
@@ -74,7 +78,7 @@ def make_policy_selector(cfg: PolicyConfig, greedy: bool = False) -> Selector:
             sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
             buf = obs.buffer
             state = sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
-            extra = lookahead_features(lookahead_key(key), obs, sur, state)
+            extra = lookahead_features(lookahead_key(key), obs, sur, state, lookahead_draws)
         out = net.apply(params, None, policy_input(obs, extra))
         j, b, lp = sample_action(key, out, greedy)
         v = bin_values(obs.low, obs.high, cfg.n_bins)[b]

@@ -79,8 +79,8 @@ class PolicyHandle(NamedTuple):
     """A learned selector for the ``grpo_*`` methods.
 
     selector: pure selector fn; params: its weights; digest: content digest (cache/resume key);
-    config: the architecture (``networks.PolicyConfig``) and greedy flag, from which a remote
-    process rebuilds the selector (plain data travels, closures don't have to).
+    config: the architecture (``networks.PolicyConfig``), greedy flag and lookahead draws,
+    from which a remote process rebuilds the selector (plain data travels, closures don't).
     """
 
     selector: Callable
@@ -88,6 +88,7 @@ class PolicyHandle(NamedTuple):
     digest: str
     config: Any = None
     greedy: bool = False
+    lookahead_draws: int = 1
 
 
 _RUNNERS: dict = {}

@@ -21,9 +21,10 @@ class SweepWorker:
         self.policy = None
         if policy_data is not None:
             from causal_grpo.policy import make_policy_selector
-            params, digest, config, greedy = policy_data
-            self.policy = PolicyHandle(make_policy_selector(config, greedy),
-                                       jax.tree.map(np.asarray, params), digest, config, greedy)
+            params, digest, config, greedy, draws = policy_data
+            self.policy = PolicyHandle(make_policy_selector(config, greedy, draws),
+                                       jax.tree.map(np.asarray, params), digest, config, greedy,
+                                       draws)
 
     def run(self, batch: Batch) -> dict:
         return run_batch(batch, self.cfg, self.policy, self.sources)
@@ -41,7 +42,8 @@ class SweepPool(ActorGroup):
                  **pool_kwargs):
         policy_data = None
         if policy is not None:
-            policy_data = (jax.device_get(policy.params), policy.digest, policy.config, policy.greedy)
+            policy_data = (jax.device_get(policy.params), policy.digest, policy.config,
+                           policy.greedy, policy.lookahead_draws)
         payload = (cfg, sources, policy_data)
         super().__init__(SweepWorker, lambda: payload, num_workers, address, gpus_per_worker,
                          **pool_kwargs)

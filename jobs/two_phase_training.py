@@ -49,6 +49,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
     p.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
+    p.add_argument("--lookahead-draws", type=positive_int("--lookahead-draws"), default=1,
+                   help="outcomes per candidate in the policy's lookahead input when acting "
+                        "(training uses 1; more is less noisy and costs 2d posterior updates "
+                        "per draw per decision)")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="seeds per vmapped batch (the unit of work and of resuming)")
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = None
     if args.grpo_checkpoint:
         from causal_grpo.checkpoint import load_grpo_policy, policy_handle
-        policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
+        policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
+                               lookahead_draws=args.lookahead_draws)
 
     surrogate = SurrogateConfig(
         kind=SurrogateKind(args.surrogate),

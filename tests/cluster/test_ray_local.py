@@ -62,6 +62,26 @@ def test_sweep_on_one_worker_is_identical_to_in_process(local_ray, reference):
         assert_same(dict(pool.run(plan_batches(CFG))), reference)
 
 
+def test_a_policy_sweep_on_one_worker_acts_as_in_process(local_ray):
+    """The policy (default architecture, lookahead with 2 draws when acting) travels to the
+    actor as plain data and is rebuilt there: same actions as in-process."""
+    from causal_grpo.checkpoint import load_grpo_policy, policy_handle, save_checkpoint
+    import tempfile
+    cfg_p = P.Phase1Config()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint(os.path.join(tmp, "ck"), P.init_params(cfg_p), cfg_p.policy, {}, {})
+        policy = policy_handle(load_grpo_policy(path), lookahead_draws=2)
+    assert policy.digest.endswith("-la2") and policy.lookahead_draws == 2
+    cfg = SweepConfig(scms=("easy",), methods=(Method.GRPO_ACTIVE,), seeds=2,
+                      episode=EpisodeConfig(n_observational=10, n_interventions=3), batch_size=2)
+    ref = {b: run_batch(b, cfg, policy, SOURCES) for b in plan_batches(cfg)}
+    with SweepPool(cfg, SOURCES, policy, 1) as pool:
+        got = dict(pool.run(plan_batches(cfg)))
+    for b, arrays in ref.items():
+        np.testing.assert_array_equal(got[b]["variable"], arrays["variable"])
+        np.testing.assert_allclose(got[b]["f1"], arrays["f1"], atol=1e-6)
+
+
 class TestTwoWorkers:
     """Tests sharing one warm 2-actor pool (torn down before the Phase-1 pools start)."""
 

@@ -205,16 +205,17 @@ def test_plugin_gain_selector_reads_no_truth():
         assert int(a.variable) != int(scm.target) and float(a.value) in (float(scm.low), float(scm.high))
 
 
-def test_lookahead_features_are_the_plugin_choosers_gains_z_scored():
-    """The policy's lookahead input ranks candidates as the data-only plug-in chooser (one
-    draw, both ends) does, is zero on the target and padding, and is z-scored."""
+@pytest.mark.parametrize("draws", [1, 4])
+def test_lookahead_features_are_the_plugin_choosers_gains_z_scored(draws):
+    """The policy's lookahead input ranks candidates as the data-only plug-in chooser (with
+    as many draws, both ends) does, is zero on the target and padding, and is z-scored."""
     from causal_grpo.policy import lookahead_features
     scm = medium().to_scm()
     sur, buf, obs = _after_observational(scm)
     state = sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), buf.values, buf.intervened,
                        buf.valid)
-    look = jax.jit(lambda kk: lookahead_features(kk, obs, sur, state))
-    plug = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=1)(kk, obs))
+    look = jax.jit(lambda kk: lookahead_features(kk, obs, sur, state, draws))
+    plug = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=draws)(kk, obs))
     ok = np.asarray(AL.allowed_variables(obs))
     for k in range(3):
         key = jax.random.PRNGKey(k)
