@@ -41,8 +41,8 @@ from causal_grpo.errors import UserError
 from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
 from causal_grpo.networks import (PolicyConfig, bin_values, dummy_input, make_policy,
                                   sample_action)
-from causal_grpo.policy import (lookahead_features, lookahead_key, make_policy_selector,
-                                policy_input)
+from causal_grpo.policy import (LookaheadDraws, lookahead_features, lookahead_key,
+                                make_policy_selector, policy_input, resolve_lookahead_draws)
 from causal_grpo.scm import SCM, SCMSpec
 
 FORMAT = "causal-grpo-policy"
@@ -245,12 +245,18 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
                         metadata)
 
 
-def policy_handle(loaded: LoadedPolicy, greedy: bool = False, lookahead_draws: int = 1):
+def policy_handle(loaded: LoadedPolicy, greedy: bool = False,
+                  lookahead_draws: LookaheadDraws = "auto"):
     """The loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:
-    outcomes per candidate in its lookahead input; part of the digest, so of the cache key)."""
+    outcomes per candidate in its lookahead input, a number or "auto" (the acting-time budget,
+    :func:`policy.auto_lookahead_draws`); part of the digest, so of the cache key)."""
     from causal_grpo.sweep import PolicyHandle
+    try:
+        resolve_lookahead_draws(lookahead_draws, 2)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     draws = lookahead_draws if loaded.config.lookahead else 1
-    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws > 1 else "")
+    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws != 1 else "")
     return PolicyHandle(make_policy_selector(loaded.config, greedy, draws), loaded.params,
                         digest, loaded.config, greedy, draws)
 
@@ -268,15 +274,17 @@ class GRPOInterventionFn:
 
     def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
                  intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
-                 greedy: bool = False, lookahead_draws: int = 1):
+                 greedy: bool = False, lookahead_draws: LookaheadDraws = "auto"):
         from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
         lo, hi = (float(x) for x in intervention_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
         if not 0 <= target < d:
             raise UserError(f"target index {target} out of range for {d} variables")
-        if not (isinstance(lookahead_draws, int) and lookahead_draws >= 1):
-            raise UserError(f"lookahead_draws must be a positive integer, got {lookahead_draws!r}")
+        try:
+            lookahead_draws = resolve_lookahead_draws(lookahead_draws, d)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.loaded, self.d, self.target, self.names = loaded, d, target, names
         self.low, self.high, self.capacity = lo, hi, capacity
         self._sur = make_analytic_surrogate(AnalyticConfig(), d)
@@ -355,11 +363,11 @@ def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM 
                                 intervention_range: tuple[float, float] = (-2.0, 2.0),
                                 seed: int = 0, greedy: bool = False,
                                 capacity: int = 512,
-                                lookahead_draws: int = 1) -> GRPOInterventionFn:
+                                lookahead_draws: LookaheadDraws = "auto") -> GRPOInterventionFn:
     """The seed document's step 2: a stateful intervention function for ``scm``.
 
     Only the SCM's size, target and names are used, never its graph: the function learns what
-    it needs from the data it is shown.
+    it needs from the data it is shown. ``lookahead_draws``: as for :func:`policy_handle`.
     """
     if isinstance(scm, str):
         from causal_grpo.scm_families import resolve_scm

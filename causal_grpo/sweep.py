@@ -88,7 +88,7 @@ class PolicyHandle(NamedTuple):
     digest: str
     config: Any = None
     greedy: bool = False
-    lookahead_draws: int = 1
+    lookahead_draws: int | str = 1
 
 
 _RUNNERS: dict = {}

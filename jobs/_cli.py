@@ -53,6 +53,20 @@ def positive_int(name: str, minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
+def lookahead_draws(text: str) -> int | str:
+    """``--lookahead-draws``: "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(
+            f"--lookahead-draws must be 'auto' or a positive integer, got {text!r}")
+    return v
+
+
 def positive_float(name: str, allow_zero: bool = False) -> Callable[[str], float]:
     """A finite number > 0 (>= 0 with ``allow_zero``)."""
     def parse(text: str) -> float:

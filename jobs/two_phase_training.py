@@ -22,8 +22,8 @@ import dataclasses
 import os
 import sys
 
-from jobs._cli import (ArgumentParser, comma_list, fail, positive_float, positive_int,
-                       user_errors_exit_2)
+from jobs._cli import (ArgumentParser, comma_list, fail, lookahead_draws, positive_float,
+                       positive_int, user_errors_exit_2)
 
 PROG = "two_phase_training"
 COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
@@ -49,10 +49,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
     p.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
-    p.add_argument("--lookahead-draws", type=positive_int("--lookahead-draws"), default=1,
+    p.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",
                    help="outcomes per candidate in the policy's lookahead input when acting "
-                        "(training uses 1; more is less noisy and costs 2d posterior updates "
-                        "per draw per decision)")
+                        "(training uses 1; each draw costs 2d posterior updates per decision). "
+                        "auto (default): 8 up to d = 10, 3 at d = 11, 1 from d = 12")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="seeds per vmapped batch (the unit of work and of resuming)")
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,

@@ -84,6 +84,8 @@ def test_rerun_resumes_from_stored_cells(run_dir, monkeypatch):
     (["--learning-rate", "nan"], "--learning-rate"),
     (["--surrogate", "magic"], "--surrogate"),
     (["--scm-type", "missing_file.json"], "not found"),
+    (["--lookahead-draws", "0"], "--lookahead-draws"),
+    (["--lookahead-draws", "lots"], "--lookahead-draws"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     out = tmp_path / "out"

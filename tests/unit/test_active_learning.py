@@ -226,3 +226,42 @@ def test_lookahead_features_are_the_plugin_choosers_gains_z_scored(draws):
         act = plug(key)
         j, end = np.unravel_index(np.argmax(np.where(ok[:, None], z, -np.inf)), z.shape)
         assert (j, [float(scm.low), float(scm.high)][end]) == (int(act.variable), float(act.value))
+
+
+def test_auto_lookahead_draws_is_a_fixed_work_budget():
+    """"auto": 8 draws while 2d updates of the exact posterior are cheap, fewer as its
+    d 2^d work grows, never below one; anything but a positive int or "auto" is refused."""
+    from causal_grpo.policy import auto_lookahead_draws, resolve_lookahead_draws
+    assert [auto_lookahead_draws(d) for d in (2, 5, 8, 10, 11, 12, 15, 30)] == [8, 8, 8, 8, 3, 1, 1, 1]
+    for d in range(2, 17):
+        k = auto_lookahead_draws(d)
+        # The rule's budget: k draws at d cost no more than 8 draws at d = 10 (unless k = 1).
+        assert k == 1 or k * 2 * d * d * 2 ** d <= 8 * 2 * 10 * 10 * 2 ** 10
+    assert resolve_lookahead_draws("auto", 12) == 1 and resolve_lookahead_draws(3, 12) == 3
+    for bad in (0, -2, 1.5, "4", True, None):
+        with pytest.raises(ValueError, match="positive integer or 'auto'"):
+            resolve_lookahead_draws(bad, 5)
+
+
+def test_auto_draws_selector_acts_as_the_explicit_number():
+    """The "auto" selector resolves its draws from the (static) size it is traced at: on a
+    5-variable SCM it acts exactly as the 8-draw selector, and not as the 1-draw one."""
+    from causal_grpo.networks import PolicyConfig
+    from causal_grpo.phase1 import Phase1Config, init_params
+    from causal_grpo.policy import make_policy_selector
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2)
+    params = init_params(Phase1Config(policy=cfg, seed=0))
+    scm = easy().to_scm()
+    _, _, obs = _after_observational(scm)
+    auto, eight, one = (jax.jit(make_policy_selector(cfg, lookahead_draws=k))
+                        for k in ("auto", 8, 1))
+    differs = False
+    for k in range(4):
+        key = jax.random.PRNGKey(k)
+        a, b, c = auto(key, obs, params), eight(key, obs, params), one(key, obs, params)
+        assert (int(a.variable), float(a.value)) == (int(b.variable), float(b.value))
+        assert float(a.log_prob) == pytest.approx(float(b.log_prob), abs=1e-5)
+        differs |= abs(float(a.log_prob) - float(c.log_prob)) > 1e-4
+    assert differs
+    with pytest.raises(ValueError, match="'auto'"):
+        make_policy_selector(cfg, lookahead_draws="many")

@@ -219,3 +219,11 @@ def test_a_lookahead_policy_round_trips_and_reads_its_lookahead(tmp_path):
     fn.observe(np.asarray(sample_n(jax.random.PRNGKey(0), spec.to_scm(), 20)))
     j, v = fn()
     assert j != spec.target and spec.intervention_range[0] <= v <= spec.intervention_range[1]
+    # Acting-time draws: "auto" by default, part of the handle's digest; bad values refused.
+    assert C.policy_handle(loaded).digest == loaded.digest + "-laauto"
+    assert C.policy_handle(loaded, lookahead_draws=1).digest == loaded.digest
+    for bad in (0, "many"):
+        with pytest.raises(C.UserError, match="positive integer or 'auto'"):
+            C.create_grpo_intervention_fn(loaded, spec, lookahead_draws=bad)
+        with pytest.raises(C.UserError, match="positive integer or 'auto'"):
+            C.policy_handle(loaded, lookahead_draws=bad)
