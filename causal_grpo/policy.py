@@ -54,10 +54,11 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     """(d, 2): each variable's one-step plug-in gain at the low and the high end of the range.
 
     ``draws`` outcomes per candidate (1 in training; more when acting makes the input less
-    noisy, README "More lookahead draws when acting") are simulated from the linear SCM fitted
-    to the data on the point estimate of ``obs.probs`` (the features' graph: the posterior's,
-    or the bootstrap graph for ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with each, and the gain is the
-    mean drop in expected SHD against that point estimate (``active_learning.expected_gains``).
+    noisy, README "Lookahead draws when acting") are simulated from the linear SCM fitted to
+    the data on the point estimate of ``obs.probs`` (the features' graph: the posterior's, or
+    the bootstrap graph for ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with
+    each, and the gain is the mean drop in expected SHD against that point estimate
+    (``active_learning.expected_gains``).
     Gains are z-scored over the allowed candidates (0 for the target and padding), so the scale
     is the same at every state. Cost: 2 d ``draws`` posterior updates. Reads nothing true.
     """

@@ -5,6 +5,7 @@
     python -m jobs.benchmark phase1      # Phase-1 candidate evaluations per second
     python -m jobs.benchmark ray         # in-process vs 1 vs 2 Ray workers (Phase 1 and 2)
     python -m jobs.benchmark ceiling     # the best one-step chooser (knows the SCM) vs the rest
+    python -m jobs.benchmark posterior   # where one exact posterior update's time goes, per d
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV.
 """
@@ -204,6 +205,52 @@ def bench_ceiling(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def bench_posterior(args) -> "pd.DataFrame":
+    """Milliseconds per exact posterior update (vmapped over ``--batch`` posteriors), split
+    into merging one sample into the statistics, the local scores and the DP over orders."""
+    import jax
+    import jax.numpy as jnp
+    import pandas as pd
+
+    from causal_grpo import surrogate_bayes as B
+    from causal_grpo.errors import UserError
+
+    exact_max = B.AnalyticConfig().exact_max_d
+    bad = [d for d in args.d if not 2 <= d <= exact_max]
+    if bad:
+        raise UserError(f"posterior: --d must lie in 2..{exact_max} (the exact DP), got {bad}")
+    rows = []
+    for d in args.d:
+        tab = B.build_tables(d, B.AnalyticConfig().max_indegree)
+        n, rows_per = args.batch, 40
+        vals = jax.random.normal(jax.random.PRNGKey(0), (n, rows_per + 1, d))
+        no = jnp.zeros((rows_per, d), bool)
+        stats = jax.vmap(lambda v: B.add_rows(B.empty_stats(d), v, no, jnp.ones((rows_per,), bool))
+                         )(vals[:, :rows_per])
+        mask = jnp.ones((d,), bool)
+        merge = jax.jit(jax.vmap(lambda s, v: B.add_rows(s, v[None], no[:1], jnp.ones((1,), bool))))
+        local = jax.jit(jax.vmap(lambda s: B.local_scores(s, mask, tab, 1.0)))
+        dp = jax.jit(jax.vmap(lambda sc: B.exact_parent_posterior(sc, tab)))
+        scores = jax.block_until_ready(local(stats))
+        parts = {"merge": (merge, (stats, vals[:, -1])), "local_scores": (local, (stats,)),
+                 "dp": (dp, (scores,))}
+        row = {"d": d, "batch": n}
+        for name, (fn, a) in parts.items():
+            jax.block_until_ready(fn(*a))                      # compile
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds:
+                jax.block_until_ready(fn(*a))
+                reps += 1
+            row[f"{name}_ms"] = (time.perf_counter() - t0) / reps / n * 1e3
+        total = row["merge_ms"] + row["local_scores_ms"] + row["dp_ms"]
+        row.update(total_ms=total, updates_per_s=1e3 / total, dp_share=row["dp_ms"] / total)
+        rows.append(row)
+        print(f"d={d:2d}: {total:.3f} ms per update ({1e3 / total:,.0f}/s): merge "
+              f"{row['merge_ms']:.3f}, local scores {row['local_scores_ms']:.3f}, "
+              f"DP {row['dp_ms']:.3f} ({100 * row['dp_share']:.0f}%)", flush=True)
+    return pd.DataFrame(rows)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -235,6 +282,12 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
 
+    e = sub.add_parser("posterior", help="where an exact posterior update's time goes")
+    e.add_argument("--d", type=lambda s: [int(x) for x in comma_list(s)], default=[5, 8, 10, 12, 15])
+    e.add_argument("--batch", type=positive_int("--batch"), default=64,
+                   help="posteriors updated per vmapped call")
+    e.add_argument("--seconds", type=float, default=3.0, help="timing per part and d")
+
     for name in ("phase1", "ray"):
         r = sub.add_parser(name, help=f"{name} benchmark")
         r.add_argument("--seconds", type=float, default=60.0,
@@ -255,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         df = bench_phase2(args)
     elif args.cmd == "ceiling":
         df = bench_ceiling(args)
+    elif args.cmd == "posterior":
+        df = bench_posterior(args)
     elif args.cmd == "phase1":
         from jobs.bench_grpo import bench_phase1
         df = bench_phase1(args)

@@ -115,3 +115,20 @@ def test_ceiling_benchmark_refuses_graphs_too_big_for_its_references():
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "15 variables" in lines[0], r.stderr
+
+
+def test_posterior_benchmark_splits_an_update_and_refuses_sizes_without_the_exact_dp(tmp_path):
+    """The profile behind the README's "where the time goes": the parts add up, per d."""
+    out = tmp_path / "post.csv"
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "posterior", "--d", "4,6",
+                        "--batch", "4", "--seconds", "0.05", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(out)
+    assert list(df["d"]) == [4, 6] and (df["updates_per_s"] > 0).all()
+    parts = df["merge_ms"] + df["local_scores_ms"] + df["dp_ms"]
+    assert (parts - df["total_ms"]).abs().max() < 1e-9 and ((df["dp_share"] > 0) & (df["dp_share"] < 1)).all()
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "posterior", "--d", "5,40"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--d must lie in" in lines[0], r.stderr
