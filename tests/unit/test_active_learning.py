@@ -245,7 +245,8 @@ def test_auto_lookahead_draws_is_a_fixed_work_budget():
 
 def test_auto_draws_selector_acts_as_the_explicit_number():
     """The "auto" selector resolves its draws from the (static) size it is traced at: on a
-    5-variable SCM it acts exactly as the 8-draw selector, and not as the 1-draw one."""
+    5-variable SCM it is the very program of the 8-draw selector, not that of the 1-draw one
+    (compared as traced programs, which is cheaper than compiling three)."""
     from causal_grpo.networks import PolicyConfig
     from causal_grpo.phase1 import Phase1Config, init_params
     from causal_grpo.policy import make_policy_selector
@@ -253,15 +254,9 @@ def test_auto_draws_selector_acts_as_the_explicit_number():
     params = init_params(Phase1Config(policy=cfg, seed=0))
     scm = easy().to_scm()
     _, _, obs = _after_observational(scm)
-    auto, eight, one = (jax.jit(make_policy_selector(cfg, lookahead_draws=k))
-                        for k in ("auto", 8, 1))
-    differs = False
-    for k in range(4):
-        key = jax.random.PRNGKey(k)
-        a, b, c = auto(key, obs, params), eight(key, obs, params), one(key, obs, params)
-        assert (int(a.variable), float(a.value)) == (int(b.variable), float(b.value))
-        assert float(a.log_prob) == pytest.approx(float(b.log_prob), abs=1e-5)
-        differs |= abs(float(a.log_prob) - float(c.log_prob)) > 1e-4
-    assert differs
+    key = jax.random.PRNGKey(0)
+    auto, eight, one = (str(jax.make_jaxpr(make_policy_selector(cfg, lookahead_draws=k))(
+        key, obs, params)) for k in ("auto", 8, 1))
+    assert auto == eight and auto != one
     with pytest.raises(ValueError, match="'auto'"):
         make_policy_selector(cfg, lookahead_draws="many")
