@@ -60,7 +60,7 @@ class Stage:
     """A curriculum stage: SCM sizes drawn uniformly from ``sizes``, padded to ``d_pad``.
 
     ``episodes`` per iteration may be smaller for large graphs, whose exact posterior costs
-    far more per candidate (about 0.3 ms at d = 10, 1.6 ms at 12, 20 ms at 15 here).
+    far more per candidate (about 0.1 ms at d = 10, 0.4 ms at 12, 6 ms at 15 on 2 CPU cores).
     """
 
     sizes: tuple[int, ...]
@@ -70,8 +70,9 @@ class Stage:
 
 
 # Sized for the 15-minute budget on 2 CPU cores with the lookahead input (2 d more posterior
-# updates per decision; README, "Speed and memory"). Starting from the lookahead prior the
-# policy needs far fewer iterations than the 386 the plain network took.
+# updates per decision; README, "Speed and memory"); with the batch-last DP it takes about
+# 6.5 minutes. Starting from the lookahead prior the policy needs far fewer iterations than
+# the 386 the plain network took.
 DEFAULT_CURRICULUM = (
     Stage(sizes=(3, 4, 5, 6), d_pad=6, iterations=40),
     Stage(sizes=(6, 7, 8, 9, 10), d_pad=10, iterations=150),

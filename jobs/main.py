@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--grpo-checkpoint", os.path.join(args.phase1_dir, "final"), "--compare",
         "--methods", "uncertainty_active", "--scm-type", "easy,medium,hard,er10,er15",
         "--seeds", str(args.seeds), "--n-observational", "30", "--n-interventions", "50",
-        # Batches of 10 seeds: a lookahead batch at d = 15 (about 0.5 s per decision) stays a
+        # Batches of 10 seeds: a lookahead batch at d = 15 (about 0.2 s per decision) stays a
         # few minutes long, so work spreads over the workers and resumes in small steps.
         "--batch-size", "10", "--output-dir", args.output_dir] + ray_args)
 
