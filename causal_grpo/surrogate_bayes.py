@@ -256,7 +256,7 @@ def local_scores(stats: Stats, var_mask: Array, tab: Tables, penalty: float) -> 
 # The DP works on arrays whose *last* axis is a batch of independent posteriors. Under vmap,
 # JAX would put the batch first, and every transform pass and every DP gather would then walk
 # strided scalars; with the batch last each of them moves contiguous rows of the batch, which
-# is 2.5-4x faster on XLA:CPU (``python -m jobs.benchmark posterior``). ``exact_parent_posterior``
+# is 2-4x faster on XLA:CPU (``python -m jobs.benchmark posterior``). ``exact_parent_posterior``
 # keeps its unbatched signature: a custom batching rule moves each vmapped axis to the end and
 # merges it into that batch axis, so nested vmaps (seeds x group members x ...) become one
 # batch-last call.

@@ -193,7 +193,7 @@ def test_two_brute_forces_agree():
 def test_exact_posterior_under_nested_vmap_and_scan_equals_one_at_a_time():
     """The DP's batching rule merges every vmapped axis into one batch-last call; nested
     vmaps (any in_axes), a scan inside a vmap and a vmap inside a scan must each give, for
-    every problem, exactly what the unbatched call gives."""
+    every problem, the posterior the unbatched call gives."""
     d, k = 5, 3
     tab = build_tables(d, k)
     rng = np.random.default_rng(31)
