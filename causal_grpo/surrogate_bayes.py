@@ -83,21 +83,6 @@ class Tables(NamedTuple):
     bwd: tuple                # per size t=d-1..0: (nxt (C,d-t) rows of size t+1, flat_alpha)
 
 
-def _local_to_global(i: int, u: int, d: int) -> int:
-    g = 0
-    for b in range(d - 1):
-        if u >> b & 1:
-            g |= 1 << (b if b < i else b + 1)
-    return g
-
-
-def _global_to_local(i: int, g: int, d: int) -> int:
-    u = 0
-    for v in range(d):
-        if v != i and g >> v & 1:
-            u |= 1 << (v if v < i else v - 1)
-    return u
-
 
 @functools.lru_cache(maxsize=None)
 def build_tables(d: int, k: int, with_dp: bool = True) -> Tables:
