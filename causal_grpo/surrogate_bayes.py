@@ -83,7 +83,6 @@ class Tables(NamedTuple):
     bwd: tuple                # per size t=d-1..0: (nxt (C,d-t) rows of size t+1, flat_alpha)
 
 
-
 @functools.lru_cache(maxsize=None)
 def build_tables(d: int, k: int, with_dp: bool = True) -> Tables:
     """Enumerate parent sets and the DP index tables once (cached per (d, k))."""
