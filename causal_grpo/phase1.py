@@ -441,8 +441,8 @@ class Trainer:
 # --------------------------------------------------------------------------- the training run
 
 def config_to_dict(cfg: Phase1Config) -> dict:
-    from causal_grpo.results import _jsonable
-    return _jsonable(dataclasses.asdict(cfg))
+    from causal_grpo.results import jsonable
+    return jsonable(dataclasses.asdict(cfg))
 
 
 # Fields added with a default that is not their old behaviour: a run written before they

@@ -86,6 +86,30 @@ def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def f1_auc(f1: np.ndarray, last: int | None = None) -> np.ndarray:
+    """F1-AUC per row: mean F1 over steps 1..last (all steps when None) of ``f1`` (seeds, T+1).
+
+    Step 0 (before any intervention) is excluded; with no intervention step the AUC is
+    step 0's F1.
+    """
+    f1 = np.asarray(f1, float)
+    if f1.shape[-1] < 2:
+        return f1[..., 0]
+    stop = f1.shape[-1] if last is None else min(last, f1.shape[-1] - 1) + 1
+    return f1[..., 1:stop].mean(-1)
+
+
+def paired_p(better: np.ndarray, alternative: str = "greater") -> float:
+    """One-sample t-test p-value of paired differences (``better`` > 0 means better).
+
+    NaN when fewer than two pairs or no spread (the test is undefined there).
+    """
+    better = np.asarray(better, float)
+    if len(better) < 2 or not np.std(better) > 0:
+        return float("nan")
+    return float(sps.ttest_1samp(better, 0.0, alternative=alternative).pvalue)
+
+
 def mean_ci(x: np.ndarray) -> tuple[float, float]:
     """Mean and 95% Student-t half-width (0 for a single value)."""
     x = np.asarray(x, float)
@@ -137,10 +161,7 @@ def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",
                 row[f"{m}_diff"], row[f"{m}_diff_ci95"] = mean_ci(diff)
                 better = sign * diff
                 row[f"{m}_win_rate"] = float(np.mean((better > 0) + 0.5 * (better == 0)))
-                if len(diff) >= 2 and np.std(better) > 0:
-                    row[f"{m}_p"] = float(sps.ttest_1samp(better, 0.0, alternative="greater").pvalue)
-                else:
-                    row[f"{m}_p"] = float("nan")
+                row[f"{m}_p"] = paired_p(better)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -288,9 +309,9 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
     config = {
         "scms": list(cfg.scms), "methods": [m.value for m in cfg.methods], "seeds": cfg.seeds,
         "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
-        "episode": _jsonable(dataclasses.asdict(cfg.episode)),
+        "episode": jsonable(dataclasses.asdict(cfg.episode)),
         "scm_definitions": {n: (s.to_dict() if isinstance(s, SCMSpec) else
-                                _jsonable(dataclasses.asdict(s))) for n, s in sources.items()},
+                                jsonable(dataclasses.asdict(s))) for n, s in sources.items()},
     } | (extra_config or {})
     io.write_json(os.path.join(out_dir, "config.json"), config)
 
@@ -317,13 +338,13 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
     return table
 
 
-def _jsonable(obj):
+def jsonable(obj):
     """Dataclass dicts with enums/tuples made JSON-friendly."""
     import enum
     if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, enum.Enum):
         return obj.value
     return obj
