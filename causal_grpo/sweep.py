@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
+import zipfile
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -25,6 +27,7 @@ from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make
                                          method_id)
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
+from causal_grpo.version import code_version
 
 Array = jax.Array
 
@@ -136,7 +139,10 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
 # --------------------------------------------------------------------------- persistence
 
 def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource]) -> str:
-    """Content digest of everything that determines a cell's numbers (resume key)."""
+    """Content digest of everything that determines a cell's numbers (resume key).
+
+    It includes the code version, so cells computed by other code are never reused.
+    """
     def scm_id(name: str) -> Any:
         src = sources[name]
         if isinstance(src, FamilyConfig):
@@ -147,8 +153,12 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
         "scms": {n: scm_id(n) for n in cfg.scms},
         "policy": policy.digest if policy else None,
+        "code": code_version(),
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+CELL_KEYS = frozenset(StepRecord._fields) | {"final_probs", "true_adj", "target", "seed"}
 
 
 class CellStore:
@@ -164,15 +174,35 @@ class CellStore:
         safe = "".join(c if (c.isalnum() or c in "._-") else "_" for c in name)
         return os.path.join(self.dir, safe)
 
-    def has(self, batch: Batch) -> bool:
-        return os.path.exists(self.path(batch))
-
     def save(self, batch: Batch, arrays: dict[str, np.ndarray]) -> None:
         def w(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         io.write_atomic(self.path(batch), w)
 
-    def load(self, batch: Batch) -> dict[str, np.ndarray]:
-        with np.load(self.path(batch)) as z:
-            return {k: z[k] for k in z.files}
+    def load(self, batch: Batch) -> dict[str, np.ndarray] | None:
+        """The stored arrays of ``batch``; None if absent or unreadable.
+
+        An unreadable cell (truncated, garbage, other keys or seeds) is named on stderr and
+        moved aside to ``<name>.corrupt``, so the caller recomputes it.
+        """
+        path = self.path(batch)
+        if not os.path.exists(path):
+            return None
+        try:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
+                arrays = {k: z[k] for k in z.files}
+            if set(arrays) != CELL_KEYS:
+                raise ValueError(f"keys {sorted(arrays)}")
+            if arrays["seed"].tolist() != list(batch.seeds):
+                raise ValueError(f"seeds {arrays['seed'].tolist()}")
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            os.replace(path, path + ".corrupt")
+            reason = " ".join(f"{type(e).__name__}: {e}".split())
+            print(f"corrupt cell {path} ({reason}); moved to {os.path.basename(path)}.corrupt "
+                  "and recomputing it", file=sys.stderr, flush=True)
+            return None
+        return arrays
