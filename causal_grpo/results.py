@@ -13,14 +13,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import glob
+import json
 import math
+import os
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from causal_grpo import io
 from causal_grpo.active_learning import StepRecord
+from causal_grpo.errors import UserError
+from causal_grpo.scm import SCMSpec
 
 EARLY_STEPS = 10
 
@@ -270,10 +277,69 @@ def plot_curves(steps: pd.DataFrame, scm: str, path: str) -> None:
 
 # --------------------------------------------------------------------------- Phase-2 outputs
 
+RUN_FILE = "run.json"
+# Output files whose set depends on the flags; a rewrite removes the ones it did not write.
+VARIABLE_OUTPUTS = ("paired.csv", "phase2_result_*.pkl", "comparison_results_*.pkl", "plot_*.png")
+
+
+def sweep_settings(cfg, sources: dict) -> dict:
+    """The sweep part of ``config.json`` and ``run.json``: what determines its numbers."""
+    return {
+        "scms": list(cfg.scms), "methods": [m.value for m in cfg.methods], "seeds": cfg.seeds,
+        "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
+        "episode": jsonable(dataclasses.asdict(cfg.episode)),
+        "scm_definitions": {n: (s.to_dict() if isinstance(s, SCMSpec) else
+                                jsonable(dataclasses.asdict(s))) for n, s in sources.items()},
+    }
+
+
+def _normalised(settings: dict) -> dict:
+    return json.loads(json.dumps(jsonable(settings), sort_keys=True))
+
+
+def claim_output_dir(out_dir: str, settings: dict) -> None:
+    """Refuse ``out_dir`` unless it is free or holds a run of the same ``settings``.
+
+    Free means nothing but ``cells/`` (keyed by its own digest) and hidden files. The
+    settings are recorded by :func:`record_run`; a rerun with the same ones resumes.
+
+    Raises:
+      UserError: the directory holds another run's outputs (or outputs of unknown settings).
+    """
+    path = os.path.join(out_dir, RUN_FILE)
+    if not os.path.exists(path):
+        others = sorted(n for n in os.listdir(out_dir) if n != "cells" and not n.startswith("."))
+        if others:
+            raise UserError(f"output directory {out_dir} is not empty ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}) and records no run; "
+                            "use another --output-dir")
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); use another --output-dir"
+                        ) from None
+    settings = _normalised(settings)
+    if recorded != settings:
+        differ = sorted(k for k in recorded.keys() | settings.keys()
+                        if recorded.get(k) != settings.get(k))
+        raise UserError(f"output directory {out_dir} holds a run with other settings "
+                        f"({', '.join(differ)} differ); use another --output-dir")
+
+
+def record_run(out_dir: str, settings: dict) -> None:
+    """Write ``run.json`` (the settings :func:`claim_output_dir` compares against)."""
+    io.write_json(os.path.join(out_dir, RUN_FILE), {"settings": _normalised(settings)})
+
+
 def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, *,
                          compare: bool = False, plots: bool = True,
                          extra_config: dict | None = None) -> str:
     """Write every Phase-2 output file atomically; returns the markdown comparison table.
+
+    Files of :data:`VARIABLE_OUTPUTS` that this call does not write are removed, so none
+    from an earlier invocation stays beside the new results.
 
     Args:
       out_dir: output directory (exists, writable).
@@ -284,12 +350,6 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
       plots: write ``plot_<scm>.png``.
       extra_config: merged into ``config.json``.
     """
-    import dataclasses
-    import os
-
-    from causal_grpo import io
-    from causal_grpo.scm import SCMSpec
-
     names = {n: (s.variables if isinstance(s, SCMSpec) else tuple(f"X{i}" for i in range(s.d)))
              for n, s in sources.items()}
     order = sorted(batch_results, key=lambda b: (list(cfg.scms).index(b.scm),
@@ -299,21 +359,20 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
     baseline = "random_active"
     paired = paired_frame(steps, baseline) if baseline in steps["method"].unique() else None
     table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
+    written = set()
 
-    io.write_atomic(os.path.join(out_dir, "steps.csv"), lambda p: steps.to_csv(p, index=False))
-    io.write_atomic(os.path.join(out_dir, "summary.csv"), lambda p: summary.to_csv(p, index=False))
+    def out(name: str) -> str:
+        written.add(name)
+        return os.path.join(out_dir, name)
+
+    io.write_atomic(out("steps.csv"), lambda p: steps.to_csv(p, index=False))
+    io.write_atomic(out("summary.csv"), lambda p: summary.to_csv(p, index=False))
     if paired is not None and not paired.empty:
-        io.write_atomic(os.path.join(out_dir, "paired.csv"), lambda p: paired.to_csv(p, index=False))
-    io.write_text(os.path.join(out_dir, "comparison.md"), table + "\n")
+        io.write_atomic(out("paired.csv"), lambda p: paired.to_csv(p, index=False))
+    io.write_text(out("comparison.md"), table + "\n")
 
-    config = {
-        "scms": list(cfg.scms), "methods": [m.value for m in cfg.methods], "seeds": cfg.seeds,
-        "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
-        "episode": jsonable(dataclasses.asdict(cfg.episode)),
-        "scm_definitions": {n: (s.to_dict() if isinstance(s, SCMSpec) else
-                                jsonable(dataclasses.asdict(s))) for n, s in sources.items()},
-    } | (extra_config or {})
-    io.write_json(os.path.join(out_dir, "config.json"), config)
+    config = sweep_settings(cfg, sources) | (extra_config or {})
+    io.write_json(out("config.json"), config)
 
     methods = [m.value for m in cfg.methods]
     primary = next((m for m in ("grpo_active",) if m in methods), methods[0])
@@ -324,17 +383,20 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
                 "target": (names[scm][src.target] if isinstance(src, SCMSpec) else "per seed"),
                 "config": config, "method": primary}
         result = base | per_method[primary] | {"methods": per_method}
-        io.write_pickle(os.path.join(out_dir, f"phase2_result_{scm}.pkl"), result)
+        io.write_pickle(out(f"phase2_result_{scm}.pkl"), result)
         if compare:
             cmp = base | {"methods": per_method,
                           "summary": summary[summary["scm"] == scm].to_dict("records"),
                           "paired_vs_random": ([] if paired is None else
                                                paired[paired["scm"] == scm].to_dict("records"))}
-            io.write_pickle(os.path.join(out_dir, f"comparison_results_{scm}.pkl"), cmp)
+            io.write_pickle(out(f"comparison_results_{scm}.pkl"), cmp)
         if plots:
             # The temporary name ends in the target's name, so matplotlib writes PNG.
-            io.write_atomic(os.path.join(out_dir, f"plot_{scm}.png"),
-                            lambda p, scm=scm: plot_curves(steps, scm, p))
+            io.write_atomic(out(f"plot_{scm}.png"), lambda p, scm=scm: plot_curves(steps, scm, p))
+    for pattern in VARIABLE_OUTPUTS:
+        for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+            if os.path.basename(path) not in written:
+                os.unlink(path)
     return table
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from causal_grpo.results import claim_output_dir, record_run
 from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batches, run_batch,
                                sweep_digest)
 
 
 def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, output_dir: str,
               num_workers: int = 0, address: str | None = None, gpus_per_worker: float = 0.0,
-              progress: bool = True) -> dict[Any, dict]:
-    """All batches of ``cfg``; stored batches are loaded, the rest computed and stored."""
+              progress: bool = True, settings: dict | None = None) -> dict[Any, dict]:
+    """All batches of ``cfg``; stored batches are loaded, the rest computed and stored.
+
+    With ``settings`` (what the output files depend on), ``output_dir`` is first claimed for
+    them (:func:`causal_grpo.results.claim_output_dir` refuses another run's directory) and
+    they are recorded in its ``run.json`` before the first batch runs.
+    """
     from tqdm import tqdm
 
+    if settings is not None:
+        claim_output_dir(output_dir, settings)
     store = CellStore(os.path.join(output_dir, "cells"), sweep_digest(cfg, policy, sources))
     batches = plan_batches(cfg)
-    results = {b: store.load(b) for b in batches if store.has(b)}
+    stored = ((b, store.load(b)) for b in batches)
+    results = {b: arrays for b, arrays in stored if arrays is not None}
     todo = [b for b in batches if b not in results]
     pool = None
     if num_workers > 0 and todo:
@@ -27,6 +36,8 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
         # Largest graphs first: the exact posterior costs ~2^d, so this keeps one huge batch
         # from running alone at the end while the other workers idle.
         todo.sort(key=lambda b: -sources[b.scm].d)
+    if settings is not None:
+        record_run(output_dir, settings)
     try:
         with tqdm(total=len(batches), initial=len(results), desc="phase 2", unit="batch",
                   disable=not progress) as bar:

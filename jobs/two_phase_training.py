@@ -4,7 +4,8 @@
         --methods random_active,uncertainty_active --seeds 30 --output-dir phase2_results
 
 Writes to ``--output-dir`` (each file atomically; finished batches are cached under
-``cells/`` so an interrupted run resumes where it stopped):
+``cells/`` so an interrupted run resumes where it stopped; rerunning the same command into it
+resumes, a command with other settings is refused):
 
 * ``steps.csv``    one row per (scm, method, seed, step); step 0 = after observational data
 * ``summary.csv``  per (scm, method): mean and 95% CI of F1-AUC, final F1/SHD, best target
@@ -14,6 +15,7 @@ Writes to ``--output-dir`` (each file atomically; finished batches are cached un
 * ``comparison_results_<scm>.pkl`` (with ``--compare``) all methods' structures + tables
 * ``plot_<scm>.png`` F1 and SHD against step with 95% bands
 * ``config.json``  the full configuration of the run
+* ``run.json``     the settings the outputs depend on, compared on every rerun
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
     from causal_grpo.surrogate_neural import NeuralConfig
     from causal_grpo.sweep import SweepConfig
-    from causal_grpo.results import write_phase2_outputs
+    from causal_grpo.results import sweep_settings, write_phase2_outputs
 
     sources = {}
     for name in args.scm_type:
@@ -124,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         base_seed=args.base_seed, batch_size=min(args.batch_size, args.seeds))
     io.ensure_writable_dir(args.output_dir)
 
+    # What the output files depend on; worker and display flags may change between reruns.
+    settings = sweep_settings(cfg, sources) | {
+        "compare": args.compare,
+        "grpo_checkpoint": args.grpo_checkpoint and os.path.abspath(args.grpo_checkpoint),
+        "lookahead_draws": args.lookahead_draws if args.grpo_checkpoint else None}
     from cluster.run_sweep import run_sweep
     results = run_sweep(cfg, sources, policy, args.output_dir, num_workers=args.num_workers,
                         address=args.address, gpus_per_worker=args.gpus_per_worker,
-                        progress=not args.quiet)
+                        progress=not args.quiet, settings=settings)
     table = write_phase2_outputs(
         args.output_dir, cfg, sources, results, compare=args.compare, plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
