@@ -117,6 +117,23 @@ def paired_p(better: np.ndarray, alternative: str = "greater") -> float:
     return float(sps.ttest_1samp(better, 0.0, alternative=alternative).pvalue)
 
 
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input order (shape of ``pvalues``).
+
+    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j));
+    rejecting where the adjusted value is below alpha controls the family-wise error at
+    alpha. NaN p-values (undefined tests) stay NaN and do not count towards m.
+    """
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p.ravel()))
+    order = finite[np.argsort(p.ravel()[finite], kind="stable")]
+    m = len(order)
+    scaled = (m - np.arange(m)) * p.ravel()[order]
+    out.ravel()[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
 def mean_ci(x: np.ndarray) -> tuple[float, float]:
     """Mean and 95% Student-t half-width (0 for a single value)."""
     x = np.asarray(x, float)

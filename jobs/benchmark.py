@@ -148,15 +148,14 @@ def bench_ceiling(args) -> "pd.DataFrame":
     import functools
 
     import jax.numpy as jnp
-    import numpy as np
     import pandas as pd
-    from scipy import stats
 
     from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
     from causal_grpo.errors import UserError
+    from causal_grpo.results import f1_auc, paired_p
     from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.sweep import cell_scm_and_key
@@ -192,11 +191,10 @@ def bench_ceiling(args) -> "pd.DataFrame":
         oracle_s = time.time() - t0
         plugin = functools.partial(make_plugin_gain_selector, n_draws=args.draws)
         f1["plugin_expected_gain"] = make_reference_runner(cfg, d, plugin)(keys, scms).record.f1
-        auc = {m: np.asarray(v)[:, 1:].mean(1) for m, v in f1.items()}
+        auc = {m: f1_auc(v) for m, v in f1.items()}
         for m, a in auc.items():
             diff = a - auc["random_active"]
-            p = (stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue
-                 if m != "random_active" else float("nan"))
+            p = paired_p(diff) if m != "random_active" else float("nan")
             rows.append({"scm": name, "method": m, "f1_auc": a.mean(), "delta": diff.mean(),
                          "p": p, "seeds": args.seeds})
             print(f"{name:8s} {m:22s} F1-AUC 1-{args.n_interventions} {a.mean():.3f}  "
