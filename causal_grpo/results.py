@@ -109,10 +109,12 @@ def f1_auc(f1: np.ndarray, last: int | None = None) -> np.ndarray:
 def paired_p(better: np.ndarray, alternative: str = "greater") -> float:
     """One-sample t-test p-value of paired differences (``better`` > 0 means better).
 
-    NaN when fewer than two pairs or no spread (the test is undefined there).
+    NaN when fewer than two pairs or no spread (the test is undefined there). Spread within
+    rounding of the values' size counts as none: differences such as 0.3 - 0.2 and 0.4 - 0.3
+    would otherwise give a "significant" p from rounding noise alone.
     """
     better = np.asarray(better, float)
-    if len(better) < 2 or not np.std(better) > 0:
+    if len(better) < 2 or not np.ptp(better) > 1e-9 * np.max(np.abs(better)):
         return float("nan")
     return float(sps.ttest_1samp(better, 0.0, alternative=alternative).pvalue)
 
