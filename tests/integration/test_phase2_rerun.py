@@ -1,0 +1,162 @@
+"""Reruns of the Phase-2 CLI into the same output directory: the same command resumes (also
+after SIGINT and kill -9, to a byte-identical steps.csv), other settings are refused before
+any compute, a code change recomputes, and a corrupt cell is named, moved aside and redone."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import causal_grpo.sweep as sweep
+import cluster.run_sweep as rs
+from jobs import two_phase_training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASE = ["--scm-type", "easy", "--methods", "random_active,uncertainty_active", "--seeds", "3",
+        "--n-observational", "10", "--n-interventions", "4", "--quiet"]
+N_BATCHES = 2
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """Counts the batches the CLI computes (the real run_batch runs)."""
+    calls = []
+
+    def counting(batch, *a, **k):
+        calls.append(batch)
+        return sweep.run_batch(batch, *a, **k)
+
+    monkeypatch.setattr(rs, "run_batch", counting)
+    return calls
+
+
+@pytest.fixture
+def done(tmp_path, computed):
+    out = tmp_path / "out"
+    assert two_phase_training.main(BASE + ["--output-dir", str(out)]) == 0
+    assert len(computed) == N_BATCHES
+    computed.clear()
+    return out
+
+
+def snapshot(out):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+
+
+def refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        two_phase_training.main(argv)
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_same_settings_resume_and_leave_no_stale_plot(done, computed):
+    steps = (done / "steps.csv").read_bytes()
+    assert (done / "plot_easy.png").exists()
+    # Display and worker flags are not settings: this is the same run.
+    assert two_phase_training.main(BASE + ["--output-dir", str(done), "--no-plots",
+                                           "--num-workers", "0"]) == 0
+    assert computed == []
+    assert (done / "steps.csv").read_bytes() == steps
+    assert not (done / "plot_easy.png").exists()        # not beside results it did not plot
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--seeds", "4"], "seeds"),
+    (["--n-interventions", "5"], "episode"),
+    (["--methods", "random_active"], "methods"),
+    (["--scm-type", "medium"], "scms"),
+    (["--base-seed", "7"], "base_seed"),
+])
+def test_other_settings_are_refused_before_any_compute(done, computed, capsys, change, named):
+    before = snapshot(done)
+    argv = BASE + change + ["--output-dir", str(done)]
+    line = refused(argv, capsys)
+    assert "use another --output-dir" in line and named in line, line
+    assert computed == []
+    assert snapshot(done) == before
+
+
+def test_a_directory_of_unknown_files_is_refused_and_left_alone(tmp_path, computed, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "plot_easy.png").write_text("someone else's")
+    line = refused(BASE + ["--output-dir", str(out)], capsys)
+    assert "not empty" in line and "use another --output-dir" in line
+    assert computed == [] and os.listdir(out) == ["plot_easy.png"]
+
+
+def test_a_code_change_recomputes_instead_of_reusing(done, computed, monkeypatch):
+    steps = (done / "steps.csv").read_bytes()
+    monkeypatch.setattr(sweep, "code_version", lambda: "0.1.0+0123456789abcdef")
+    assert two_phase_training.main(BASE + ["--output-dir", str(done)]) == 0
+    assert len(computed) == N_BATCHES
+    assert len(os.listdir(done / "cells")) == 2                   # one cache per code version
+    assert (done / "steps.csv").read_bytes() == steps             # the code did not really change
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_cell_is_named_moved_aside_and_recomputed(done, computed, capsys, damage):
+    steps = (done / "steps.csv").read_bytes()
+    cell = sorted((done / "cells").rglob("*.npz"))[0]
+    data = cell.read_bytes()
+    cell.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a cell" * 50)
+    capsys.readouterr()
+    assert two_phase_training.main(BASE + ["--output-dir", str(done)]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and str(cell) in err[0] and "corrupt" in err[0], err
+    assert len(computed) == 1 and computed[0].method.value in cell.name
+    assert cell.with_name(cell.name + ".corrupt").exists()
+    assert (done / "steps.csv").read_bytes() == steps
+
+
+# 10 batches of 64 vmapped seeds, each a few hundred ms (compiling once is most of a run's
+# time): long enough to interrupt between two of them.
+SLOW = ["--scm-type", "er5", "--methods", "random_active", "--seeds", "640", "--batch-size", "64",
+        "--n-observational", "10", "--n-interventions", "40", "--quiet", "--no-plots"]
+N_SLOW = 10
+
+
+def cells_in(out):
+    return sorted(p for p in out.rglob("*.npz") if not p.name.startswith("."))
+
+
+def start_then(out, sig, more_than: int):
+    """Start the CLI, send ``sig`` once more than ``more_than`` cells exist; returns exit code."""
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *SLOW,
+                             "--output-dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while len(cells_in(out)) <= more_than:
+        assert proc.poll() is None, f"ended before the signal: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=600)[1]
+    assert (out / "steps.csv").exists() is False, "finished before the signal arrived"
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_sigint_and_kill_9_resume_to_a_byte_identical_steps_csv(tmp_path):
+    out = tmp_path / "run"
+    rc, err = start_then(out, signal.SIGINT, 0)
+    assert rc == 130 and "rerun to resume" in err, err
+    first = cells_in(out)
+    assert 1 <= len(first) < N_SLOW
+    rc, _ = start_then(out, signal.SIGKILL, len(first))
+    assert rc == -signal.SIGKILL
+    second = {p: p.stat().st_mtime_ns for p in cells_in(out)}
+    assert len(first) < len(second) < N_SLOW
+    # Resume in this process, then compute a reference here from scratch.
+    assert two_phase_training.main(SLOW + ["--output-dir", str(out)]) == 0
+    assert all(p.stat().st_mtime_ns == m for p, m in second.items())   # kept, not redone
+    assert len(cells_in(out)) == N_SLOW
+    ref = tmp_path / "ref"
+    assert two_phase_training.main(SLOW + ["--output-dir", str(ref)]) == 0
+    assert (out / "steps.csv").read_bytes() == (ref / "steps.csv").read_bytes()
