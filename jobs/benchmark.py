@@ -203,11 +203,38 @@ def bench_ceiling(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def posterior_update_parts(d: int, n: int, rows: int = 40) -> tuple[dict, "jax.Array"]:
+    """One exact posterior update of ``n`` posteriors (jitted, vmapped) in its three parts.
+
+    Returns name -> (fn, args) for ``merge`` (the last of ``rows`` + 1 rows into the
+    statistics of the others), ``local_scores`` and ``dp``, and the data (n, rows + 1, d).
+    Each part's args are ready-made inputs of its size; fed each other's outputs in this
+    order, the parts are one update of the analytic surrogate.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from causal_grpo import surrogate_bayes as B
+
+    cfg = B.AnalyticConfig()
+    tab = B.build_tables(d, cfg.max_indegree)
+    vals = jax.random.normal(jax.random.PRNGKey(0), (n, rows + 1, d))
+    no = jnp.zeros((rows, d), bool)
+    stats = jax.vmap(lambda v: B.add_rows(B.empty_stats(d), v, no, jnp.ones((rows,), bool))
+                     )(vals[:, :rows])
+    mask = jnp.ones((d,), bool)
+    merge = jax.jit(jax.vmap(lambda s, v: B.add_rows(s, v[None], no[:1], jnp.ones((1,), bool))))
+    local = jax.jit(jax.vmap(lambda s: B.local_scores(s, mask, tab, cfg.penalty)))
+    dp = jax.jit(jax.vmap(lambda sc: B.exact_parent_posterior(sc, tab)))
+    scores = jax.block_until_ready(local(stats))
+    return {"merge": (merge, (stats, vals[:, -1])), "local_scores": (local, (stats,)),
+            "dp": (dp, (scores,))}, vals
+
+
 def bench_posterior(args) -> "pd.DataFrame":
     """Milliseconds per exact posterior update (vmapped over ``--batch`` posteriors), split
     into merging one sample into the statistics, the local scores and the DP over orders."""
     import jax
-    import jax.numpy as jnp
     import pandas as pd
 
     from causal_grpo import surrogate_bayes as B
@@ -219,19 +246,8 @@ def bench_posterior(args) -> "pd.DataFrame":
         raise UserError(f"posterior: --d must lie in 2..{exact_max} (the exact DP), got {bad}")
     rows = []
     for d in args.d:
-        tab = B.build_tables(d, B.AnalyticConfig().max_indegree)
-        n, rows_per = args.batch, 40
-        vals = jax.random.normal(jax.random.PRNGKey(0), (n, rows_per + 1, d))
-        no = jnp.zeros((rows_per, d), bool)
-        stats = jax.vmap(lambda v: B.add_rows(B.empty_stats(d), v, no, jnp.ones((rows_per,), bool))
-                         )(vals[:, :rows_per])
-        mask = jnp.ones((d,), bool)
-        merge = jax.jit(jax.vmap(lambda s, v: B.add_rows(s, v[None], no[:1], jnp.ones((1,), bool))))
-        local = jax.jit(jax.vmap(lambda s: B.local_scores(s, mask, tab, 1.0)))
-        dp = jax.jit(jax.vmap(lambda sc: B.exact_parent_posterior(sc, tab)))
-        scores = jax.block_until_ready(local(stats))
-        parts = {"merge": (merge, (stats, vals[:, -1])), "local_scores": (local, (stats,)),
-                 "dp": (dp, (scores,))}
+        n = args.batch
+        parts, _ = posterior_update_parts(d, n)
         row = {"d": d, "batch": n}
         for name, (fn, a) in parts.items():
             jax.block_until_ready(fn(*a))                      # compile
