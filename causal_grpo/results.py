@@ -336,6 +336,8 @@ def claim_output_dir(out_dir: str, settings: dict) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)["settings"]
+        if not isinstance(recorded, dict):
+            raise TypeError("settings is not an object")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); use another --output-dir"
                         ) from None

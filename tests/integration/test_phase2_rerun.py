@@ -160,3 +160,10 @@ def test_sigint_and_kill_9_resume_to_a_byte_identical_steps_csv(tmp_path):
     ref = tmp_path / "ref"
     assert two_phase_training.main(SLOW + ["--output-dir", str(ref)]) == 0
     assert (out / "steps.csv").read_bytes() == (ref / "steps.csv").read_bytes()
+
+
+@pytest.mark.parametrize("content", [b"{", b"[1, 2]", b'{"settings": [1]}', b"\xff\xfe"])
+def test_an_unreadable_run_json_is_refused_in_one_line(done, computed, capsys, content):
+    (done / "run.json").write_bytes(content)
+    line = refused(BASE + ["--output-dir", str(done)], capsys)
+    assert "run.json is unreadable" in line and computed == []
