@@ -1,4 +1,5 @@
-"""The Phase-2 CLI end to end: outputs, determinism, resuming, and one-line errors."""
+"""The Phase-2 CLI end to end: outputs checked against values computed here, determinism, and
+one-line errors (reruns into the same directory: test_phase2_rerun.py)."""
 
 import json
 import os
