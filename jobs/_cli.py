@@ -154,3 +154,13 @@ def refuse_oversized(needed: int, sizes: dict[str, tuple[int, int]], what: str) 
         raise UserError(f"{flag} {sizes[flag][0]} is too large: {what} would need about "
                         f"{io.format_bytes(needed)} of memory and this machine has "
                         f"{io.format_bytes(available)} available")
+
+
+def list_of(parse_one: Callable[[str], object], length: int | None = None) -> Callable[[str], list]:
+    """A comma-separated list whose items ``parse_one`` validates (exactly ``length`` of them)."""
+    def parse(text: str) -> list:
+        items = [parse_one(t) for t in comma_list(text)]
+        if length is not None and len(items) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {_shown(text)}")
+        return items
+    return parse
