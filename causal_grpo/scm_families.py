@@ -416,7 +416,8 @@ def load_scm_json(path: str) -> SCMSpec:
 
 # --------------------------------------------------------------------------- resolution
 
-_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed)(\d+)$")
+# At most 9 digits: int() refuses thousands, and no family has a billion variables.
+_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed)(\d{1,9})$")
 
 ScmSource = Union[SCMSpec, FamilyConfig]
 
@@ -434,7 +435,7 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     if name.endswith(".json") or os.path.sep in name or os.path.exists(name):
         return load_scm_json(name)
     raise SCMError(
-        f"unknown SCM '{name}': use easy, medium, hard, a family such as er10/sf15/chain5/"
+        f"unknown SCM {_show(name)}: use easy, medium, hard, a family such as er10/sf15/chain5/"
         "fork5/collider5/mixed8, or a path to an SCM JSON file"
     )
 

@@ -176,6 +176,11 @@ def test_scm_names_unusable_in_file_names(capsys, tmp_path, name):
     assert "SCM name" in line, line
 
 
+def test_family_name_with_5000_digits(capsys, tmp_path):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", "er" + "9" * 5000)
+    assert "unknown SCM" in line and len(line) < 300, line
+
+
 def test_name_from_a_long_file_name_is_bounded(tmp_path):
     obj = {k: v for k, v in TOY.items() if k != "name"}
     spec = load_scm_json(scm_file(tmp_path, obj, "s" * 240 + ".json"))
