@@ -74,18 +74,19 @@ def seed_int(name: str) -> Callable[[str], int]:
     return positive_int(name, 0, SEED_MAX)
 
 
+# Each draw costs 2d posterior updates per decision, vmapped over the batch; "auto" uses 8 at most.
+MAX_LOOKAHEAD_DRAWS = 64
+
+
 def lookahead_draws(text: str) -> int | str:
-    """``--lookahead-draws``: "auto" or a positive integer."""
+    """``--lookahead-draws``: "auto" or an integer in 1..MAX_LOOKAHEAD_DRAWS."""
     if text == "auto":
         return text
     try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(
-            f"--lookahead-draws must be 'auto' or a positive integer, got {text!r}")
-    return v
+        return positive_int("--lookahead-draws", 1, MAX_LOOKAHEAD_DRAWS)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--lookahead-draws must be 'auto' or an integer in "
+                                         f"1..{MAX_LOOKAHEAD_DRAWS}, got {_shown(text)}") from None
 
 
 def positive_float(name: str, allow_zero: bool = False,

@@ -241,6 +241,12 @@ def test_integer_of_5000_digits(capsys, tmp_path):
     assert "--seeds must be an integer" in line and len(line) < 200, line
 
 
+@pytest.mark.parametrize("value", ["0", "65", "lots"])
+def test_lookahead_draws_outside_1_to_64(capsys, tmp_path, value):
+    line = refused(capsys, tmp_path, *BASE, "--lookahead-draws", value)
+    assert "--lookahead-draws must be 'auto' or an integer in 1..64" in line, line
+
+
 def test_no_interventions(capsys, tmp_path):
     line = refused(capsys, tmp_path, "--seeds", "2", "--n-interventions", "0")
     assert "--n-interventions must be an integer in 1.." in line, line
