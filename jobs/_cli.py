@@ -116,8 +116,18 @@ def gpus_per_worker(text: str) -> float:
 def comma_list(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {_shown(text)}")
     return items
+
+
+def list_of(parse_one: Callable[[str], object], length: int | None = None) -> Callable[[str], list]:
+    """A comma-separated list whose items ``parse_one`` validates (exactly ``length`` of them)."""
+    def parse(text: str) -> list:
+        items = [parse_one(t) for t in comma_list(text)]
+        if length is not None and len(items) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {_shown(text)}")
+        return items
+    return parse
 
 
 # Host memory per (cell, step) row of the results (arrays, tables, pickles): measured about
@@ -156,12 +166,3 @@ def refuse_oversized(needed: int, sizes: dict[str, tuple[int, int]], what: str) 
                         f"{io.format_bytes(needed)} of memory and this machine has "
                         f"{io.format_bytes(available)} available")
 
-
-def list_of(parse_one: Callable[[str], object], length: int | None = None) -> Callable[[str], list]:
-    """A comma-separated list whose items ``parse_one`` validates (exactly ``length`` of them)."""
-    def parse(text: str) -> list:
-        items = [parse_one(t) for t in comma_list(text)]
-        if length is not None and len(items) != length:
-            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {_shown(text)}")
-        return items
-    return parse
