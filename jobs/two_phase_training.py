@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
                    help="interventions per episode (>= 1: with none, every method sees the same "
                         "data)")
     p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
-    # Measured: Adam steps of 2 already fail on `hard` (non-finite posteriors), 1 does not.
+    # Measured on `hard`: learning rates of 5 and more end in non-finite posteriors, 1 and 2 not.
     p.add_argument("--learning-rate", type=positive_float("--learning-rate", maximum=1.0),
                    default=1e-3, help="learning rate of the neural surrogate, in (0, 1] (the "
                                       "analytic one is closed-form)")
