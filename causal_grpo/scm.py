@@ -139,9 +139,9 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
     if over:
         j = over[0]
         raise SCMError(
-            f"SCM '{spec.name}': variable {v[j]} can reach |{v[j]}| ~ {bounds[j]:.3g} in "
-            f"simulation (noise_std, edge coefficients and intervention_range along its "
-            f"paths), above the float32-safe {MAX_ABS_VALUE:g}; rescale the SCM")
+            f"SCM '{spec.name}': variable {v[j]} could reach |{v[j]}| = {bounds[j]:.3g} in "
+            f"simulation (bound from noise_std, edge coefficients and intervention_range along "
+            f"its paths), above the float32-safe {MAX_ABS_VALUE:g}; rescale the SCM")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

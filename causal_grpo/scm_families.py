@@ -284,7 +284,8 @@ def _check_name(name: object) -> str:
     if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS
             and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name not in (".", "..")):
         raise SCMError(f"SCM name must be 1-{MAX_NAME_CHARS} letters, digits, '_', '.', '-' "
-                       f"(it is used in file names), got {_show(name)}")
+                       f"(it is used in file names), got {_show(name)}"
+                       + (f" ({len(name)} characters)" if isinstance(name, str) else ""))
     return name
 
 
