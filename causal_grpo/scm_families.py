@@ -291,11 +291,10 @@ def _check_name(name: object) -> str:
 
 def _check_size(d: int) -> None:
     # The loader and every run hold several (d, d) float64 matrices per SCM.
-    need = 4 * 8 * d * d
-    if need > io.available_memory_bytes():
+    need, available = 4 * 8 * d * d, io.available_memory_bytes()
+    if need > available:
         raise SCMError(f"{d} variables need {io.format_bytes(need)} for the SCM's matrices "
-                       f"alone; this machine has {io.format_bytes(io.available_memory_bytes())} "
-                       "available")
+                       f"alone; this machine has {io.format_bytes(available)} available")
 
 
 def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
@@ -304,7 +303,7 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
         raise SCMError("SCM JSON must be an object with keys name, variables, target, edges, noise_std")
     unknown = set(obj) - {"name", "variables", "target", "edges", "noise_std", "intervention_range"}
     if unknown:
-        raise SCMError(f"unknown key(s) in SCM JSON: {_show(sorted(unknown))}")
+        raise SCMError(f"unknown key(s) in SCM JSON: {_show(sorted(unknown, key=str))}")
     for key in ("variables", "target", "edges", "noise_std"):
         if key not in obj:
             raise SCMError(f"SCM JSON is missing '{key}'")
@@ -349,7 +348,7 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
     if isinstance(ns, dict):
         bad = set(ns) - set(idx)
         if bad:
-            raise SCMError(f"noise_std names unknown variable(s) {_show(sorted(bad))}")
+            raise SCMError(f"noise_std names unknown variable(s) {_show(sorted(bad, key=str))}")
         missing = [v for v in variables if v not in ns]
         if missing:
             raise SCMError(f"noise_std is missing variable(s) {_show(missing)}")

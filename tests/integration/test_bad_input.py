@@ -163,6 +163,21 @@ def test_json_error_lines_stay_short_for_hostile_values(capsys, tmp_path):
     assert "target" in line and len(line) < 400, line
 
 
+def test_variables_beyond_memory(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 10**6)
+    obj = {**TOY, "variables": [f"V{i}" for i in range(200)] + ["A", "B", "C"]}
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, obj))
+    assert "203 variables need" in line and "available" in line, line
+
+
+def test_dict_api_with_non_string_keys_is_one_scm_error():
+    from causal_grpo.scm import SCMError
+    from causal_grpo.scm_families import scm_from_dict
+
+    with pytest.raises(SCMError, match="unknown key"):
+        scm_from_dict({**TOY, 1: "x", "colour": "red"})
+
+
 # --------------------------------------------------------------------------- 3. names
 
 def test_scm_name_of_300_characters(capsys, tmp_path):
@@ -291,3 +306,4 @@ def test_float_flags_accept_their_range():
 ])
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
+
