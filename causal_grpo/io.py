@@ -84,14 +84,52 @@ def ensure_writable_dir(path: str) -> str:
     """Create ``path`` if needed and check that files can be created in it."""
     try:
         os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output directory {path}: {e.strerror}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise UserError(f"cannot create output directory {path}: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
     if not os.path.isdir(path):
         raise UserError(f"output path {path} exists and is not a directory")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        # As long as the longest name a run writes here (the temporary of
+        # comparison_results_<100-character SCM name>.pkl), so a too-long path fails now.
+        fd, probe = tempfile.mkstemp(prefix=".probe-", suffix="-" + "x" * 130, dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"output directory {path} is not writable: {e.strerror}") from None
     return path
+
+
+def _read_first(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still use: the kernel's MemAvailable, capped by a cgroup limit."""
+    meminfo = _read_first("/proc/meminfo") or ""
+    found = [line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:")]
+    if found:
+        avail = int(found[0]) * 1024
+    else:  # not Linux
+        avail = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    # A container's limit (cgroup v2, then v1) can be far below the machine's memory.
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        lim, used = _read_first(limit), _read_first(usage)
+        if lim and lim.isdigit() and used and used.isdigit():
+            avail = min(avail, max(0, int(lim) - int(used)))
+    return avail
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GB``-style size for messages (decimal units)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB")
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:.0f} B" if i == 0 else f"{n:.1f} {units[i]}"

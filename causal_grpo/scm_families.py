@@ -24,12 +24,14 @@ import json
 import math
 import os
 import re
+import reprlib
 from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causal_grpo import io
 from causal_grpo.scm import SCM, SCMError, SCMSpec
 
 Array = jax.Array
@@ -251,13 +253,48 @@ def spec_from_scm(scm: SCM, name: str) -> SCMSpec:
 
 # --------------------------------------------------------------------------- custom JSON
 
+# Bounds on what a file may make the loader do: read (bytes), build (names, d x d matrices).
+MAX_JSON_BYTES = 32 * 2**20
+# SCM names go into file names such as comparison_results_<name>.pkl (plus a temporary
+# prefix) and must stay well under the usual 255-byte limit; variable names go into tables.
+MAX_NAME_CHARS = 100
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 2, 40, 40, 4, 4
+
+
+def _show(x: object) -> str:
+    """A short repr for messages: a hostile value cannot make a huge or deep error line."""
+    return _SHOW.repr(x)
+
+
 def _num(x, what: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise SCMError(f"{what} must be a number, got {x!r}")
-    x = float(x)
+        raise SCMError(f"{what} must be a number, got {_show(x)}")
+    try:
+        x = float(x)
+    except OverflowError:
+        raise SCMError(f"{what} must be finite, got an integer too large for a float") from None
     if not math.isfinite(x):
         raise SCMError(f"{what} must be finite, got {x}")
     return x
+
+
+def _check_name(name: object) -> str:
+    if not (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS
+            and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name not in (".", "..")):
+        raise SCMError(f"SCM name must be 1-{MAX_NAME_CHARS} letters, digits, '_', '.', '-' "
+                       f"(it is used in file names), got {_show(name)}"
+                       + (f" ({len(name)} characters)" if isinstance(name, str) else ""))
+    return name
+
+
+def _check_size(d: int) -> None:
+    # The loader and every run hold several (d, d) float64 matrices per SCM.
+    need, available = 4 * 8 * d * d, io.available_memory_bytes()
+    if need > available:
+        raise SCMError(f"{d} variables need {io.format_bytes(need)} for the SCM's matrices "
+                       f"alone; this machine has {io.format_bytes(available)} available")
 
 
 def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
@@ -266,16 +303,17 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
         raise SCMError("SCM JSON must be an object with keys name, variables, target, edges, noise_std")
     unknown = set(obj) - {"name", "variables", "target", "edges", "noise_std", "intervention_range"}
     if unknown:
-        raise SCMError(f"unknown key(s) in SCM JSON: {sorted(unknown)}")
+        raise SCMError(f"unknown key(s) in SCM JSON: {_show(sorted(unknown, key=str))}")
     for key in ("variables", "target", "edges", "noise_std"):
         if key not in obj:
             raise SCMError(f"SCM JSON is missing '{key}'")
-    name = obj.get("name", default_name)
-    if not isinstance(name, str) or not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise SCMError(f"SCM name must be a non-empty string of letters, digits, '_', '.', '-', got {name!r}")
+    name = _check_name(obj.get("name", default_name))
     variables = obj["variables"]
-    if not isinstance(variables, list) or not all(isinstance(v, str) and v for v in variables):
-        raise SCMError("'variables' must be a list of non-empty strings")
+    if not isinstance(variables, list) or not all(
+            isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS and v.isprintable()
+            for v in variables):
+        raise SCMError(f"'variables' must be a list of printable names of 1-{MAX_NAME_CHARS} "
+                       "characters")
     seen: set[str] = set()
     for v in variables:
         if v in seen:
@@ -283,22 +321,23 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
         seen.add(v)
     idx = {v: i for i, v in enumerate(variables)}
     d = len(variables)
+    _check_size(d)
     target = obj["target"]
     if not isinstance(target, str) or target not in idx:
-        raise SCMError(f"target {target!r} is not one of the variables")
+        raise SCMError(f"target {_show(target)} is not one of the variables")
     edges = obj["edges"]
     if not isinstance(edges, list):
         raise SCMError("'edges' must be a list of [parent, child, coef]")
     w = np.zeros((d, d))
     for e in edges:
         if not isinstance(e, list) or len(e) != 3:
-            raise SCMError(f"edge {e!r} must be [parent, child, coef]")
+            raise SCMError(f"edge {_show(e)} must be [parent, child, coef]")
         p, c, coef = e
         for end in (p, c):
             if not isinstance(end, str) or end not in idx:
-                raise SCMError(f"edge {e!r} names unknown variable {end!r}")
+                raise SCMError(f"edge {_show(e)} names unknown variable {_show(end)}")
         if p == c:
-            raise SCMError(f"edge {e!r} is a self-loop")
+            raise SCMError(f"edge {_show(e)} is a self-loop")
         coef = _num(coef, f"coefficient of edge {p}->{c}")
         if coef == 0:
             raise SCMError(f"edge {p}->{c} has coefficient 0 (leave the edge out instead)")
@@ -309,10 +348,10 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
     if isinstance(ns, dict):
         bad = set(ns) - set(idx)
         if bad:
-            raise SCMError(f"noise_std names unknown variable(s) {sorted(bad)}")
+            raise SCMError(f"noise_std names unknown variable(s) {_show(sorted(bad, key=str))}")
         missing = [v for v in variables if v not in ns]
         if missing:
-            raise SCMError(f"noise_std is missing variable(s) {missing}")
+            raise SCMError(f"noise_std is missing variable(s) {_show(missing)}")
         s = np.array([_num(ns[v], f"noise_std of {v}") for v in variables])
     else:
         s = np.full(d, _num(ns, "noise_std"))
@@ -328,27 +367,57 @@ def scm_from_dict(obj: object, default_name: str = "custom") -> SCMSpec:
                    noise_std=s, intervention_range=(lo, hi))
 
 
-def load_scm_json(path: str) -> SCMSpec:
-    """Read and validate a custom-SCM JSON file; raises :class:`SCMError` naming the problem."""
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json`` object hook: a repeated key would silently override the first; refuse it."""
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise SCMError(f"duplicate key {_show(k)}")
+        obj[k] = v
+    return obj
+
+
+def _read_json(path: str) -> object:
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise SCMError(f"SCM file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SCMError(f"cannot read SCM file {path}: {e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise SCMError(f"cannot read SCM file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise SCMError(f"SCM file {path} is larger than {MAX_JSON_BYTES // 2**20} MiB")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SCMError(f"SCM file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                       f"offset {e.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise SCMError(f"SCM file {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(path))[0]) or "custom"
+    except RecursionError:
+        raise SCMError(f"SCM file {path} is nested too deeply to be an SCM") from None
+    except SCMError as e:
+        raise SCMError(f"SCM file {path}: {e}") from None
+    except ValueError as e:  # an integer literal of thousands of digits
+        raise SCMError(f"SCM file {path} is not valid JSON: {e}") from None
+
+
+def load_scm_json(path: str) -> SCMSpec:
+    """Read and validate a custom-SCM JSON file; raises :class:`SCMError` naming the problem."""
+    obj = _read_json(path)
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(path))[0])
     try:
-        return scm_from_dict(obj, default_name=stem)
+        return scm_from_dict(obj, default_name=stem[:MAX_NAME_CHARS].strip(".") or "custom")
     except SCMError as e:
         raise SCMError(f"{path}: {e}") from None
 
 
 # --------------------------------------------------------------------------- resolution
 
-_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed)(\d+)$")
+# At most 9 digits: int() refuses thousands, and no family has a billion variables.
+_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed)(\d{1,9})$")
 
 ScmSource = Union[SCMSpec, FamilyConfig]
 
@@ -366,7 +435,7 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     if name.endswith(".json") or os.path.sep in name or os.path.exists(name):
         return load_scm_json(name)
     raise SCMError(
-        f"unknown SCM '{name}': use easy, medium, hard, a family such as er10/sf15/chain5/"
+        f"unknown SCM {_show(name)}: use easy, medium, hard, a family such as er10/sf15/chain5/"
         "fork5/collider5/mixed8, or a path to an SCM JSON file"
     )
 

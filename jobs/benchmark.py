@@ -12,12 +12,14 @@ Every subcommand takes ``--out FILE`` to also write its table as CSV.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import sys
 import time
 
-from jobs._cli import ArgumentParser, comma_list, positive_int, user_errors_exit_2
+from jobs._cli import (ArgumentParser, comma_list, list_of, phase2_memory_bytes, positive_float,
+                       positive_int, refuse_oversized, seed_int, user_errors_exit_2)
 
 PROG = "benchmark"
 
@@ -270,18 +272,19 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("gies", help="exact DAG posterior vs GIES on ER graphs")
-    g.add_argument("--d", type=lambda s: [int(x) for x in comma_list(s)], default=[10, 15])
-    g.add_argument("--budgets", type=lambda s: [int(x) for x in comma_list(s)],
+    g.add_argument("--d", type=list_of(positive_int("--d", 3, 1000)), default=[10, 15])
+    g.add_argument("--budgets", type=list_of(positive_int("--budgets", 0)),
                    default=[0, 10, 25, 50, 100])
-    g.add_argument("--degree", type=lambda s: [float(x) for x in comma_list(s)], default=[2.0, 3.0],
+    g.add_argument("--degree", type=list_of(positive_float("--degree", allow_zero=True), 2),
+                   default=[2.0, 3.0],
                    help="expected-degree range lo,hi (each graph draws its degree from it)")
     g.add_argument("--seeds", type=positive_int("--seeds"), default=10)
     g.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
-    g.add_argument("--base-seed", type=int, default=0)
+    g.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
 
     q = sub.add_parser("phase2", help="Phase-2 runs per second")
     q.add_argument("--scm", default="hard")
-    q.add_argument("--surrogates", type=comma_list, default=["analytic", "neural"])
+    q.add_argument("--surrogates", type=list_of(_surrogate), default=["analytic", "neural"])
     q.add_argument("--seeds", type=positive_int("--seeds"), default=64)
     q.add_argument("--neural-seeds", type=positive_int("--neural-seeds"), default=64)
     q.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
@@ -297,24 +300,43 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
 
     e = sub.add_parser("posterior", help="where an exact posterior update's time goes")
-    e.add_argument("--d", type=lambda s: [int(x) for x in comma_list(s)], default=[5, 8, 10, 12, 15])
+    e.add_argument("--d", type=list_of(positive_int("--d")), default=[5, 8, 10, 12, 15])
     e.add_argument("--batch", type=positive_int("--batch"), default=64,
                    help="posteriors updated per vmapped call")
-    e.add_argument("--seconds", type=float, default=3.0, help="timing per part and d")
+    e.add_argument("--seconds", type=positive_float("--seconds"), default=3.0,
+                   help="timing per part and d")
 
     for name in ("phase1", "ray"):
         r = sub.add_parser(name, help=f"{name} benchmark")
-        r.add_argument("--seconds", type=float, default=60.0,
+        r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
                        help="approximate work per measurement")
-        r.add_argument("--workers", type=lambda s: [int(x) for x in comma_list(s)], default=[0, 1, 2])
+        r.add_argument("--workers", type=list_of(positive_int("--workers", 0)), default=[0, 1, 2])
     for sp in sub.choices.values():
         sp.add_argument("--out", default=None, help="also write the table as CSV")
     return p
 
 
+def _surrogate(text: str) -> str:
+    if text not in ("analytic", "neural"):
+        raise argparse.ArgumentTypeError(f"unknown surrogate {text!r} (choose analytic, neural)")
+    return text
+
+
+def _check_memory(args) -> None:
+    """gies, phase2 and ceiling run all seeds of a graph in one vmapped batch."""
+    steps = max(getattr(args, "budgets", None) or [args.n_interventions])
+    d = max(getattr(args, "d", None) or [2])
+    need = phase2_memory_bytes(d, args.seeds, args.n_observational, steps, args.seeds)
+    refuse_oversized(need, {"--seeds": (args.seeds, 30), "--n-observational": (args.n_observational, 30),
+                            "--n-interventions" if hasattr(args, "n_interventions") else "--budgets":
+                            (steps, 50)}, f"{args.seeds} seeds x {steps + 1} steps")
+
+
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("gies", "phase2", "ceiling"):
+        _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
     if args.cmd == "gies":
         df = bench_gies(args)

@@ -24,8 +24,9 @@ import dataclasses
 import os
 import sys
 
-from jobs._cli import (ArgumentParser, comma_list, fail, lookahead_draws, positive_float,
-                       positive_int, user_errors_exit_2)
+from jobs._cli import (ArgumentParser, comma_list, fail, gpus_per_worker, lookahead_draws,
+                       phase2_memory_bytes, positive_float, positive_int, refuse_oversized,
+                       seed_int, user_errors_exit_2)
 
 PROG = "two_phase_training"
 COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
@@ -38,10 +39,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scm-type", type=comma_list, default=["easy"],
                    help="easy, medium, hard, a random family (er10, sf15, chain5, mixed8, ...) or "
                         "an SCM JSON path; comma-separated for several")
-    p.add_argument("--n-interventions", type=positive_int("--n-interventions", 0), default=50)
+    p.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50,
+                   help="interventions per episode (>= 1: with none, every method sees the same "
+                        "data)")
     p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
-    p.add_argument("--learning-rate", type=positive_float("--learning-rate"), default=1e-3,
-                   help="learning rate of the neural surrogate (the analytic one is closed-form)")
+    # Measured on `hard`: learning rates of 5 and more end in non-finite posteriors, 1 and 2 not.
+    p.add_argument("--learning-rate", type=positive_float("--learning-rate", maximum=1.0),
+                   default=1e-3, help="learning rate of the neural surrogate, in (0, 1] (the "
+                                      "analytic one is closed-form)")
     p.add_argument("--compare", action="store_true",
                    help="run random_active, grpo_active and grpo_bootstrap on the same SCMs/seeds")
     p.add_argument("--methods", type=comma_list, default=None,
@@ -50,7 +55,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
-    p.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
+    p.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
     p.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",
                    help="outcomes per candidate in the policy's lookahead input when acting "
                         "(training uses 1; each draw costs 2d posterior updates per decision). "
@@ -61,7 +66,7 @@ def build_parser() -> ArgumentParser:
                    help="0 = in-process without Ray; N = N Ray actors")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--gpus-per-worker", type=gpus_per_worker, default=0.0)
     p.add_argument("--output-dir", default="phase2_results")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,10 +93,28 @@ def resolve_methods(args) -> list[str]:
     return methods
 
 
+def check_memory(args, n_scms: int, methods: list[str], d: int) -> None:
+    """Refuse, before any work, a sweep that cannot fit in this machine's memory.
+
+    d: the largest SCM's number of variables (2, the least, before the SCMs are read).
+    """
+    batch = min(args.batch_size, args.seeds)
+    need = phase2_memory_bytes(d, batch, args.n_observational, args.n_interventions,
+                               n_scms * len(methods) * args.seeds, args.surrogate == "neural")
+    defaults = build_parser()
+    sizes = {f"--{k.replace('_', '-')}": (v, defaults.get_default(k)) for k, v in (
+        ("seeds", args.seeds), ("n_interventions", args.n_interventions),
+        ("n_observational", args.n_observational), ("batch_size", batch))}
+    refuse_oversized(need, sizes, f"{n_scms} SCM{'s' * (n_scms > 1)} x {len(methods)} method"
+                                  f"{'s' * (len(methods) > 1)} x {args.seeds} seeds x "
+                                  f"{args.n_interventions + 1} steps")
+
+
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = resolve_methods(args)
+    check_memory(args, len(args.scm_type), methods, d=2)
 
     # Heavy imports after flag validation, so `--help` and flag errors are instant.
     from causal_grpo import io
@@ -109,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if src.name in sources:
             raise UserError(f"SCM name '{src.name}' appears twice in --scm-type")
         sources[src.name] = src
+    check_memory(args, len(sources), methods, max(src.d for src in sources.values()))
 
     policy = None
     if args.grpo_checkpoint:

@@ -61,3 +61,16 @@ def test_cell_store_drops_partials_of_dead_writers_only(tmp_path):
     CellStore(str(tmp_path), "abc")
     assert not os.path.exists(old)
     assert os.path.exists(fresh)         # may belong to a writer still running
+
+
+def test_output_dir_too_deep_for_the_longest_result_name_is_refused(tmp_path):
+    """A path with room for a short probe but not for comparison_results_<long name>.pkl."""
+    from causal_grpo.errors import UserError
+
+    limit = os.pathconf(str(tmp_path), "PC_PATH_MAX")
+    deep = str(tmp_path)
+    while len(deep) < limit - 100:
+        deep = os.path.join(deep, "d" * min(200, limit - 100 - len(deep)))
+    with pytest.raises(UserError, match="not writable"):
+        io.ensure_writable_dir(deep)
+    io.ensure_writable_dir(os.path.dirname(os.path.dirname(deep)))  # a little higher is fine

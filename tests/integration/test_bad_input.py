@@ -1,0 +1,309 @@
+"""Every class of bad input: one line on stderr, exit code 2, nothing written, before compute.
+
+The CLIs run in-process with the sweep replaced by a function that fails the test, so a
+refusal that came only after the compute (as on main at 465dede) cannot pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from causal_grpo import io
+from causal_grpo.scm import MAX_ABS_VALUE, SCMSpec, propagate, single_do, value_bounds
+from causal_grpo.scm_families import MAX_JSON_BYTES, MAX_NAME_CHARS, load_scm_json
+from jobs import _cli, benchmark, two_phase_training
+
+# The issue's reproduction flags.
+BASE = ["--seeds", "2", "--n-interventions", "5", "--num-workers", "0", "--quiet", "--no-plots"]
+TOY = {"name": "toy", "variables": ["A", "B", "C"], "target": "C",
+       "edges": [["A", "B", 1.5], ["B", "C", -0.5]], "noise_std": 1.0}
+
+
+@pytest.fixture(autouse=True)
+def no_compute(monkeypatch):
+    import cluster.run_sweep
+
+    def compute(*args, **kwargs):
+        raise AssertionError("bad input reached the compute")
+
+    monkeypatch.setattr(cluster.run_sweep, "run_sweep", compute)
+
+
+def refused(capsys, tmp_path, *args, main=two_phase_training.main, output=True) -> str:
+    """Run a CLI that must refuse ``args``; return its one stderr line."""
+    out = tmp_path / "out"
+    argv = list(args) + (["--output-dir", str(out)] if output else [])
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as ei:
+        main(argv)
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    assert ei.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+    assert elapsed < 30, f"refusal took {elapsed:.0f} s"
+    return lines[0]
+
+
+def scm_file(tmp_path, obj, name="scm.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- 1. magnitudes
+
+def chain(n: int, coef: float) -> dict:
+    vs = [f"X{i}" for i in range(n)]
+    return {"name": "chain", "variables": vs, "target": vs[-1], "noise_std": 1.0,
+            "edges": [[vs[i], vs[i + 1], coef] for i in range(n - 1)]}
+
+
+@pytest.mark.parametrize("obj, variable", [
+    ({**TOY, "edges": [["A", "B", 1e30], ["B", "C", 1.0]]}, "variable B"),
+    ({**TOY, "edges": [["A", "B", 1.0], ["B", "C", 1e300]]}, "variable C"),
+    ({**TOY, "noise_std": {"A": 1.0, "B": 1e30, "C": 1.0}}, "variable B"),
+    ({**TOY, "intervention_range": [-1e30, 1.0]}, "variable A"),
+    # Each factor is harmless; together they overflow. The bound b_k = 3 (3^(k+1) - 1)
+    # first exceeds 1e15 at k = 30.
+    (chain(40, 3.0), "variable X30"),
+    ({**TOY, "edges": [["A", "B", 1e-45]]}, "edge A->B"),
+], ids=["coef-1e30", "coef-1e300", "noise-1e30", "range-1e30", "long-path", "coef-underflow"])
+def test_scm_numbers_that_overflow_float32_are_refused_at_load(capsys, tmp_path, obj, variable):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, obj))
+    assert variable in line and "float32" in line, line
+
+
+def test_value_bounds_hand_computed():
+    # A -> B (2), A -> C (-1), B -> C (0.5); noise 1, 0.5, 2; do-values in [-3, 1].
+    w = np.array([[0, 2.0, -1.0], [0, 0, 0.5], [0, 0, 0]])
+    b = value_bounds(w, np.array([1.0, 0.5, 2.0]), (-3.0, 1.0))
+    # max(3, 6 * noise + sum |w| b_parent): A = 6, B = 3 + 2 * 6, C = 12 + 6 + 0.5 * 15.
+    np.testing.assert_allclose(b, [6.0, 15.0, 25.5])
+
+
+def test_value_bounds_hold_for_simulated_samples():
+    """Brute force: observational and every single-variable do at both ends of the range."""
+    rng = np.random.default_rng(0)
+    d = 6
+    w = np.triu(rng.uniform(-2, 2, (d, d)) * (rng.random((d, d)) < 0.6), 1)
+    spec = SCMSpec("r", tuple("ABCDEF"), d - 1, w, rng.uniform(0.2, 2.0, d), (-4.0, 3.0))
+    scm = spec.to_scm()
+    eps = jax.random.normal(jax.random.PRNGKey(0), (200_000, d))
+    masks, values = [jnp.zeros(d, bool)], [jnp.zeros(d)]
+    for v in range(d):
+        for x in spec.intervention_range:
+            m, val = single_do(d, v, x)
+            masks.append(m)
+            values.append(val)
+    run = jax.jit(jax.vmap(jax.vmap(propagate, (None, 0, None, None)), (None, None, 0, 0)))
+    x = np.asarray(run(scm, eps, jnp.stack(masks), jnp.stack(values)))
+    reached = np.abs(x).max(axis=(0, 1))
+    bound = value_bounds(spec.weights, spec.noise_std, spec.intervention_range)
+    assert np.all(reached <= bound), (reached, bound)
+    assert np.all(reached > bound / 20)  # and not vacuous
+
+
+def test_scm_just_under_the_bound_runs_to_finite_metrics():
+    """The safety level is safe: values near it still give a finite posterior and metrics."""
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.sweep import Batch, SweepConfig, run_batch
+
+    spec = SCMSpec("edge", ("A", "B", "C"), 2, np.array([[0, 1.0, 0], [0, 0, 1.0], [0, 0, 0]]),
+                   np.full(3, 0.99 * MAX_ABS_VALUE / 18), (-2.0, 2.0))
+    assert 0.9 * MAX_ABS_VALUE < value_bounds(spec.weights, spec.noise_std,
+                                              spec.intervention_range).max() <= MAX_ABS_VALUE
+    cfg = SweepConfig(("edge",), (Method.RANDOM,), 2, EpisodeConfig(10, 5), batch_size=2)
+    out = run_batch(Batch("edge", Method.RANDOM, (0, 1)), cfg, sources={"edge": spec})
+    assert np.all(np.isfinite(out["final_probs"]))  # run_batch itself checks f1/shd/expected_shd
+
+
+# --------------------------------------------------------------------------- 2. JSON files
+
+def test_json_nested_200000_deep(capsys, tmp_path):
+    path = scm_file(tmp_path, "[" * 200_000 + "]" * 200_000)
+    assert "nested too deeply" in refused(capsys, tmp_path, *BASE, "--scm-type", path)
+
+
+def test_json_larger_than_the_read_bound(capsys, tmp_path):
+    path = scm_file(tmp_path, json.dumps({**TOY, "pad": "x" * MAX_JSON_BYTES}))
+    assert "larger than 32 MiB" in refused(capsys, tmp_path, *BASE, "--scm-type", path)
+
+
+def test_json_not_utf8(capsys, tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps({**TOY, "variables": ["\u00c4", "B", "C"]},
+                                ensure_ascii=False).encode("latin-1"))
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", str(path))
+    assert "not UTF-8" in line and "0xc4" in line, line
+
+
+@pytest.mark.parametrize("text, key", [
+    ('{"variables": ["A", "B"], "target": "B", "edges": [], "noise_std": 1, "noise_std": 2}',
+     "'noise_std'"),
+    ('{"variables": ["A", "B"], "target": "B", "edges": [], "noise_std": {"A": 1, "A": 2}}',
+     "'A'"),
+])
+def test_json_duplicate_keys(capsys, tmp_path, text, key):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, text))
+    assert f"duplicate key {key}" in line, line
+
+
+def test_json_error_lines_stay_short_for_hostile_values(capsys, tmp_path):
+    deep_edge = json.loads("[" * 500 + "]" * 500)
+    obj = {**TOY, "edges": [deep_edge, ["A", "B", 1.0]], "target": "Z" * 10_000}
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, obj))
+    assert "target" in line and len(line) < 400, line
+
+
+def test_variables_beyond_memory(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 10**6)
+    obj = {**TOY, "variables": [f"V{i}" for i in range(200)] + ["A", "B", "C"]}
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, obj))
+    assert "203 variables need" in line and "available" in line, line
+
+
+def test_dict_api_with_non_string_keys_is_one_scm_error():
+    from causal_grpo.scm import SCMError
+    from causal_grpo.scm_families import scm_from_dict
+
+    with pytest.raises(SCMError, match="unknown key"):
+        scm_from_dict({**TOY, 1: "x", "colour": "red"})
+
+
+# --------------------------------------------------------------------------- 3. names
+
+def test_scm_name_of_300_characters(capsys, tmp_path):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, {**TOY, "name": "n" * 300}))
+    assert "SCM name" in line and "file names" in line and len(line) < 300, line
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "tab\there", ""])
+def test_scm_names_unusable_in_file_names(capsys, tmp_path, name):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, {**TOY, "name": name}))
+    assert "SCM name" in line, line
+
+
+def test_family_name_with_5000_digits(capsys, tmp_path):
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", "er" + "9" * 5000)
+    assert "unknown SCM" in line and len(line) < 300, line
+
+
+def test_name_from_a_long_file_name_is_bounded(tmp_path):
+    obj = {k: v for k, v in TOY.items() if k != "name"}
+    spec = load_scm_json(scm_file(tmp_path, obj, "s" * 240 + ".json"))
+    assert spec.name == "s" * MAX_NAME_CHARS
+
+
+# --------------------------------------------------------------------------- 4. sizes
+
+@pytest.mark.parametrize("flag", ["--seeds", "--n-interventions", "--n-observational"])
+def test_sizes_beyond_memory(capsys, tmp_path, flag):
+    line = refused(capsys, tmp_path, *BASE, flag, "1000000000")
+    assert line.startswith(f"two_phase_training: error: {flag} 1000000000 is too large"), line
+    assert "memory" in line
+
+
+def test_memory_bound_follows_available_memory(capsys, tmp_path, monkeypatch):
+    # 2 seeds x 6 steps x 1 kB of results fit in 100 kB; 200 seeds (1.2 MB) do not.
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 100_000)
+    args = two_phase_training.build_parser().parse_args(BASE)
+    two_phase_training.check_memory(args, 1, ["random_active"], d=3)
+    line = refused(capsys, tmp_path, *BASE, "--seeds", "200")
+    assert "--seeds 200 is too large" in line, line
+
+
+def test_memory_estimate_hand_computed():
+    from causal_grpo.active_learning import StepRecord
+
+    assert _cli.RECORD_FIELDS == len(StepRecord._fields)
+    # rows 14, steps 5: a seed holds 14 * 5 * 5 B of data and 5 * 11 * 4 B of records;
+    # 4 copies x 2 seeds, plus 6 cells x 5 steps x 1000 B of results.
+    assert _cli.phase2_memory_bytes(5, 2, 10, 4, 6) == 4 * 2 * (350 + 220) + 30_000
+
+
+def test_available_memory_is_plausible():
+    assert 0 < io.available_memory_bytes() <= _physical_memory()
+
+
+def _physical_memory() -> int:
+    import os
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("value", ["1180591620717411303424", "4294967296", "-1"])
+def test_base_seed_outside_uint32(capsys, tmp_path, value):
+    line = refused(capsys, tmp_path, *BASE, "--base-seed", value)
+    assert "--base-seed must be an integer in 0..4294967295" in line, line
+
+
+def test_prng_keeps_only_32_bits_of_a_seed():
+    """Why --base-seed stops at 2**32 - 1: a larger seed would repeat a smaller one's cells."""
+    np.testing.assert_array_equal(jax.random.PRNGKey(2**32), jax.random.PRNGKey(0))
+    args = two_phase_training.build_parser().parse_args(["--base-seed", str(2**32 - 1)])
+    assert args.base_seed == 2**32 - 1
+
+
+def test_integer_of_5000_digits(capsys, tmp_path):
+    line = refused(capsys, tmp_path, *BASE, "--seeds", "9" * 5000)
+    assert "--seeds must be an integer" in line and len(line) < 200, line
+
+
+@pytest.mark.parametrize("value", ["0", "65", "lots"])
+def test_lookahead_draws_outside_1_to_64(capsys, tmp_path, value):
+    line = refused(capsys, tmp_path, *BASE, "--lookahead-draws", value)
+    assert "--lookahead-draws must be 'auto' or an integer in 1..64" in line, line
+
+
+def test_no_interventions(capsys, tmp_path):
+    line = refused(capsys, tmp_path, "--seeds", "2", "--n-interventions", "0")
+    assert "--n-interventions must be an integer in 1.." in line, line
+
+
+# --------------------------------------------------------------------------- 5. float flags
+
+@pytest.mark.parametrize("args, needle", [
+    (["--surrogate", "neural", "--learning-rate", "1e30"], "--learning-rate must be a number in (0, 1]"),
+    (["--surrogate", "neural", "--learning-rate", "inf"], "--learning-rate"),
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--num-workers", "1", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a number"),
+    (["--num-workers", "1", "--gpus-per-worker", "-1"], "--gpus-per-worker"),
+    (["--num-workers", "1", "--gpus-per-worker", "1.5"], "whole number"),
+])
+def test_float_flags_outside_their_range(capsys, tmp_path, args, needle):
+    assert needle in refused(capsys, tmp_path, *BASE, *args)
+
+
+def test_float_flags_accept_their_range():
+    p = two_phase_training.build_parser()
+    args = p.parse_args(["--learning-rate", "1", "--gpus-per-worker", "0.25"])
+    assert (args.learning_rate, args.gpus_per_worker) == (1.0, 0.25)
+    assert p.parse_args(["--gpus-per-worker", "2"]).gpus_per_worker == 2.0
+    assert _cli.positive_float("--x", allow_zero=True)("0") == 0.0
+    with pytest.raises(Exception, match=r"\(0, 1e\+06\]"):
+        _cli.positive_float("--x")("1e7")
+
+
+# --------------------------------------------------------------------------- benchmark flags
+
+@pytest.mark.parametrize("args, needle", [
+    (["phase2", "--seeds", "1000000000"], "--seeds 1000000000 is too large"),
+    (["phase2", "--n-interventions", "1000000000"], "--n-interventions 1000000000 is too large"),
+    (["gies", "--budgets", "0,1000000000"], "--budgets 1000000000 is too large"),
+    (["phase2", "--surrogates", "magic"], "unknown surrogate"),
+    (["gies", "--base-seed", "1180591620717411303424"], "--base-seed"),
+    (["gies", "--degree", "1,2,3"], "expected 2"),
+    (["gies", "--degree", "nan,2"], "--degree"),
+    (["posterior", "--seconds", "inf"], "--seconds"),
+    (["ray", "--workers", "0,-1"], "--workers"),
+])
+def test_benchmark_flags(capsys, tmp_path, args, needle):
+    assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
+
