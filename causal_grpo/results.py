@@ -74,6 +74,7 @@ def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
         "final_f1": g["f1"].last(),
         "final_shd": g["shd"].last(),
         "final_parent_f1": g["parent_f1"].last(),
+        "final_auprc": g["auprc"].last(),
         "initial_f1": g["f1"].first(),
         "f1_auc": ga["f1"].mean() if T > 0 else g["f1"].first(),
         "f1_auc_early": (after[after["step"] <= early].groupby(["scm", "method", "seed"], observed=True)["f1"].mean()
@@ -110,6 +111,23 @@ def paired_p(better: np.ndarray, alternative: str = "greater") -> float:
     return float(sps.ttest_1samp(better, 0.0, alternative=alternative).pvalue)
 
 
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input's order (NaN stays NaN, not counted).
+
+    The i-th smallest of m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)).
+    """
+    p = np.asarray(pvalues, float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
 def mean_ci(x: np.ndarray) -> tuple[float, float]:
     """Mean and 95% Student-t half-width (0 for a single value)."""
     x = np.asarray(x, float)
@@ -120,7 +138,8 @@ def mean_ci(x: np.ndarray) -> tuple[float, float]:
     return m, float(sps.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
 
 
-SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1", "best_target")
+SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1",
+                   "final_auprc", "best_target")
 
 
 def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +155,7 @@ def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 HIGHER_IS_BETTER = {"f1_auc_early": True, "f1_auc": True, "final_f1": True, "final_shd": False,
-                    "final_parent_f1": True, "best_target": False}
+                    "final_parent_f1": True, "final_auprc": True, "best_target": False}
 
 
 def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",

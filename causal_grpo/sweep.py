@@ -22,9 +22,11 @@ import numpy as np
 
 from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
-                                         method_id)
+                                         make_plugin_selector, method_id)
+from causal_grpo.policy import resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
+from causal_grpo.surrogate import make_surrogate
 
 Array = jax.Array
 
@@ -95,7 +97,15 @@ _RUNNERS: dict = {}
 
 
 def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle | None):
-    """One compiled program per (episode config, d) for built-ins, and one per policy."""
+    """One compiled program per (episode config, d) for built-ins, one for ``plugin_active``
+    and one per policy."""
+    if method is Method.PLUGIN:
+        key = (episode, d, method.value)
+        if key not in _RUNNERS:
+            surrogate = make_surrogate(episode.surrogate, d, episode.capacity)
+            draws = resolve_lookahead_draws(episode.lookahead_draws, d)
+            _RUNNERS[key] = make_batch_runner(episode, d, make_plugin_selector(surrogate, draws))
+        return _RUNNERS[key]
     key = (episode, d, policy.digest if method.needs_policy else None)
     if key not in _RUNNERS:
         _RUNNERS[key] = make_batch_runner(episode, d, policy.selector if method.needs_policy else None)
