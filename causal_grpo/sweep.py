@@ -98,7 +98,8 @@ _RUNNERS: dict = {}
 
 def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle | None):
     """One compiled program per (episode config, d) for built-ins, one for ``plugin_active``
-    and one per policy."""
+    and one per policy architecture (weights are an argument: a run's untrained and trained
+    policies, or several runs, share it)."""
     if method is Method.PLUGIN:
         key = (episode, d, method.value)
         if key not in _RUNNERS:
@@ -106,7 +107,11 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
             draws = resolve_lookahead_draws(episode.lookahead_draws, d)
             _RUNNERS[key] = make_batch_runner(episode, d, make_plugin_selector(surrogate, draws))
         return _RUNNERS[key]
-    key = (episode, d, policy.digest if method.needs_policy else None)
+    program = None
+    if method.needs_policy:
+        program = (policy.digest if policy.config is None else
+                   (policy.config, policy.greedy, policy.lookahead_draws))
+    key = (episode, d, program)
     if key not in _RUNNERS:
         _RUNNERS[key] = make_batch_runner(episode, d, policy.selector if method.needs_policy else None)
     return _RUNNERS[key]

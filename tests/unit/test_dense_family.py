@@ -92,3 +92,25 @@ def test_dense_is_deterministic_per_key_and_pads():
     np.testing.assert_array_equal(a.noise_std[8:], 1.0)
     np.testing.assert_array_equal(a.var_mask, np.arange(11) < 8)
     assert a.adj[:, int(a.target)].sum() >= 1
+
+
+def test_the_protocol_reaches_the_episode_unless_flags_say_otherwise():
+    from causal_grpo.errors import UserError
+    from causal_grpo.surrogate import SurrogateConfig
+    from causal_grpo.surrogate_bayes import AnalyticConfig
+    from jobs.two_phase_training import episode_config
+
+    dense, er = {"dense10": resolve_scm("dense10")}, {"er10": resolve_scm("er10")}
+    ep = episode_config(dense, None, None, SurrogateConfig())
+    assert (ep.n_observational, ep.n_interventions) == (50, 10)
+    assert ep.surrogate.analytic.max_indegree == 9
+    ep = episode_config(er, None, None, SurrogateConfig())
+    assert (ep.n_observational, ep.n_interventions, ep.surrogate.analytic) == (30, 50, None)
+    # Given flags win; an analytic config that is given is kept.
+    ep = episode_config(dense, 20, 3, SurrogateConfig(analytic=AnalyticConfig(max_indegree=2)))
+    assert (ep.n_observational, ep.n_interventions, ep.surrogate.analytic.max_indegree) == (20, 3, 2)
+    # SCMs whose protocols differ need the flags.
+    with pytest.raises(UserError, match="--n-observational"):
+        episode_config(dense | er, None, 10, SurrogateConfig())
+    ep = episode_config(dense | er, 40, 10, SurrogateConfig())
+    assert ep.n_observational == 40 and ep.surrogate.analytic.max_indegree == 9
