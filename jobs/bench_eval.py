@@ -7,7 +7,8 @@ Each ``RUN`` is a Phase-1 output directory: ``RUN/final`` is the trained policy 
 er15, sf10, sf15, dense10) and the same seeds of the evaluation base seed
 (:data:`EVAL_BASE_SEED`, far from every seed used in development), it runs random_active,
 observational, uncertainty_active, plugin_active (the greedy plug-in chooser at the policy's
-acting draws) and both policies of every run, then tests the trained policy of each run
+acting draws), both policies of every run and, on ``dense<d>``, the policy of a run trained
+on that family (``--protocol-checkpoint``), then tests the trained policy of each run
 against each reference on F1-AUC over steps 1-10 (one-sided paired t-test, Holm-corrected
 across SCMs). A claim holds only if it holds in every run. SCMs run at their family's protocol
 (``dense<d>``: 50 observational samples, values in [-1, 1], every parent set scored; the rest
@@ -41,6 +42,7 @@ EVAL_BASE_SEED = 2_000_000_000
 EVAL_SCMS = ("easy", "medium", "hard", "er10", "er15", "sf10", "sf15", "dense10")
 REFERENCES = ("random_active", "observational", "uncertainty_active", "plugin_active")
 UNTRAINED, TRAINED = "untrained_policy", "trained_policy"
+PROTOCOL_POLICY = "protocol_policy"   # trained on the dense protocol's own Phase-1 family
 AUC_STEPS = 10
 DENSE_STEPS = (0, 1, 5, 10)
 ALPHA = 0.05
@@ -52,6 +54,9 @@ def add_parser(sub) -> None:
                    help="Phase-1 output directories (each with step_0/ and final/); one per "
                         "training run")
     e.add_argument("--output-dir", required=True)
+    e.add_argument("--protocol-checkpoint", default=None, metavar="RUN",
+                   help="a Phase-1 run trained on the dense family itself: its final/ policy "
+                        "joins the tables of the dense<d> SCMs (not the paired claims)")
     e.add_argument("--scms", type=comma_list, default=list(EVAL_SCMS))
     e.add_argument("--seeds", type=positive_int("--seeds"), default=50)
     e.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=EVAL_BASE_SEED,
@@ -72,19 +77,24 @@ def acting_cost(d: int, lookahead: bool, draws: int) -> int:
     return 1 + 2 * (d - 1) * draws if lookahead else 0
 
 
-def _policies(runs: Sequence[str], draws) -> list[tuple[int, str, object]]:
-    """(run index, label, policy handle) for the untrained and trained policy of every run."""
+def _policies(runs: Sequence[str], protocol_run: str | None,
+              draws) -> list[tuple[int, str, object]]:
+    """(run index, label, policy handle): the untrained and trained policy of every run, and
+    the protocol run's trained policy (run -1, as the references: not a run of the claims)."""
     from causal_grpo.checkpoint import load_grpo_policy, policy_handle
     from causal_grpo.errors import UserError
 
+    wanted = [(r, run, label, sub) for r, run in enumerate(runs)
+              for label, sub in ((UNTRAINED, "step_0"), (TRAINED, "final"))]
+    if protocol_run is not None:
+        wanted.append((-1, protocol_run, PROTOCOL_POLICY, "final"))
     out = []
-    for r, run in enumerate(runs):
-        for label, sub in ((UNTRAINED, "step_0"), (TRAINED, "final")):
-            path = os.path.join(run, sub)
-            if not os.path.isdir(path):
-                raise UserError(f"{run} has no {sub}/ (a Phase-1 run directory holds step_0/ "
-                                "and final/)")
-            out.append((r, label, policy_handle(load_grpo_policy(path), lookahead_draws=draws)))
+    for r, run, label, sub in wanted:
+        path = os.path.join(run, sub)
+        if not os.path.isdir(path):
+            raise UserError(f"{run} has no {sub}/ (a Phase-1 run directory holds step_0/ "
+                            "and final/)")
+        out.append((r, label, policy_handle(load_grpo_policy(path), lookahead_draws=draws)))
     return out
 
 
@@ -110,15 +120,19 @@ def run_cells(args, sources: dict, policies: list) -> tuple[list, dict]:
 
     cells, cost = [], {}
     for episode, group in _groups(sources, args.n_interventions, args.lookahead_draws):
-        sweeps = [(tuple(Method(m) for m in REFERENCES), None, -1, None)]
-        sweeps += [((Method.GRPO_ACTIVE,), p, r, label) for r, label, p in policies]
-        for methods, policy, run, label in sweeps:
-            cfg = SweepConfig(scms=tuple(group), methods=methods, seeds=args.seeds,
+        sweeps = [(tuple(Method(m) for m in REFERENCES), None, -1, None, tuple(group))]
+        dense = tuple(n for n, s in group.items() if getattr(s, "protocol", None) is not None)
+        sweeps += [((Method.GRPO_ACTIVE,), p, r, label, dense if label == PROTOCOL_POLICY
+                    else tuple(group)) for r, label, p in policies]
+        for methods, policy, run, label, scms in sweeps:
+            if not scms:
+                continue
+            cfg = SweepConfig(scms=scms, methods=methods, seeds=args.seeds,
                               episode=episode, base_seed=args.base_seed,
                               batch_size=min(args.batch_size, args.seeds))
-            done = run_sweep(cfg, group, policy, args.output_dir, num_workers=args.num_workers,
-                             address=args.address, gpus_per_worker=args.gpus_per_worker,
-                             progress=not args.quiet)
+            done = run_sweep(cfg, {n: group[n] for n in scms}, policy, args.output_dir,
+                             num_workers=args.num_workers, address=args.address,
+                             gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
             for b in sorted(done, key=lambda b: (cfg.scms.index(b.scm),
                                                  cfg.methods.index(b.method), b.seeds[0])):
                 cells.append((b.scm, label or b.method.value, run, done[b]))
@@ -286,7 +300,7 @@ def bench_eval(args):
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}
-    policies = _policies(args.grpo_checkpoint, args.lookahead_draws)
+    policies = _policies(args.grpo_checkpoint, args.protocol_checkpoint, args.lookahead_draws)
     io.ensure_writable_dir(args.output_dir)
     cells, cost = run_cells(args, sources, policies)
     last = min(AUC_STEPS, args.n_interventions)
@@ -307,6 +321,7 @@ def bench_eval(args):
         "argv": sys.argv[1:], "scms": list(sources), "seeds": args.seeds,
         "base_seed": args.base_seed, "n_interventions": args.n_interventions,
         "lookahead_draws": args.lookahead_draws, "runs": list(args.grpo_checkpoint),
+        "protocol_run": args.protocol_checkpoint,
         "policy_digests": [[r, label, p.digest] for r, label, p in policies],
         "references": list(REFERENCES), "alpha": ALPHA})
     print(table)

@@ -37,7 +37,8 @@ def evaluated(tmp_path_factory):
     runs = [_run_dir(tmp_path_factory.mktemp("run0"), 0, 1),
             _run_dir(tmp_path_factory.mktemp("run1"), 2, 3)]
     out = tmp_path_factory.mktemp("eval")
-    argv = ["eval", "--grpo-checkpoint", *runs, "--output-dir", str(out)] + ARGS
+    argv = ["eval", "--grpo-checkpoint", *runs, "--protocol-checkpoint", runs[1],
+            "--output-dir", str(out)] + ARGS
     return argv, out
 
 
@@ -53,10 +54,18 @@ def test_eval_end_to_end(evaluated, capsys):
     paired = pd.read_csv(out / "paired.csv")
 
     # Every method on every SCM and seed; policies once per run, references once.
-    assert set(steps["method"]) == METHODS and set(steps["scm"]) == {"easy", "dense5"}
+    assert set(steps["method"]) == METHODS | {"protocol_policy"}
+    assert set(steps["scm"]) == {"easy", "dense5"}
+    # The protocol run's policy acts on the dense SCM only, and is the same program with the
+    # weights of run 1's trained policy there.
+    proto = steps[steps.method == "protocol_policy"]
+    assert set(proto["scm"]) == {"dense5"} and set(proto["run"]) == {-1}
+    same = steps[(steps.method == "trained_policy") & (steps.run == 1) & (steps.scm == "dense5")]
+    np.testing.assert_array_equal(proto["variable"].to_numpy(), same["variable"].to_numpy())
     assert set(steps["step"]) == {0, 1, 2, 3}
     counts = steps[steps.step == 0].groupby(["scm", "method"])["run"].nunique()
-    assert all(counts[(s, m)] == (2 if "policy" in m else 1) for s, m in counts.index)
+    assert all(counts[(s, m)] == (2 if m in ("untrained_policy", "trained_policy") else 1)
+               for s, m in counts.index)
     assert steps["auprc"].between(0, 1).all() and (steps["shd"] >= 0).all()
     # Paired: the same world for every method of a cell (step 0 precedes any choice).
     first = steps[steps.step == 0].groupby(["scm", "seed"])[["f1", "shd", "auprc"]].nunique()
@@ -117,7 +126,7 @@ def test_eval_end_to_end(evaluated, capsys):
     # Dense table: steps 0 and 1 (5 and 10 lie beyond 3 interventions) for every method.
     dense = pd.read_csv(out / "dense.csv")
     assert set(dense["scm"]) == {"dense5"} and set(dense["step"]) == {0, 1}
-    assert set(dense["method"]) == METHODS
+    assert set(dense["method"]) == METHODS | {"protocol_policy"}
     assert "Dense protocol" in printed
 
     # Resuming: a rerun reads every cell from the cache and prints the same tables.
