@@ -176,9 +176,10 @@ def per_seed_auc(cells: list, last: int):
     return out
 
 
-def paired_tables(auc, scms: Sequence[str], runs: int):
+def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
     """Trained policy of each run minus each reference, per SCM, with Holm across SCMs
-    (per run and reference); and the same pooled across runs."""
+    (per run and reference), beside both sides' updates per decision; and the same pooled
+    across runs."""
     import numpy as np
     import pandas as pd
 
@@ -203,7 +204,9 @@ def paired_tables(auc, scms: Sequence[str], runs: int):
                               "reference_f1_auc": float(theirs.loc[common].mean()),
                               "diff": m, "diff_ci95": ci,
                               "win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0))),
-                              "p": paired_p(diff)})
+                              "p": paired_p(diff),
+                              "trained_updates": cost[scm, TRAINED, run],
+                              "reference_updates": cost[scm, ref, run if ref == UNTRAINED else -1]})
             for row, ph in zip(block, holm([b["p"] for b in block])):
                 row["p_holm"] = float(ph)
                 row["holds"] = bool(ph < ALPHA)
@@ -213,7 +216,9 @@ def paired_tables(auc, scms: Sequence[str], runs: int):
               .agg(runs=("run", "nunique"), diff_mean=("diff", "mean"),
                    diff_min=("diff", "min"), diff_max=("diff", "max"),
                    diff_sd_runs=("diff", "std"), p_holm_max=("p_holm", "max"),
-                   holds_every_run=("holds", "all"))
+                   holds_every_run=("holds", "all"),
+                   trained_updates=("trained_updates", "max"),
+                   reference_updates=("reference_updates", "max"))
               .reset_index())
     return paired, pooled
 
@@ -266,12 +271,14 @@ def markdown(methods, paired, pooled, dense, last: int) -> str:
                      f"{r['f1_auc_mean']:.3f} ± {r['f1_auc_ci95']:.3f} | {r['updates_per_decision']} |")
     lines += ["", f"## Trained policy minus each reference, across runs (holds: Holm p < {ALPHA} "
                   "in every run)\n",
-              "| scm | reference | runs | Δ mean | Δ min … max | max Holm p | holds |",
-              "|---|---|---:|---:|---:|---:|---|"]
+              "| scm | reference | runs | Δ mean | Δ min … max | max Holm p | holds "
+              "| updates / decision: trained, reference |",
+              "|---|---|---:|---:|---:|---:|---|---:|"]
     for _, r in pooled.iterrows():
         lines.append(f"| {r['scm']} | {r['reference']} | {r['runs']} | {r['diff_mean']:+.3f} | "
                      f"{r['diff_min']:+.3f} … {r['diff_max']:+.3f} | {_p(r['p_holm_max'])} | "
-                     f"{'yes' if r['holds_every_run'] else 'no'} |")
+                     f"{'yes' if r['holds_every_run'] else 'no'} | "
+                     f"{r['trained_updates']}, {r['reference_updates']} |")
     lines += ["", "## Per run\n",
               "| run | scm | reference | pairs | Δ F1-AUC | win rate | p (one-sided) | Holm p |",
               "|---:|---|---|---:|---:|---:|---:|---:|"]
@@ -307,7 +314,7 @@ def bench_eval(args):
     steps = tidy_steps(cells, sources)
     auc = per_seed_auc(cells, last)
     methods = method_table(auc, cost)
-    paired, pooled = paired_tables(auc, list(sources), len(args.grpo_checkpoint))
+    paired, pooled = paired_tables(auc, list(sources), len(args.grpo_checkpoint), cost)
     dense_scms = [n for n, s in sources.items() if getattr(s, "kind", None) is GraphKind.DENSE]
     dense = dense_table(steps, dense_scms)
     table = markdown(methods, paired, pooled, dense, last)

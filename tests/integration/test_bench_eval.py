@@ -122,6 +122,9 @@ def test_eval_end_to_end(evaluated, capsys):
     cost = methods.groupby("method")["updates_per_decision"].unique()
     assert cost["plugin_active"].tolist() == [1 + 2 * 4 * 8] == cost["trained_policy"].tolist()
     assert cost["random_active"].tolist() == [0] == cost["uncertainty_active"].tolist()
+    plug = pooled[pooled.reference == "plugin_active"]
+    assert (plug["trained_updates"] == 65).all() and (plug["reference_updates"] == 65).all()
+    assert (pooled[pooled.reference == "observational"]["reference_updates"] == 0).all()
 
     # Dense table: steps 0 and 1 (5 and 10 lie beyond 3 interventions) for every method.
     dense = pd.read_csv(out / "dense.csv")
