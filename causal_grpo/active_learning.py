@@ -37,6 +37,7 @@ class Method(enum.Enum):
     UNCERTAINTY = "uncertainty_active"
     ORACLE = "oracle_active"
     OBSERVATIONAL = "observational"
+    PLUGIN = "plugin_active"
     GRPO_ACTIVE = "grpo_active"
     GRPO_BOOTSTRAP = "grpo_bootstrap"
 
@@ -256,6 +257,19 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
     return select
 
 
+def make_plugin_selector(surrogate: Surrogate, n_draws: int, n_values: int = 2) -> Selector:
+    """``plugin_active``: :func:`make_plugin_gain_selector` with shapes, mask and range read
+    from the observation, so one selector serves every cell (its ``scm`` lent nothing else)."""
+
+    def select(key: Array, obs: Observation, params: Any = None) -> Action:
+        d = obs.var_mask.shape[-1]
+        shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target,
+                     obs.var_mask, obs.low, obs.high)
+        return make_plugin_gain_selector(shapes, surrogate, n_draws, n_values)(key, obs)
+
+    return select
+
+
 def observational_selector(key: Array, obs: Observation, params: Any = None) -> Action:
     """No intervention: the step draws one more observational sample."""
     return Action(jnp.asarray(-1), jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(False))
@@ -271,6 +285,9 @@ class EpisodeConfig:
     n_interventions: int = 50
     surrogate: SurrogateConfig = SurrogateConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
+    # Outcomes per candidate of ``plugin_active`` (a number, or "auto" as the policy's acting
+    # lookahead: ``policy.resolve_lookahead_draws``), so it acts at the policy's draws.
+    lookahead_draws: int | str = "auto"
 
     @property
     def capacity(self) -> int:
@@ -287,6 +304,7 @@ class StepRecord(NamedTuple):
     parent_f1: Array
     parent_shd: Array
     expected_shd: Array
+    auprc: Array
     target_value: Array
     best_target: Array
     variable: Array
@@ -305,7 +323,8 @@ def _metrics(scm: SCM, probs: Array) -> dict:
     p = M.parent_metrics(scm.adj, pred, scm.target, scm.var_mask)
     return dict(f1=g["f1"], shd=g["shd"], precision=g["precision"], recall=g["recall"],
                 parent_f1=p["parent_f1"], parent_shd=p["parent_shd"],
-                expected_shd=M.expected_shd(scm.adj, probs, scm.var_mask))
+                expected_shd=M.expected_shd(scm.adj, probs, scm.var_mask),
+                auprc=M.average_precision(scm.adj, probs, scm.var_mask))
 
 
 def cell_keys(key: Array) -> dict:
@@ -432,6 +451,8 @@ def make_reference_runner(cfg: EpisodeConfig, d: int,
 
 def method_id(method: Method) -> int:
     """The ``method_id`` argument of :func:`make_batch_runner` for ``method``."""
+    if method is Method.PLUGIN:     # its own selector, as a policy with surrogate features
+        return 0
     if method.needs_policy:
         return int(method.uses_bootstrap)
     return BUILTIN_METHODS.index(method)

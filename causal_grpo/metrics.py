@@ -16,7 +16,12 @@ Conventions (spelled out because papers differ):
   of wrong parents plus missed parents (the size of the symmetric difference).
 * Variables with ``var_mask = False`` (padding) are ignored everywhere.
 
-Everything except AUROC/AUPRC is jittable and works on one example; ``vmap`` at call sites.
+* **AUPRC** is the average precision of the edge probabilities over directed off-diagonal
+  pairs (step-wise, scikit-learn's definition: tied scores form one threshold); undefined
+  (NaN) when the true graph has no edges.
+
+Everything except AUROC and the host :func:`auprc` is jittable and works on one example
+(:func:`average_precision` is the jittable AUPRC); ``vmap`` at call sites.
 """
 
 from __future__ import annotations
@@ -172,3 +177,26 @@ def auprc(true_adj, probs, var_mask=None) -> float:
     recall = tp / y.sum()
     prev = np.r_[0.0, recall[:-1]]
     return float(np.sum((recall - prev) * precision))
+
+
+def average_precision(true_adj: Array, probs: Array, var_mask: Array | None = None) -> Array:
+    """Jittable :func:`auprc`: () float32 average precision of ``probs`` (d, d); NaN with no
+    true edges.
+
+    Sum over the true edges of the precision at their score's threshold, over the number of
+    true edges (the step-wise average precision, ties grouped); O(d^2 log d).
+    """
+    d = probs.shape[-1]
+    m = _mask2(var_mask, d).reshape(-1)
+    y = (jnp.asarray(true_adj) != 0).reshape(-1) & m
+    # Masked pairs sort last (score -inf) and are never counted as predictions.
+    s = jnp.where(m, jnp.asarray(probs, jnp.float32).reshape(-1), -jnp.inf)
+    order = jnp.argsort(-s)
+    neg, ys = -s[order], y[order]
+    tp = jnp.cumsum(ys)
+    predicted = jnp.cumsum(m[order])
+    last = jnp.searchsorted(neg, neg, side="right") - 1     # end of each score's tie group
+    precision = tp[last] / jnp.maximum(predicted[last], 1)
+    n_pos = ys.sum()
+    ap = jnp.sum(jnp.where(ys, precision, 0.0)) / jnp.maximum(n_pos, 1)
+    return jnp.where(n_pos > 0, ap, jnp.nan).astype(jnp.float32)

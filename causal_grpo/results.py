@@ -81,6 +81,7 @@ def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
         "final_f1": g["f1"].last(),
         "final_shd": g["shd"].last(),
         "final_parent_f1": g["parent_f1"].last(),
+        "final_auprc": g["auprc"].last(),
         "initial_f1": g["f1"].first(),
         "f1_auc": ga["f1"].mean() if T > 0 else g["f1"].first(),
         "f1_auc_early": (after[after["step"] <= early].groupby(["scm", "method", "seed"], observed=True)["f1"].mean()
@@ -146,7 +147,8 @@ def mean_ci(x: np.ndarray) -> tuple[float, float]:
     return m, float(sps.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
 
 
-SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1", "best_target")
+SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1",
+                   "final_auprc", "best_target")
 
 
 def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +164,7 @@ def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 HIGHER_IS_BETTER = {"f1_auc_early": True, "f1_auc": True, "final_f1": True, "final_shd": False,
-                    "final_parent_f1": True, "best_target": False}
+                    "final_parent_f1": True, "final_auprc": True, "best_target": False}
 
 
 def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",

@@ -1,10 +1,13 @@
 """SCM families: the three fixed demo SCMs, random generators, and custom-SCM JSON files.
 
 * ``easy``, ``medium``, ``hard``: the demo SCMs of the original design (see README), fixed.
-* Random families (``er``, ``sf``, ``chain``, ``fork``, ``collider``, ``mixed``): pure JAX
-  generators ``key -> SCM`` with static shapes, so Phase 1 can draw a fresh SCM per episode
-  inside ``jit``/``vmap``. Named on the command line as ``er10``, ``sf15``, ``chain5``,
-  ``mixed8`` ... (family + number of variables).
+* Random families (``er``, ``sf``, ``chain``, ``fork``, ``collider``, ``mixed``, ``dense``):
+  pure JAX generators ``key -> SCM`` with static shapes, so Phase 1 can draw a fresh SCM per
+  episode inside ``jit``/``vmap``. Named on the command line as ``er10``, ``sf15``, ``chain5``,
+  ``mixed8``, ``dense10`` ... (family + number of variables).
+* ``dense<d>`` is the amortized-design literature's linear-Gaussian protocol (CAASL, Annadani
+  et al. 2024): its own laws for edges, weights and noise, and its own episode defaults
+  (:data:`DENSE_PROTOCOL`: 50 observational samples, 10 interventions with values in [-1, 1]).
 * Custom SCM JSON files, accepted wherever a family name is::
 
     {"name": str, "variables": [str, ...], "target": str,
@@ -89,6 +92,30 @@ class GraphKind(enum.Enum):
     FORK = "fork"
     COLLIDER = "collider"
     MIXED = "mixed"
+    DENSE = "dense"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Episode defaults that belong to a family (the setting its literature evaluates in).
+
+    Attributes:
+      n_observational: observational samples before the first intervention.
+      n_interventions: single-sample interventions.
+      intervention_range: allowed intervention values.
+      all_parent_sets_max_d: up to this many variables the exact posterior scores every parent
+        set (max in-degree d - 1): the family's graphs have in-degrees well beyond 3.
+    """
+
+    n_observational: int
+    n_interventions: int
+    intervention_range: tuple[float, float]
+    all_parent_sets_max_d: int
+
+
+DENSE_PROTOCOL = Protocol(n_observational=50, n_interventions=10,
+                          intervention_range=(-1.0, 1.0), all_parent_sets_max_d=10)
+PROTOCOLS = {GraphKind.DENSE: DENSE_PROTOCOL}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +123,8 @@ class FamilyConfig:
     """A random SCM family; ``d`` and ``d_pad`` set shapes (static), the rest are ranges.
 
     Attributes:
-      kind: graph shape.
+      kind: graph shape. ``DENSE`` has fixed laws of its own (see :func:`dense_edge_prob`) and
+        ignores ``expected_degree``, ``weight_range`` and ``noise_range``.
       d: number of real variables.
       d_pad: padded size of the generated pytree (>= d).
       expected_degree: (lo, hi): each graph draws its expected degree uniformly from it.
@@ -132,6 +160,17 @@ class FamilyConfig:
     @property
     def padded(self) -> int:
         return self.d if self.d_pad is None else self.d_pad
+
+    @property
+    def protocol(self) -> Protocol | None:
+        """The family's own episode defaults, or None where the caller's apply."""
+        return PROTOCOLS.get(self.kind)
+
+    @property
+    def max_indegree(self) -> int | None:
+        """In-degree the exact posterior must score for this family, or None for the default."""
+        p = self.protocol
+        return self.d - 1 if p is not None and self.d <= p.all_parent_sets_max_d else None
 
 
 def _er_adj(key: Array, d: int, degree: Array) -> Array:
@@ -186,9 +225,50 @@ def _shape_adj(kind: GraphKind, key: Array, d: int) -> tuple[Array, Array]:
     return adj, perm[tgt_pos]
 
 
+def dense_edge_prob(d: int) -> float:
+    """Edge probability of ``dense<d>``: 3 expected edges per variable, min(3d / C(d, 2), 0.99)."""
+    return min(3 * d / math.comb(d, 2), 0.99)
+
+
+def _sample_dense(key: Array, cfg: FamilyConfig) -> SCM:
+    """``dense<d>``: ER over a random order with :func:`dense_edge_prob`, weights
+    N(0, 1 / in-degree of the child), noise variance InverseGamma(10, 1) per node."""
+    d = cfg.d
+    k_graph, k_w, k_noise, k_tgt = jax.random.split(key, 4)
+    adj = _er_adj(k_graph, d, jnp.asarray(dense_edge_prob(d) * (d - 1), jnp.float32))
+    indeg = jnp.maximum(adj.sum(0), 1.0)
+    w = adj * jax.random.normal(k_w, (d, d)) / jnp.sqrt(indeg)[None, :]
+    # InverseGamma(a, b) is b / Gamma(a, 1).
+    noise = jnp.sqrt(1.0 / jax.random.gamma(k_noise, 10.0, (d,)))
+    return _with_target_and_padding(adj, w, noise, k_tgt, cfg)
+
+
+def _with_target_and_padding(adj: Array, w: Array, noise: Array, k_tgt: Array,
+                             cfg: FamilyConfig) -> SCM:
+    """The SCM pytree of a drawn (d, d) graph: target uniform among the variables with a
+    parent, padded to ``cfg.padded`` (padding: no edges, unit noise, masked)."""
+    d, dp = cfg.d, cfg.padded
+    has_parent = adj.sum(0) > 0
+    g = jax.random.gumbel(jax.random.fold_in(k_tgt, 1), (d,))
+    target = jnp.argmax(jnp.where(has_parent, g, -jnp.inf)).astype(jnp.int32)
+    pad = dp - d
+    wp = jnp.pad(w, ((0, pad), (0, pad)))
+    return SCM(
+        adj=(wp != 0).astype(jnp.float32),
+        weights=wp.astype(jnp.float32),
+        noise_std=jnp.pad(noise, (0, pad), constant_values=1.0).astype(jnp.float32),
+        target=target,
+        var_mask=jnp.arange(dp) < d,
+        low=jnp.asarray(cfg.intervention_range[0], jnp.float32),
+        high=jnp.asarray(cfg.intervention_range[1], jnp.float32),
+    )
+
+
 def sample_family(key: Array, cfg: FamilyConfig) -> SCM:
     """Draw one SCM from the family (pure JAX, static shapes; vmappable over keys)."""
-    d, dp = cfg.d, cfg.padded
+    if cfg.kind is GraphKind.DENSE:
+        return _sample_dense(key, cfg)
+    d = cfg.d
     k_kind, k_graph, k_deg, k_w, k_sign, k_noise, k_tgt = jax.random.split(key, 7)
     degree = jax.random.uniform(k_deg, (), minval=cfg.expected_degree[0],
                                 maxval=cfg.expected_degree[1])
@@ -223,22 +303,7 @@ def sample_family(key: Array, cfg: FamilyConfig) -> SCM:
     w = adj * mag * sign
     noise = jax.random.uniform(k_noise, (d,), minval=cfg.noise_range[0],
                                maxval=cfg.noise_range[1])
-    # Target: uniformly among variables with at least one parent.
-    has_parent = adj.sum(0) > 0
-    g = jax.random.gumbel(jax.random.fold_in(k_tgt, 1), (d,))
-    target = jnp.argmax(jnp.where(has_parent, g, -jnp.inf)).astype(jnp.int32)
-
-    pad = dp - d
-    wp = jnp.pad(w, ((0, pad), (0, pad)))
-    return SCM(
-        adj=(wp != 0).astype(jnp.float32),
-        weights=wp.astype(jnp.float32),
-        noise_std=jnp.pad(noise, (0, pad), constant_values=1.0).astype(jnp.float32),
-        target=target,
-        var_mask=jnp.arange(dp) < d,
-        low=jnp.asarray(cfg.intervention_range[0], jnp.float32),
-        high=jnp.asarray(cfg.intervention_range[1], jnp.float32),
-    )
+    return _with_target_and_padding(adj, w, noise, k_tgt, cfg)
 
 
 def spec_from_scm(scm: SCM, name: str) -> SCMSpec:
@@ -417,9 +482,17 @@ def load_scm_json(path: str) -> SCMSpec:
 # --------------------------------------------------------------------------- resolution
 
 # At most 9 digits: int() refuses thousands, and no family has a billion variables.
-_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed)(\d{1,9})$")
+_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed|dense)(\d{1,9})$")
 
 ScmSource = Union[SCMSpec, FamilyConfig]
+
+
+def family_config(kind: GraphKind, d: int, d_pad: int | None = None, **ranges) -> FamilyConfig:
+    """A family's config with its protocol's intervention range (``dense``: [-1, 1])."""
+    proto = PROTOCOLS.get(kind)
+    if proto is not None:
+        ranges.setdefault("intervention_range", proto.intervention_range)
+    return FamilyConfig(kind=kind, d=d, d_pad=d_pad, **ranges)
 
 
 def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
@@ -431,12 +504,12 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
         d = int(m.group(2))
         if not 3 <= d <= 64:
             raise SCMError(f"family '{name}': number of variables must be in 3..64")
-        return FamilyConfig(kind=GraphKind(m.group(1)), d=d, d_pad=d_pad)
+        return family_config(GraphKind(m.group(1)), d, d_pad)
     if name.endswith(".json") or os.path.sep in name or os.path.exists(name):
         return load_scm_json(name)
     raise SCMError(
         f"unknown SCM {_show(name)}: use easy, medium, hard, a family such as er10/sf15/chain5/"
-        "fork5/collider5/mixed8, or a path to an SCM JSON file"
+        "fork5/collider5/mixed8/dense10, or a path to an SCM JSON file"
     )
 
 

@@ -24,10 +24,12 @@ import numpy as np
 
 from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
-                                         method_id)
+                                         make_plugin_selector, method_id)
+from causal_grpo.policy import resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
 from causal_grpo.version import code_version
+from causal_grpo.surrogate import make_surrogate
 
 Array = jax.Array
 
@@ -98,8 +100,21 @@ _RUNNERS: dict = {}
 
 
 def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle | None):
-    """One compiled program per (episode config, d) for built-ins, and one per policy."""
-    key = (episode, d, policy.digest if method.needs_policy else None)
+    """One compiled program per (episode config, d) for built-ins, one for ``plugin_active``
+    and one per policy architecture (weights are an argument: a run's untrained and trained
+    policies, or several runs, share it)."""
+    if method is Method.PLUGIN:
+        key = (episode, d, method.value)
+        if key not in _RUNNERS:
+            surrogate = make_surrogate(episode.surrogate, d, episode.capacity)
+            draws = resolve_lookahead_draws(episode.lookahead_draws, d)
+            _RUNNERS[key] = make_batch_runner(episode, d, make_plugin_selector(surrogate, draws))
+        return _RUNNERS[key]
+    program = None
+    if method.needs_policy:
+        program = (policy.digest if policy.config is None else
+                   (policy.config, policy.greedy, policy.lookahead_draws))
+    key = (episode, d, program)
     if key not in _RUNNERS:
         _RUNNERS[key] = make_batch_runner(episode, d, policy.selector if method.needs_policy else None)
     return _RUNNERS[key]

@@ -6,6 +6,8 @@
     python -m jobs.benchmark ray         # in-process vs 1 vs 2 Ray workers (Phase 1 and 2)
     python -m jobs.benchmark ceiling     # the best one-step chooser (knows the SCM) vs the rest
     python -m jobs.benchmark posterior   # where one exact posterior update's time goes, per d
+    python -m jobs.benchmark eval --grpo-checkpoint RUN [RUN ...] --output-dir OUT
+                                         # the frozen evaluation (jobs/bench_eval.py)
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV.
 """
@@ -311,6 +313,8 @@ def build_parser() -> ArgumentParser:
         r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
                        help="approximate work per measurement")
         r.add_argument("--workers", type=list_of(positive_int("--workers", 0)), default=[0, 1, 2])
+    from jobs.bench_eval import add_parser as add_eval_parser
+    add_eval_parser(sub)
     for sp in sub.choices.values():
         sp.add_argument("--out", default=None, help="also write the table as CSV")
     return p
@@ -346,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         df = bench_ceiling(args)
     elif args.cmd == "posterior":
         df = bench_posterior(args)
+    elif args.cmd == "eval":
+        from jobs.bench_eval import bench_eval
+        df = bench_eval(args)
     elif args.cmd == "phase1":
         from jobs.bench_grpo import bench_phase1
         df = bench_phase1(args)

@@ -30,6 +30,7 @@ from jobs._cli import (ArgumentParser, comma_list, fail, gpus_per_worker, lookah
 
 PROG = "two_phase_training"
 COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
+N_OBSERVATIONAL, N_INTERVENTIONS = 30, 50
 
 
 def build_parser() -> ArgumentParser:
@@ -39,10 +40,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--scm-type", type=comma_list, default=["easy"],
                    help="easy, medium, hard, a random family (er10, sf15, chain5, mixed8, ...) or "
                         "an SCM JSON path; comma-separated for several")
-    p.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50,
-                   help="interventions per episode (>= 1: with none, every method sees the same "
-                        "data)")
-    p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    p.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=None,
+                   help="interventions per episode, >= 1 (with none, every method sees the same "
+                        f"data); default: the family's protocol (dense<d>: 10), else {N_INTERVENTIONS}")
+    p.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=None,
+                   help=f"default: the family's protocol (dense<d>: 50), else {N_OBSERVATIONAL}")
     # Measured on `hard`: learning rates of 5 and more end in non-finite posteriors, 1 and 2 not.
     p.add_argument("--learning-rate", type=positive_float("--learning-rate", maximum=1.0),
                    default=1e-3, help="learning rate of the neural surrogate, in (0, 1] (the "
@@ -51,15 +53,16 @@ def build_parser() -> ArgumentParser:
                    help="run random_active, grpo_active and grpo_bootstrap on the same SCMs/seeds")
     p.add_argument("--methods", type=comma_list, default=None,
                    help="comma-separated: random_active, round_robin_active, uncertainty_active, "
-                        "oracle_active, observational, grpo_active, grpo_bootstrap")
+                        "oracle_active, observational, plugin_active, grpo_active, grpo_bootstrap")
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
     p.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
     p.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",
-                   help="outcomes per candidate in the policy's lookahead input when acting "
-                        "(training uses 1; each draw costs 2d posterior updates per decision). "
-                        "auto (default): 8 up to d = 10, 3 at d = 11, 1 from d = 12")
+                   help="outcomes per candidate in the policy's lookahead input when acting, "
+                        "and in plugin_active's (training uses 1; each draw costs 2d posterior "
+                        "updates per decision). auto (default): 8 up to d = 10, 3 at d = 11, "
+                        "1 from d = 12")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="seeds per vmapped batch (the unit of work and of resuming)")
     p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,
@@ -93,32 +96,72 @@ def resolve_methods(args) -> list[str]:
     return methods
 
 
-def check_memory(args, n_scms: int, methods: list[str], d: int) -> None:
+def check_memory(args, n_scms: int, methods: list[str], d: int, n_obs: int, n_int: int) -> None:
     """Refuse, before any work, a sweep that cannot fit in this machine's memory.
 
-    d: the largest SCM's number of variables (2, the least, before the SCMs are read).
+    d: the largest SCM's number of variables (2, the least, before the SCMs are read);
+    n_obs, n_int: the episode's sizes (before the SCMs are read: the flags, else the largest
+    protocol default).
     """
     batch = min(args.batch_size, args.seeds)
-    need = phase2_memory_bytes(d, batch, args.n_observational, args.n_interventions,
+    need = phase2_memory_bytes(d, batch, n_obs, n_int,
                                n_scms * len(methods) * args.seeds, args.surrogate == "neural")
     defaults = build_parser()
-    sizes = {f"--{k.replace('_', '-')}": (v, defaults.get_default(k)) for k, v in (
-        ("seeds", args.seeds), ("n_interventions", args.n_interventions),
-        ("n_observational", args.n_observational), ("batch_size", batch))}
+    fallback = {"n_interventions": N_INTERVENTIONS, "n_observational": N_OBSERVATIONAL}
+    sizes = {f"--{k.replace('_', '-')}": (v, defaults.get_default(k) or fallback.get(k))
+             for k, v in (("seeds", args.seeds), ("n_interventions", n_int),
+                          ("n_observational", n_obs), ("batch_size", batch))}
     refuse_oversized(need, sizes, f"{n_scms} SCM{'s' * (n_scms > 1)} x {len(methods)} method"
                                   f"{'s' * (len(methods) > 1)} x {args.seeds} seeds x "
-                                  f"{args.n_interventions + 1} steps")
+                                  f"{n_int + 1} steps")
+
+
+def episode_config(sources: dict, n_observational: int | None, n_interventions: int | None,
+                   surrogate, lookahead_draws: int | str = "auto"):
+    """The episode of a sweep over ``sources`` (name -> SCM source).
+
+    A flag that is given wins; otherwise every SCM's family protocol (``dense<d>``: 50 + 10)
+    or 30 + 50 without one, and SCMs that disagree are refused. Where a family needs every
+    parent set scored (``dense<d>``, d <= 10) the analytic posterior gets that in-degree,
+    unless ``surrogate`` already carries an analytic config.
+    """
+    from causal_grpo.active_learning import EpisodeConfig
+    from causal_grpo.errors import UserError
+    from causal_grpo.surrogate import SurrogateKind
+    from causal_grpo.surrogate_bayes import AnalyticConfig
+
+    def protocol_value(given, field: str, default: int, flag: str) -> int:
+        if given is not None:
+            return given
+        wanted = {name: getattr(getattr(src, "protocol", None), field, default)
+                  for name, src in sources.items()}
+        if len(set(wanted.values())) > 1:
+            raise UserError(f"the SCMs' protocols differ in {flag} ({wanted}); give {flag} "
+                            "or run them separately")
+        return next(iter(wanted.values()))
+
+    n_obs = protocol_value(n_observational, "n_observational", N_OBSERVATIONAL,
+                           "--n-observational")
+    n_int = protocol_value(n_interventions, "n_interventions", N_INTERVENTIONS,
+                           "--n-interventions")
+    need = [k for k in (getattr(src, "max_indegree", None) for src in sources.values()) if k]
+    if need and surrogate.kind is SurrogateKind.ANALYTIC and surrogate.analytic is None:
+        surrogate = dataclasses.replace(surrogate, analytic=AnalyticConfig(max_indegree=max(need)))
+    return EpisodeConfig(n_observational=n_obs, n_interventions=n_int, surrogate=surrogate,
+                         lookahead_draws=lookahead_draws)
 
 
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = resolve_methods(args)
-    check_memory(args, len(args.scm_type), methods, d=2)
+    check_memory(args, len(args.scm_type), methods, 2,
+                 args.n_observational or max(N_OBSERVATIONAL, 50),
+                 args.n_interventions or N_INTERVENTIONS)
 
     # Heavy imports after flag validation, so `--help` and flag errors are instant.
     from causal_grpo import io
-    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.active_learning import Method
     from causal_grpo.errors import UserError
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
@@ -132,8 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         if src.name in sources:
             raise UserError(f"SCM name '{src.name}' appears twice in --scm-type")
         sources[src.name] = src
-    check_memory(args, len(sources), methods, max(src.d for src in sources.values()))
-
     policy = None
     if args.grpo_checkpoint:
         from causal_grpo.checkpoint import load_grpo_policy, policy_handle
@@ -145,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         neural=NeuralConfig(learning_rate=args.learning_rate) if args.surrogate == "neural" else None)
     cfg = SweepConfig(
         scms=tuple(sources), methods=tuple(Method(m) for m in methods), seeds=args.seeds,
-        episode=EpisodeConfig(n_observational=args.n_observational,
-                              n_interventions=args.n_interventions, surrogate=surrogate),
+        episode=episode_config(sources, args.n_observational, args.n_interventions, surrogate,
+                               args.lookahead_draws),
         base_seed=args.base_seed, batch_size=min(args.batch_size, args.seeds))
+    check_memory(args, len(sources), methods, max(src.d for src in sources.values()),
+                 cfg.episode.n_observational, cfg.episode.n_interventions)
     io.ensure_writable_dir(args.output_dir)
 
     # What the output files depend on; worker and display flags may change between reruns.

@@ -215,7 +215,7 @@ def test_memory_bound_follows_available_memory(capsys, tmp_path, monkeypatch):
     # 2 seeds x 6 steps x 1 kB of results fit in 100 kB; 200 seeds (1.2 MB) do not.
     monkeypatch.setattr(io, "available_memory_bytes", lambda: 100_000)
     args = two_phase_training.build_parser().parse_args(BASE)
-    two_phase_training.check_memory(args, 1, ["random_active"], d=3)
+    two_phase_training.check_memory(args, 1, ["random_active"], 3, 30, args.n_interventions)
     line = refused(capsys, tmp_path, *BASE, "--seeds", "200")
     assert "--seeds 200 is too large" in line, line
 
@@ -224,9 +224,9 @@ def test_memory_estimate_hand_computed():
     from causal_grpo.active_learning import StepRecord
 
     assert _cli.RECORD_FIELDS == len(StepRecord._fields)
-    # rows 14, steps 5: a seed holds 14 * 5 * 5 B of data and 5 * 11 * 4 B of records;
+    # rows 14, steps 5: a seed holds 14 * 5 * 5 B of data and 5 * 12 * 4 B of records;
     # 4 copies x 2 seeds, plus 6 cells x 5 steps x 1000 B of results.
-    assert _cli.phase2_memory_bytes(5, 2, 10, 4, 6) == 4 * 2 * (350 + 220) + 30_000
+    assert _cli.phase2_memory_bytes(5, 2, 10, 4, 6) == 4 * 2 * (350 + 240) + 30_000
 
 
 def test_available_memory_is_plausible():

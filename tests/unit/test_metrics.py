@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from causal_grpo.metrics import (
     auprc,
+    average_precision,
     auroc,
     expected_shd,
     pair_entropy,
@@ -383,6 +384,39 @@ def test_auroc_auprc_vs_brute_force(seed):
     # Rounded scores (ties) still match the Mann-Whitney count.
     sr = np.round(s, 1)
     assert auroc(t, sr) == pytest.approx(ref_auroc(y, offdiag(sr)), abs=1e-12)
+
+
+def test_average_precision_is_the_jittable_auprc():
+    ap = jax.jit(average_precision)
+    t = adj_from_edges(3, [(0, 1), (1, 2)])
+    s = np.array([[0, 0.9, 0.3], [0.6, 0, 0.5], [0.1, 0.2, 0]])
+    assert float(ap(t, s)) == pytest.approx((1 + 2 / 3) / 2)
+    s_tied = np.array([[0, 0.9, 0.3], [0.5, 0, 0.5], [0.1, 0.2, 0]])
+    assert float(ap(t, s_tied)) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert float(ap(t, np.full((3, 3), 0.4))) == pytest.approx(2 / 6)
+    assert float(ap(t, t)) == 1.0
+    assert math.isnan(float(ap(np.zeros((4, 4)), np.random.default_rng(0).random((4, 4)))))
+    # Padding is ignored even where its scores are the highest.
+    t4 = adj_from_edges(4, [(0, 1), (1, 2)])
+    s4 = np.array([[0, 0.9, 0.3, 0.99], [0.6, 0, 0.5, 0.99], [0.1, 0.2, 0, 0.99],
+                   [0.99, 0.99, 0.99, 0]])
+    assert float(ap(t4, s4, np.array([True, True, True, False]))) == pytest.approx((1 + 2 / 3) / 2)
+    # Random graphs, scores with many ties, random masks: equal to the host version.
+    rng = np.random.default_rng(3)
+    batch_t, batch_s, batch_m = [], [], []
+    for _ in range(40):
+        t = (rng.random((6, 6)) < 0.3).astype(np.float32)
+        np.fill_diagonal(t, 0)
+        t[0, 1] = 1.0
+        batch_t.append(t)
+        batch_s.append(np.round(rng.random((6, 6)), 1).astype(np.float32))
+        m = rng.random(6) < 0.8
+        m[:2] = True
+        batch_m.append(m)
+    got = np.asarray(jax.jit(jax.vmap(average_precision))(np.stack(batch_t), np.stack(batch_s),
+                                                          np.stack(batch_m)))
+    want = [auprc(t, s, m) for t, s, m in zip(batch_t, batch_s, batch_m)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_auroc_var_mask():

@@ -1,0 +1,336 @@
+"""The frozen evaluation: the trained policy against every reference, paired on fresh cells.
+
+    python -m jobs.benchmark eval --grpo-checkpoint RUN_A RUN_B RUN_C --output-dir OUT
+
+Each ``RUN`` is a Phase-1 output directory: ``RUN/final`` is the trained policy and
+``RUN/step_0`` the same run's untrained one. On every SCM (default: easy, medium, hard, er10,
+er15, sf10, sf15, dense10) and the same seeds of the evaluation base seed
+(:data:`EVAL_BASE_SEED`, far from every seed used in development), it runs random_active,
+observational, uncertainty_active, plugin_active (the greedy plug-in chooser at the policy's
+acting draws), both policies of every run and, on ``dense<d>``, the policy of a run trained
+on that family (``--protocol-checkpoint``), then tests the trained policy of each run
+against each reference on F1-AUC over steps 1-10 (one-sided paired t-test, Holm-corrected
+across SCMs). A claim holds only if it holds in every run. SCMs run at their family's protocol
+(``dense<d>``: 50 observational samples, values in [-1, 1], every parent set scored; the rest
+30 observational samples), all with ``--n-interventions`` (10) interventions.
+
+Acting cost is counted in posterior updates per decision beyond the learner's own update:
+0 for random, observational and uncertainty (which reads the current posterior); for the
+plug-in chooser and a policy with the lookahead input, one refit of the posterior to the data
+plus 2 (d - 1) K lookahead updates (every non-target variable at both ends of the range, K
+draws each); a policy without the lookahead, 0.
+
+Writes to ``OUT`` (cells are cached under ``OUT/cells``: a rerun resumes): ``steps.csv`` (one
+row per scm, method, run, seed, step: F1, SHD with reversal = 1, AUPRC, ...), ``per_seed.csv``
+(F1-AUC 1-10), ``methods.csv`` (mean, CI and cost per method), ``paired.csv`` (per run),
+``pooled.csv`` (across runs), ``dense.csv`` (F1/SHD/AUPRC after 0, 1, 5, 10 interventions),
+``eval.md`` (the printed tables) and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Sequence
+
+from jobs._cli import comma_list, lookahead_draws, positive_int
+
+# Never used in development (base seeds there: 0 to about 1,000,100 and from 1,000,003 on);
+# below 2^31, so it survives any signed 32-bit handling of a seed.
+EVAL_BASE_SEED = 2_000_000_000
+EVAL_SCMS = ("easy", "medium", "hard", "er10", "er15", "sf10", "sf15", "dense10")
+REFERENCES = ("random_active", "observational", "uncertainty_active", "plugin_active")
+UNTRAINED, TRAINED = "untrained_policy", "trained_policy"
+PROTOCOL_POLICY = "protocol_policy"   # trained on the dense protocol's own Phase-1 family
+AUC_STEPS = 10
+DENSE_STEPS = (0, 1, 5, 10)
+ALPHA = 0.05
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("eval", help="frozen evaluation: trained policy vs every reference, paired")
+    e.add_argument("--grpo-checkpoint", nargs="+", required=True, metavar="RUN",
+                   help="Phase-1 output directories (each with step_0/ and final/); one per "
+                        "training run")
+    e.add_argument("--output-dir", required=True)
+    e.add_argument("--protocol-checkpoint", default=None, metavar="RUN",
+                   help="a Phase-1 run trained on the dense family itself: its final/ policy "
+                        "joins the tables of the dense<d> SCMs (not the paired claims)")
+    e.add_argument("--scms", type=comma_list, default=list(EVAL_SCMS))
+    e.add_argument("--seeds", type=positive_int("--seeds"), default=50)
+    e.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=EVAL_BASE_SEED,
+                   help="override only for validation runs (default: the evaluation's seeds)")
+    e.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=AUC_STEPS)
+    e.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",
+                   help="acting draws of the policies and of plugin_active (auto: as Phase 2)")
+    e.add_argument("--batch-size", type=positive_int("--batch-size"), default=25)
+    e.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,
+                   help="0 = in-process without Ray; N = N Ray actors")
+    e.add_argument("--address", default=None)
+    e.add_argument("--gpus-per-worker", type=float, default=0.0)
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def acting_cost(d: int, lookahead: bool, draws: int) -> int:
+    """Posterior updates per decision beyond the learner's own (see module docstring)."""
+    return 1 + 2 * (d - 1) * draws if lookahead else 0
+
+
+def _policies(runs: Sequence[str], protocol_run: str | None,
+              draws) -> list[tuple[int, str, object]]:
+    """(run index, label, policy handle): the untrained and trained policy of every run, and
+    the protocol run's trained policy (run -1, as the references: not a run of the claims)."""
+    from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+    from causal_grpo.errors import UserError
+
+    wanted = [(r, run, label, sub) for r, run in enumerate(runs)
+              for label, sub in ((UNTRAINED, "step_0"), (TRAINED, "final"))]
+    if protocol_run is not None:
+        wanted.append((-1, protocol_run, PROTOCOL_POLICY, "final"))
+    out = []
+    for r, run, label, sub in wanted:
+        path = os.path.join(run, sub)
+        if not os.path.isdir(path):
+            raise UserError(f"{run} has no {sub}/ (a Phase-1 run directory holds step_0/ "
+                            "and final/)")
+        out.append((r, label, policy_handle(load_grpo_policy(path), lookahead_draws=draws)))
+    return out
+
+
+def _groups(sources: dict, n_interventions: int, draws) -> list[tuple[object, dict]]:
+    """SCMs grouped by their episode (family protocols differ): [(EpisodeConfig, sources)]."""
+    from causal_grpo.surrogate import SurrogateConfig
+    from jobs.two_phase_training import episode_config
+
+    groups: dict = {}
+    for name, src in sources.items():
+        ep = episode_config({name: src}, None, n_interventions, SurrogateConfig(), draws)
+        groups.setdefault(ep, {})[name] = src
+    return list(groups.items())
+
+
+def run_cells(args, sources: dict, policies: list) -> tuple[list, dict]:
+    """Every sweep of the evaluation through the cell cache: ([(scm, method, run, arrays)],
+    {(scm, method, run): updates per decision})."""
+    from causal_grpo.active_learning import Method
+    from causal_grpo.policy import resolve_lookahead_draws
+    from causal_grpo.sweep import SweepConfig
+    from cluster.run_sweep import run_sweep
+
+    cells, cost = [], {}
+    for episode, group in _groups(sources, args.n_interventions, args.lookahead_draws):
+        sweeps = [(tuple(Method(m) for m in REFERENCES), None, -1, None, tuple(group))]
+        dense = tuple(n for n, s in group.items() if getattr(s, "protocol", None) is not None)
+        sweeps += [((Method.GRPO_ACTIVE,), p, r, label, dense if label == PROTOCOL_POLICY
+                    else tuple(group)) for r, label, p in policies]
+        for methods, policy, run, label, scms in sweeps:
+            if not scms:
+                continue
+            cfg = SweepConfig(scms=scms, methods=methods, seeds=args.seeds,
+                              episode=episode, base_seed=args.base_seed,
+                              batch_size=min(args.batch_size, args.seeds))
+            done = run_sweep(cfg, {n: group[n] for n in scms}, policy, args.output_dir,
+                             num_workers=args.num_workers, address=args.address,
+                             gpus_per_worker=args.gpus_per_worker, progress=not args.quiet)
+            for b in sorted(done, key=lambda b: (cfg.scms.index(b.scm),
+                                                 cfg.methods.index(b.method), b.seeds[0])):
+                cells.append((b.scm, label or b.method.value, run, done[b]))
+        for name, src in group.items():
+            k = resolve_lookahead_draws(episode.lookahead_draws, getattr(src, "padded", src.d))
+            for m in REFERENCES:
+                cost[name, m, -1] = acting_cost(src.d, m == "plugin_active", k)
+            for r, label, p in policies:
+                cost[name, label, r] = acting_cost(src.d, p.config.lookahead, k)
+    return cells, cost
+
+
+def tidy_steps(cells: list, sources: dict):
+    """One row per (scm, method, run, seed, step) with every per-step metric."""
+    import pandas as pd
+
+    from causal_grpo.results import steps_frame
+    from causal_grpo.scm import SCMSpec
+
+    names = {n: (s.variables if isinstance(s, SCMSpec) else ()) for n, s in sources.items()}
+    frames = []
+    for run in sorted({c[2] for c in cells}):
+        part = steps_frame(((s, m, a) for s, m, r, a in cells if r == run), names)
+        frames.append(part.assign(run=run))
+    steps = pd.concat(frames, ignore_index=True)
+    cols = ["scm", "method", "run", "seed", "step"]
+    return steps[cols + [c for c in steps.columns if c not in cols]]
+
+
+def per_seed_auc(cells: list, last: int):
+    """F1-AUC over steps 1..last per (scm, method, run, seed)."""
+    import numpy as np
+    import pandas as pd
+
+    from causal_grpo.results import f1_auc
+
+    rows = [pd.DataFrame({"scm": s, "method": m, "run": r, "seed": a["seed"],
+                          "f1_auc": f1_auc(a["f1"], last)}) for s, m, r, a in cells]
+    out = pd.concat(rows, ignore_index=True)
+    out["seed"] = out["seed"].astype(np.int64)
+    return out
+
+
+def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
+    """Trained policy of each run minus each reference, per SCM, with Holm across SCMs
+    (per run and reference), beside both sides' updates per decision; and the same pooled
+    across runs."""
+    import numpy as np
+    import pandas as pd
+
+    from causal_grpo.results import holm, mean_ci, paired_p
+
+    def series(scm, method, run):
+        sel = auc[(auc["scm"] == scm) & (auc["method"] == method) & (auc["run"] == run)]
+        return sel.set_index("seed")["f1_auc"]
+
+    rows = []
+    for run in range(runs):
+        for ref in REFERENCES + (UNTRAINED,):
+            block = []
+            for scm in scms:
+                mine = series(scm, TRAINED, run)
+                theirs = series(scm, ref, run if ref == UNTRAINED else -1)
+                common = mine.index.intersection(theirs.index)
+                diff = (mine.loc[common] - theirs.loc[common]).to_numpy(float)
+                m, ci = mean_ci(diff)
+                block.append({"run": run, "reference": ref, "scm": scm, "n_pairs": len(common),
+                              "trained": float(mine.loc[common].mean()),
+                              "reference_f1_auc": float(theirs.loc[common].mean()),
+                              "diff": m, "diff_ci95": ci,
+                              "win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0))),
+                              "p": paired_p(diff),
+                              "trained_updates": cost[scm, TRAINED, run],
+                              "reference_updates": cost[scm, ref, run if ref == UNTRAINED else -1]})
+            for row, ph in zip(block, holm([b["p"] for b in block])):
+                row["p_holm"] = float(ph)
+                row["holds"] = bool(ph < ALPHA)
+            rows += block
+    paired = pd.DataFrame(rows)
+    pooled = (paired.groupby(["scm", "reference"], sort=False)
+              .agg(runs=("run", "nunique"), diff_mean=("diff", "mean"),
+                   diff_min=("diff", "min"), diff_max=("diff", "max"),
+                   diff_sd_runs=("diff", "std"), p_holm_max=("p_holm", "max"),
+                   holds_every_run=("holds", "all"),
+                   trained_updates=("trained_updates", "max"),
+                   reference_updates=("reference_updates", "max"))
+              .reset_index())
+    return paired, pooled
+
+
+def method_table(auc, cost: dict):
+    """Per (scm, method, run): seeds, F1-AUC mean and CI, updates per decision."""
+    import pandas as pd
+
+    from causal_grpo.results import mean_ci
+
+    rows = []
+    for (scm, method, run), g in auc.groupby(["scm", "method", "run"], sort=False):
+        m, ci = mean_ci(g["f1_auc"].to_numpy())
+        rows.append({"scm": scm, "method": method, "run": run, "n_seeds": len(g),
+                     "f1_auc_mean": m, "f1_auc_ci95": ci,
+                     "updates_per_decision": cost[scm, method, run]})
+    return pd.DataFrame(rows)
+
+
+def dense_table(steps, scms: Sequence[str]):
+    """F1, SHD, AUPRC (mean and CI over seeds) after 0, 1, 5, 10 interventions per method."""
+    import pandas as pd
+
+    from causal_grpo.results import mean_ci
+
+    sel = steps[steps["scm"].isin(scms) & steps["step"].isin(DENSE_STEPS)]
+    rows = []
+    for (scm, method, run, step), g in sel.groupby(["scm", "method", "run", "step"], sort=False):
+        row = {"scm": scm, "method": method, "run": run, "step": step, "n_seeds": len(g)}
+        for col in ("f1", "shd", "auprc"):
+            row[f"{col}_mean"], row[f"{col}_ci95"] = mean_ci(g[col].to_numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _label(method: str, run: int) -> str:
+    return method if run < 0 else f"{method} (run {run})"
+
+
+def _p(x: float) -> str:
+    return "—" if x != x else f"{x:.3g}"
+
+
+def markdown(methods, paired, pooled, dense, last: int) -> str:
+    lines = [f"## F1-AUC over steps 1–{last} and acting cost\n",
+             f"| scm | method | seeds | F1-AUC 1–{last} | updates / decision |",
+             "|---|---|---:|---:|---:|"]
+    for _, r in methods.iterrows():
+        lines.append(f"| {r['scm']} | {_label(r['method'], r['run'])} | {r['n_seeds']} | "
+                     f"{r['f1_auc_mean']:.3f} ± {r['f1_auc_ci95']:.3f} | {r['updates_per_decision']} |")
+    lines += ["", f"## Trained policy minus each reference, across runs (holds: Holm p < {ALPHA} "
+                  "in every run)\n",
+              "| scm | reference | runs | Δ mean | Δ min … max | max Holm p | holds "
+              "| updates / decision: trained, reference |",
+              "|---|---|---:|---:|---:|---:|---|---:|"]
+    for _, r in pooled.iterrows():
+        lines.append(f"| {r['scm']} | {r['reference']} | {r['runs']} | {r['diff_mean']:+.3f} | "
+                     f"{r['diff_min']:+.3f} … {r['diff_max']:+.3f} | {_p(r['p_holm_max'])} | "
+                     f"{'yes' if r['holds_every_run'] else 'no'} | "
+                     f"{r['trained_updates']}, {r['reference_updates']} |")
+    lines += ["", "## Per run\n",
+              "| run | scm | reference | pairs | Δ F1-AUC | win rate | p (one-sided) | Holm p |",
+              "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for _, r in paired.iterrows():
+        lines.append(f"| {r['run']} | {r['scm']} | {r['reference']} | {r['n_pairs']} | "
+                     f"{r['diff']:+.3f} ± {r['diff_ci95']:.3f} | {r['win_rate']:.2f} | "
+                     f"{_p(r['p'])} | {_p(r['p_holm'])} |")
+    if not dense.empty:
+        lines += ["", "## Dense protocol: after 0, 1, 5 and 10 interventions (SHD: reversal = 1)\n",
+                  "| scm | method | step | F1 | SHD | AUPRC |", "|---|---|---:|---:|---:|---:|"]
+        for _, r in dense.iterrows():
+            lines.append(f"| {r['scm']} | {_label(r['method'], r['run'])} | {r['step']} | "
+                         f"{r['f1_mean']:.3f} ± {r['f1_ci95']:.3f} | "
+                         f"{r['shd_mean']:.2f} ± {r['shd_ci95']:.2f} | "
+                         f"{r['auprc_mean']:.3f} ± {r['auprc_ci95']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_eval(args):
+    """Run (or resume) the evaluation, write its tables to ``--output-dir`` and print them."""
+    from causal_grpo import io
+    from causal_grpo.errors import UserError
+    from causal_grpo.scm_families import GraphKind, resolve_scm
+
+    t0 = time.time()
+    if len(set(args.scms)) != len(args.scms):
+        raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
+    sources = {name: resolve_scm(name) for name in args.scms}
+    policies = _policies(args.grpo_checkpoint, args.protocol_checkpoint, args.lookahead_draws)
+    io.ensure_writable_dir(args.output_dir)
+    cells, cost = run_cells(args, sources, policies)
+    last = min(AUC_STEPS, args.n_interventions)
+    steps = tidy_steps(cells, sources)
+    auc = per_seed_auc(cells, last)
+    methods = method_table(auc, cost)
+    paired, pooled = paired_tables(auc, list(sources), len(args.grpo_checkpoint), cost)
+    dense_scms = [n for n, s in sources.items() if getattr(s, "kind", None) is GraphKind.DENSE]
+    dense = dense_table(steps, dense_scms)
+    table = markdown(methods, paired, pooled, dense, last)
+
+    out = args.output_dir
+    for name, df in (("steps", steps), ("per_seed", auc), ("methods", methods),
+                     ("paired", paired), ("pooled", pooled), ("dense", dense)):
+        io.write_atomic(os.path.join(out, f"{name}.csv"), lambda p, df=df: df.to_csv(p, index=False))
+    io.write_text(os.path.join(out, "eval.md"), table)
+    io.write_json(os.path.join(out, "config.json"), {
+        "argv": sys.argv[1:], "scms": list(sources), "seeds": args.seeds,
+        "base_seed": args.base_seed, "n_interventions": args.n_interventions,
+        "lookahead_draws": args.lookahead_draws, "runs": list(args.grpo_checkpoint),
+        "protocol_run": args.protocol_checkpoint,
+        "policy_digests": [[r, label, p.digest] for r, label, p in policies],
+        "references": list(REFERENCES), "alpha": ALPHA})
+    print(table)
+    print(f"eval: {time.time() - t0:.0f} s; written to {os.path.abspath(out)}", flush=True)
+    return pooled

@@ -1,0 +1,153 @@
+"""``jobs.benchmark eval`` end to end on a tiny configuration: every method on the same cells,
+p-values equal to scipy's on the same numbers, Holm by hand, the dense table, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from causal_grpo.checkpoint import save_checkpoint
+from causal_grpo.networks import PolicyConfig
+from causal_grpo.phase1 import Phase1Config, init_params
+from jobs import bench_eval, benchmark
+
+SCMS = "easy,dense5"
+ARGS = ["--scms", SCMS, "--seeds", "3", "--base-seed", "5000", "--n-interventions", "3",
+        "--batch-size", "3", "--quiet"]
+METHODS = set(bench_eval.REFERENCES) | {bench_eval.UNTRAINED, bench_eval.TRAINED}
+
+
+def _run_dir(root, seed_untrained: int, seed_trained: int) -> str:
+    """A Phase-1 run directory with freshly initialised weights as step_0 and final."""
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2)
+    for sub, seed in (("step_0", seed_untrained), ("final", seed_trained)):
+        save_checkpoint(os.path.join(root, sub), init_params(Phase1Config(policy=cfg, seed=seed)),
+                        cfg, training={}, metrics={})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    runs = [_run_dir(tmp_path_factory.mktemp("run0"), 0, 1),
+            _run_dir(tmp_path_factory.mktemp("run1"), 2, 3)]
+    out = tmp_path_factory.mktemp("eval")
+    argv = ["eval", "--grpo-checkpoint", *runs, "--protocol-checkpoint", runs[1],
+            "--output-dir", str(out)] + ARGS
+    return argv, out
+
+
+@pytest.mark.slow
+def test_eval_end_to_end(evaluated, capsys):
+    argv, out = evaluated
+    assert benchmark.main(argv) == 0
+    printed = capsys.readouterr().out
+    for name in ("steps", "per_seed", "methods", "paired", "pooled", "dense"):
+        assert os.path.exists(out / f"{name}.csv")
+    steps = pd.read_csv(out / "steps.csv")
+    auc = pd.read_csv(out / "per_seed.csv")
+    paired = pd.read_csv(out / "paired.csv")
+
+    # Every method on every SCM and seed; policies once per run, references once.
+    assert set(steps["method"]) == METHODS | {"protocol_policy"}
+    assert set(steps["scm"]) == {"easy", "dense5"}
+    # The protocol run's policy acts on the dense SCM only, and is the same program with the
+    # weights of run 1's trained policy there.
+    proto = steps[steps.method == "protocol_policy"]
+    assert set(proto["scm"]) == {"dense5"} and set(proto["run"]) == {-1}
+    same = steps[(steps.method == "trained_policy") & (steps.run == 1) & (steps.scm == "dense5")]
+    np.testing.assert_array_equal(proto["variable"].to_numpy(), same["variable"].to_numpy())
+    assert set(steps["step"]) == {0, 1, 2, 3}
+    counts = steps[steps.step == 0].groupby(["scm", "method"])["run"].nunique()
+    assert all(counts[(s, m)] == (2 if m in ("untrained_policy", "trained_policy") else 1)
+               for s, m in counts.index)
+    assert steps["auprc"].between(0, 1).all() and (steps["shd"] >= 0).all()
+    # Paired: the same world for every method of a cell (step 0 precedes any choice).
+    first = steps[steps.step == 0].groupby(["scm", "seed"])[["f1", "shd", "auprc"]].nunique()
+    assert (first == 1).all().all()
+    # The dense protocol's defaults reached its cells: values in [-1, 1], easy's in [-2, 2].
+    acted = steps[steps.variable >= 0]
+    assert acted[acted.scm == "dense5"]["value"].abs().max() <= 1.0
+    assert acted[acted.scm == "easy"]["value"].abs().max() > 1.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["base_seed"] == 5000 != bench_eval.EVAL_BASE_SEED
+
+    # F1-AUC per seed is the mean F1 over steps 1..3.
+    want = steps[steps.step >= 1].groupby(["scm", "method", "run", "seed"])["f1"].mean()
+    got = auc.set_index(["scm", "method", "run", "seed"])["f1_auc"]
+    np.testing.assert_allclose(got.sort_index(), want.sort_index(), rtol=1e-6)
+
+    # p-values: scipy's one-sided paired t-test on the same numbers; Holm over the 2 SCMs.
+    assert len(paired) == 2 * 5 * 2            # runs x references x SCMs
+    tested = []
+    for (run, ref), block in paired.groupby(["run", "reference"]):
+        ps = []
+        for _, row in block.iterrows():
+            a = auc[(auc.scm == row.scm) & (auc.method == "trained_policy") & (auc.run == run)]
+            b = auc[(auc.scm == row.scm) & (auc.method == ref) &
+                    (auc.run == (run if ref == "untrained_policy" else -1))]
+            diff = a.set_index("seed")["f1_auc"] - b.set_index("seed")["f1_auc"]
+            assert row["diff"] == pytest.approx(diff.mean())
+            p = (stats.ttest_1samp(diff.to_numpy(), 0.0, alternative="greater").pvalue
+                 if diff.std() > 0 else float("nan"))
+            assert row.p == pytest.approx(p, nan_ok=True)
+            ps.append(p)
+            if not np.isnan(p):
+                assert re.search(rf"\| {run} \| {row.scm} \| {ref} \| 3 \| .* \| {p:.3g} \|",
+                                 printed), (run, row.scm, ref, p)
+        tested += [p for p in ps if not np.isnan(p)]
+        ok = sorted(p for p in ps if not np.isnan(p))
+        # Holm by hand for m <= 2: the smaller p times m, the larger at least that.
+        holm = {ok[0]: min(1.0, len(ok) * ok[0])} if ok else {}
+        if len(ok) == 2:
+            holm[ok[1]] = max(holm[ok[0]], ok[1])
+        for p, adj in zip(ps, block["p_holm"]):
+            assert (np.isnan(adj) if np.isnan(p) else adj == pytest.approx(holm[p]))
+    assert len(tested) >= 10                   # most comparisons have a defined p-value
+
+    # Pooled: a claim holds only if it holds in every run.
+    pooled = pd.read_csv(out / "pooled.csv")
+    for _, row in pooled.iterrows():
+        sel = paired[(paired.scm == row.scm) & (paired.reference == row.reference)]
+        assert row.runs == 2 and row.diff_mean == pytest.approx(sel["diff"].mean())
+        assert row.holds_every_run == bool(sel["holds"].all())
+
+    # Acting cost: 1 refit + 2 (d - 1) K updates with K = 8 at d = 5; none for the rest.
+    methods = pd.read_csv(out / "methods.csv")
+    cost = methods.groupby("method")["updates_per_decision"].unique()
+    assert cost["plugin_active"].tolist() == [1 + 2 * 4 * 8] == cost["trained_policy"].tolist()
+    assert cost["random_active"].tolist() == [0] == cost["uncertainty_active"].tolist()
+    plug = pooled[pooled.reference == "plugin_active"]
+    assert (plug["trained_updates"] == 65).all() and (plug["reference_updates"] == 65).all()
+    assert (pooled[pooled.reference == "observational"]["reference_updates"] == 0).all()
+
+    # Dense table: steps 0 and 1 (5 and 10 lie beyond 3 interventions) for every method.
+    dense = pd.read_csv(out / "dense.csv")
+    assert set(dense["scm"]) == {"dense5"} and set(dense["step"]) == {0, 1}
+    assert set(dense["method"]) == METHODS | {"protocol_policy"}
+    assert "Dense protocol" in printed
+
+    # Resuming: a rerun reads every cell from the cache and prints the same tables.
+    stamp = {p: os.path.getmtime(p) for p in (out / "cells").rglob("*.npz")}
+    assert benchmark.main(argv) == 0
+    again = capsys.readouterr().out
+    assert {p: os.path.getmtime(p) for p in (out / "cells").rglob("*.npz")} == stamp
+    assert again.split("eval:")[0] == printed.split("eval:")[0]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "paired.csv"), paired)
+
+
+def test_eval_refuses_a_run_without_step_0(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2)
+    save_checkpoint(str(run / "final"), init_params(Phase1Config(policy=cfg)), cfg, {}, {})
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["eval", "--grpo-checkpoint", str(run), "--output-dir",
+                        str(tmp_path / "out")] + ARGS)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step_0" in err[0]

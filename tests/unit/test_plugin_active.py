@@ -1,0 +1,42 @@
+"""``plugin_active``: the sweep's greedy plug-in chooser acts at the policy's acting draws."""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from causal_grpo import active_learning as AL
+from causal_grpo.policy import auto_lookahead_draws
+from causal_grpo.scm import stack_scms
+from causal_grpo.scm_families import resolve_scm
+from causal_grpo.sweep import Batch, SweepConfig, cell_scm_and_key, run_batch
+
+
+def test_plugin_active_is_the_plugin_chooser_at_auto_draws():
+    """Through the sweep, ``plugin_active`` with draws "auto" makes the choices of
+    make_plugin_gain_selector with auto_lookahead_draws(d) draws (8 at d = 5) on the same
+    cells, and records the same metrics."""
+    episode = AL.EpisodeConfig(n_observational=20, n_interventions=3, lookahead_draws="auto")
+    cfg = SweepConfig(scms=("easy",), methods=(AL.Method.PLUGIN,), seeds=2, episode=episode,
+                      base_seed=5000, batch_size=2)
+    got = run_batch(Batch("easy", AL.Method.PLUGIN, (0, 1)), cfg)
+
+    src = resolve_scm("easy")
+    pairs = [cell_scm_and_key(src, 5000, s) for s in (0, 1)]
+    scms, keys = stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+    assert auto_lookahead_draws(5) == 8
+    chooser = functools.partial(AL.make_plugin_gain_selector, n_draws=8)
+    want = AL.make_reference_runner(episode, 5, chooser)(keys, scms).record
+    np.testing.assert_array_equal(got["variable"], np.asarray(want.variable))
+    np.testing.assert_allclose(got["value"], np.asarray(want.value))
+    np.testing.assert_allclose(got["f1"], np.asarray(want.f1))
+    np.testing.assert_allclose(got["auprc"], np.asarray(want.auprc), rtol=1e-6)
+    assert np.all(got["variable"][:, 1:] >= 0) and np.all(got["variable"][:, 1:] != src.target)
+    assert set(np.unique(got["value"][:, 1:])) <= {-2.0, 2.0}
+
+
+def test_method_ids_and_auprc_in_the_record():
+    assert AL.method_id(AL.Method.PLUGIN) == 0 and not AL.Method.PLUGIN.needs_policy
+    assert "auprc" in AL.StepRecord._fields
