@@ -29,14 +29,17 @@ from typing import Any, Callable, Iterator, Sequence
 
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
-                            ObjectLostError, OwnerDiedError, RayActorError, WorkerCrashedError)
+                            ObjectLostError, OutOfMemoryError, OwnerDiedError, RayActorError,
+                            WorkerCrashedError)
 
 from causal_grpo.errors import RunFailure
 
 log = logging.getLogger(__name__)
 
+# Ray's memory monitor kills a worker when the node runs out of memory: a lost worker too (and
+# a batch that needs more memory than a node has stops the run after max_attempts).
 SYSTEM_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError,
-                   ObjectLostError, OwnerDiedError, GetTimeoutError)
+                   ObjectLostError, OwnerDiedError, GetTimeoutError, OutOfMemoryError)
 
 
 class PoolFailure(RunFailure):
@@ -115,15 +118,13 @@ class FaultTolerantPool:
         queue = collections.deque(range(len(items)))
         attempts = collections.Counter()
         inflight: dict[Any, tuple[int, int]] = {}     # result ref -> (item, actor)
-        beats: dict[Any, int] = {}                    # heartbeat ref -> actor
-        answered: dict[int, float] = {}               # busy actor -> its last sign of life
-        sent: dict[int, float] = {}                   # busy actor -> its last heartbeat sent
+        beats: dict[int, Any] = {}                    # busy actor -> its unanswered heartbeat
+        sent: dict[int, float] = {}                   # busy actor -> when that one was sent
 
         def finish(ref: Any) -> tuple[int, int]:
             k, i = inflight.pop(ref)
-            for b in [b for b, j in beats.items() if j == i]:
-                del beats[b]
-            del answered[i], sent[i]
+            beats.pop(i, None)
+            del sent[i]
             return k, i
 
         def lost(ref: Any, reason: str) -> None:
@@ -141,9 +142,12 @@ class FaultTolerantPool:
                 i = self.idle.popleft()
                 k = queue.popleft()
                 inflight[submit(self.actors[i], items[k])] = (k, i)
-                answered[i] = sent[i] = time.time()
-            ready, _ = ray.wait(list(inflight) + list(self.pings) + list(beats),
-                                num_returns=1, timeout=min(1.0, self.heartbeat_interval))
+                sent[i] = time.time()
+            refs = list(inflight) + list(self.pings) + list(beats.values())
+            ready, _ = ray.wait(refs, num_returns=1, timeout=min(1.0, self.heartbeat_interval))
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            answers = {ref: i for i, ref in beats.items()}
             for ref in ready:
                 if ref in self.pings:
                     i = self.pings.pop(ref)
@@ -154,13 +158,8 @@ class FaultTolerantPool:
                         continue
                     self.idle.append(i)
                     self.last_start = time.time()
-                elif ref in beats:
-                    i = beats.pop(ref)
-                    try:
-                        ray.get(ref, timeout=60)
-                        answered[i] = time.time()
-                    except SYSTEM_FAILURES:
-                        pass      # the actor is gone: its result ref reports it, below
+                elif ref in answers:      # (a dead actor's result ref says so, below)
+                    beats.pop(answers[ref], None)
                 elif ref in inflight:
                     k, i = inflight[ref]
                     try:
@@ -174,11 +173,13 @@ class FaultTolerantPool:
                     yield k, result
             now = time.time()
             for ref, (k, i) in list(inflight.items()):
-                if now - answered[i] > self.no_progress_timeout:
-                    lost(ref, f"no heartbeat for {now - answered[i]:.0f}s")
-                elif now - sent[i] >= self.heartbeat_interval and i not in beats.values():
-                    beats[self.actors[i].pid.remote()] = i
-                    sent[i] = now
+                if i not in beats:
+                    if now - sent[i] >= self.heartbeat_interval:
+                        beats[i], sent[i] = self.actors[i].pid.remote(), now
+                # Answered while we were away (yielding to the caller) is answered.
+                elif (now - sent[i] > self.no_progress_timeout
+                      and not ray.wait([beats[i]], timeout=0)[0]):
+                    lost(ref, f"no heartbeat answer for {now - sent[i]:.0f}s")
             if not inflight and not self.idle and now - self.last_start > self.start_timeout:
                 raise PoolFailure(f"no worker could be started for {self.start_timeout:.0f}s "
                                   "(does the cluster have free CPUs/GPUs?)")
