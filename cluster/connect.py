@@ -1,13 +1,14 @@
 """Connecting to Ray: one helper used by every job.
 
 * ``--address`` given, or ``RAY_ADDRESS`` set (as inside ``ray job submit``): attach to that
-  cluster, after a quick TCP reachability check (Ray itself retries for a minute or more).
+  cluster, after a quick check that a Ray head answers there (Ray itself retries for minutes).
 * otherwise: start a local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
   longer exists in Ray 2.60).
 
 CPU-only workers and the driver run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x,
 ``num_gpus=0`` no longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a
-JAX memory fraction matching their share, so several can share one card.
+JAX memory fraction matching their share, so several can share one card. What actors print
+reaches the driver's output (Ray's log monitor, ``log_to_driver``), and so a job's log.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
         "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
         "TQDM_DISABLE": "1"}
-    # Whatever an actor prints reaches its log file (and Ray's log monitor) line by line.
-    env["PYTHONUNBUFFERED"] = "1"
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     return env
@@ -96,13 +95,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+            ray.init(address=address, logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              logging_level=logging.WARNING)
     return True
 

@@ -156,3 +156,43 @@ def test_ray_cluster_yaml_passes_rays_validator():
                   head_node_type="nonexistent")
     with pytest.raises(Exception):
         validate_config(prepare_config(broken))
+
+
+TALKER = """
+import sys, time
+sys.stdout.reconfigure(line_buffering=True)
+import ray
+from cluster.connect import connect, worker_env
+from cluster.pool import Worker, worker_actor
+
+@worker_actor
+class Talker(Worker):
+    def talk(self):
+        print("hello from the actor")
+        time.sleep(60)
+
+connect(num_cpus=1)
+ref = Talker.options(runtime_env={"env_vars": worker_env(0)}).remote().talk.remote()
+print("driver waiting")
+ray.get(ref)
+"""
+
+
+def test_an_actors_print_reaches_the_drivers_output_as_it_happens():
+    env = dict(ENV, PYTHONPATH=ROOT)
+    env.pop("PYTHONUNBUFFERED")          # Ray's workers flush their lines themselves
+    proc = subprocess.Popen([sys.executable, "-c", TALKER], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        seen = {}
+        for line in proc.stdout:
+            for what in ("driver waiting", "hello from the actor"):
+                if what in line:
+                    seen[what] = time.time()
+            if len(seen) == 2:
+                break
+        assert seen["hello from the actor"] - seen["driver waiting"] < 40, seen
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
