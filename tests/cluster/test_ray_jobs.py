@@ -121,11 +121,11 @@ def test_bad_cluster_input_fails_fast_with_one_line(ray_head, tmp_path):
     with socket.socket() as other:        # something that listens but is not Ray
         other.bind(("127.0.0.1", 0))
         other.listen()
-        for address in (f"127.0.0.1:{other.getsockname()[1]}",
+        for not_ray in (f"127.0.0.1:{other.getsockname()[1]}",
                         f"ray://127.0.0.1:{other.getsockname()[1]}"):
             t0 = time.time()
             r = py("jobs.two_phase_training", "--scm-type", "easy", "--seeds", "2",
-                   "--num-workers", "1", "--address", address, "--output-dir", str(tmp_path / "c"))
+                   "--num-workers", "1", "--address", not_ray, "--output-dir", str(tmp_path / "c"))
             assert r.returncode == 2 and "does not answer as a Ray" in r.stderr, r.stderr
             assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
     for bad in ("nan", "inf", "-1"):
