@@ -45,7 +45,9 @@ def enable_compilation_cache() -> str | None:
                 # JAX's default skips programs that compile in under a second: much of our
                 # start-up is many such programs besides the few large ones.
                 "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
+                "jax_persistent_cache_min_entry_size_bytes": 0,
+                # Least recently used entries go beyond this (JAX's default: no limit).
+                "jax_compilation_cache_max_size": 2 << 30}
     # JAX reads these variables when it is imported: the CLIs stay fast (no jax import before
     # their flags are checked), and child processes inherit the setting.
     os.environ.update({name.upper(): str(value) for name, value in settings.items()})
