@@ -1,18 +1,20 @@
 """Connecting to Ray: one helper used by every job.
 
 * ``--address`` given, or ``RAY_ADDRESS`` set (as inside ``ray job submit``): attach to that
-  cluster, after a quick TCP reachability check (Ray itself retries for a minute or more).
+  cluster, after a quick check that a Ray head answers there (Ray itself retries for minutes).
 * otherwise: start a local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
   longer exists in Ray 2.60).
 
 CPU-only workers and the driver run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x,
 ``num_gpus=0`` no longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a
-JAX memory fraction matching their share, so several can share one card.
+JAX memory fraction matching their share, so several can share one card. What actors print
+reaches the driver's output (Ray's log monitor, ``log_to_driver``), and so a job's log.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from urllib.parse import urlparse
@@ -27,16 +29,23 @@ CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0",
 
 def worker_env(gpus_per_worker: float) -> dict[str, str]:
     """Environment variables of a worker actor."""
-    if gpus_per_worker <= 0:
-        return dict(CPU_ENV)
-    return {"RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
-            "TQDM_DISABLE": "1"}
+    from causal_grpo.jaxcache import ENV_VAR
+    env = dict(CPU_ENV) if gpus_per_worker <= 0 else {
+        "RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
+        "TQDM_DISABLE": "1"}
+    if ENV_VAR in os.environ:   # else each machine's own per-user default
+        env[ENV_VAR] = os.environ[ENV_VAR]
+    return env
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """One line, quickly, when ``address`` is not a Ray cluster: Ray itself retries for minutes
+    and logs a warning every few seconds (a closed port, a host that does not answer, a port
+    where something else listens)."""
     if address in ("auto", "local"):
         return
+    client = address.startswith("ray://")
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     host, port = parsed.hostname, parsed.port
     if host is None or port is None:
@@ -46,6 +55,28 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             pass
     except OSError as e:
         raise UserError(f"cannot reach the Ray cluster at {address} ({e.strerror or e})") from None
+    # Something listens: ask it what a Ray head (GCS, or the Ray Client server for ray://)
+    # answers, over a channel of our own that logs nothing.
+    import grpc
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import (gcs_service_pb2, gcs_service_pb2_grpc, ray_client_pb2,
+                                    ray_client_pb2_grpc)
+
+    with init_grpc_channel(f"{host}:{port}") as channel:
+        try:
+            if client:
+                ray_client_pb2_grpc.RayletDriverStub(channel).ClusterInfo(
+                    ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
+                    timeout=timeout)
+            else:
+                gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                    gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAUTHENTICATED,
+                                grpc.StatusCode.PERMISSION_DENIED):
+                what = "Ray Client server" if client else "Ray cluster (GCS)"
+                raise UserError(f"{address} does not answer as a {what} "
+                                f"({e.code().name.lower()})") from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -64,15 +95,21 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+            ray.init(address=address, logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              logging_level=logging.WARNING)
     return True
+
+
+def check_gpus_per_worker(gpus_per_worker: float) -> None:
+    """Before Ray starts: a GPU share must be a finite number >= 0."""
+    if not (0 <= gpus_per_worker < math.inf):
+        raise UserError(f"--gpus-per-worker must be a finite number >= 0, got {gpus_per_worker}")
 
 
 def check_resources(gpus_per_worker: float, num_workers: int) -> None:

@@ -8,14 +8,15 @@ import numpy as np
 import ray
 
 from causal_grpo.phase1 import Phase1Config, concat_batches, make_collect, merge_stats
-from cluster.pool import ActorGroup
+from cluster.pool import ActorGroup, Worker, worker_actor
 
 
-@ray.remote(max_restarts=0)
-class RolloutWorker:
+@worker_actor
+class RolloutWorker(Worker):
     """Runs a shard of an iteration's episodes (vmapped in one call) with given parameters."""
 
     def __init__(self, cfg: Phase1Config):
+        super().__init__()
         self.cfg = cfg
         self.collectors = {}
 
@@ -24,10 +25,6 @@ class RolloutWorker:
             self.collectors[stage_index] = make_collect(self.cfg, self.cfg.curriculum[stage_index])
         batch, stats = self.collectors[stage_index](params, jnp.asarray(keys))
         return jax.device_get(batch), {k: float(v) for k, v in stats.items()}
-
-    def pid(self) -> int:
-        import os
-        return os.getpid()
 
 
 class RolloutPool(ActorGroup):
@@ -44,7 +41,7 @@ class RolloutPool(ActorGroup):
         shards = [s for s in np.array_split(np.asarray(keys), len(self.pool.actors)) if len(s)]
         out = dict(self.pool.map_unordered(
             lambda a, shard: a.collect.remote(stage_index, params_ref, shard), shards,
-            program=lambda shard: stage_index))
+            describe=lambda shard: f"Phase-1 stage {stage_index} rollouts ({len(shard)} episodes)"))
         parts = [out[i] for i in range(len(shards))]     # episode order, whatever finished first
         batch = jax.tree.map(jnp.asarray, concat_batches([p[0] for p in parts]))
         stats = merge_stats([p[1] for p in parts], [len(s) for s in shards])

@@ -1,14 +1,19 @@
 """A fault-tolerant pool of Ray actors: our own ``ray.wait`` loop.
 
 Ray's ``ActorPool`` drops dead actors without resubmitting their work. Here each work item is
-tracked until its result arrives:
+tracked until its result arrives, and an actor is replaced only when it is dead or has stopped
+answering, never because its work takes long (a d = 15 batch on a busy machine can take any
+time):
 
-* when an actor (or its node) dies, its in-flight item goes back to the queue and the actor is
-  replaced; a replacement receives work only once it has answered a ping, so one that cannot
-  be scheduled (its node is gone, the cluster is full) never holds work hostage;
-* an item that outlives its deadline has its actor killed and is resubmitted the same way;
-* if no actor can be started at all for ``first_timeout`` seconds, or actors keep dying, the
-  run stops with :class:`PoolFailure` instead of waiting forever.
+* dead: Ray reports the actor (or its node) lost; its in-flight item goes back to the queue;
+* not answering: a busy actor answers ``pid()`` from a thread of its own while its batch runs
+  (see :class:`Worker`); one that leaves it unanswered for ``no_progress_timeout`` seconds
+  (a stopped or frozen process, a cut-off node) is killed and its item resubmitted.
+
+A replacement receives work only once it has answered ``pid()``, so one that cannot be
+scheduled (its node is gone, the cluster is full) never holds work hostage. The run stops with
+:class:`PoolFailure` when an item has lost its worker ``max_attempts`` times (a batch that kills
+every process it runs on), or when no actor can be started for ``start_timeout`` seconds.
 
 Errors raised by our own code inside an actor (``RayTaskError``) are *not* retried: a bug or a
 NaN must crash the run, loudly.
@@ -18,99 +23,131 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
-                            ObjectLostError, OwnerDiedError, RayActorError, WorkerCrashedError)
+                            ObjectLostError, OutOfMemoryError, OwnerDiedError, RayActorError,
+                            WorkerCrashedError)
+
+from causal_grpo.errors import RunFailure
 
 log = logging.getLogger(__name__)
 
+# Ray's memory monitor kills a worker when the node runs out of memory: a lost worker too (and
+# a batch that needs more memory than a node has stops the run after max_attempts).
 SYSTEM_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerCrashedError,
-                   ObjectLostError, OwnerDiedError, GetTimeoutError)
+                   ObjectLostError, OwnerDiedError, GetTimeoutError, OutOfMemoryError)
 
 
-class PoolFailure(RuntimeError):
-    """Workers kept dying or could not be started; the run stops instead of waiting forever."""
+class PoolFailure(RunFailure):
+    """A batch keeps losing its workers, or none can be started; the run stops."""
+
+
+class Worker:
+    """Base class of the pool's actors (decorate subclasses with :func:`worker_actor`).
+
+    ``pid()`` runs in its own concurrency group, so it answers while a batch runs: the
+    readiness ping and the liveness heartbeat. The constructor turns on the JAX compilation
+    cache, so a replacement or a second worker on a machine loads what another compiled.
+    """
+
+    def __init__(self):
+        from causal_grpo.jaxcache import enable_compilation_cache
+        enable_compilation_cache()
+
+    @ray.method(concurrency_group="heartbeat")
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def worker_actor(cls: type) -> Any:
+    """``ray.remote`` for a :class:`Worker` subclass: no automatic restarts (the pool replaces
+    actors itself and resubmits their work), one heartbeat thread beside the work thread."""
+    return ray.remote(max_restarts=0, concurrency_groups={"heartbeat": 1})(cls)
 
 
 class FaultTolerantPool:
     """Run items on ``size`` actors made by ``make_actor()``; yields ``(index, result)``.
 
-    Actors must have a cheap ``pid()`` method (the readiness ping).
-
     Args:
-      make_actor: creates one actor handle (called again to replace a lost one).
+      make_actor: creates one actor handle of a :class:`Worker` (called again to replace one).
       size: number of actors.
-      first_timeout: how long the pool waits with no usable actor before giving up, and the
-        least deadline (s) of an actor's first item of a program (it includes compilation);
-        once some actor has finished a first item of the program, that deadline is at least
-        ``timeout_factor`` times its duration (a d = 15 Phase-2 batch can take longer than
-        any fixed limit on a slow machine).
-      timeout_factor, min_timeout: deadline of an item whose program the actor has already
-        run = max(min_timeout, factor * slowest warm item of that program).
-      max_failures: total actor losses tolerated before :class:`PoolFailure`.
+      no_progress_timeout: seconds a busy actor may leave its heartbeat unanswered before it
+        counts as hung and is replaced.
+      heartbeat_interval: seconds between heartbeats to a busy actor.
+      start_timeout: seconds without any usable actor before :class:`PoolFailure`.
+      max_attempts: an item whose worker was lost this many times stops the run.
     """
 
-    def __init__(self, make_actor: Callable[[], Any], size: int, first_timeout: float = 900.0,
-                 timeout_factor: float = 10.0, min_timeout: float = 120.0,
-                 max_failures: int | None = None):
+    def __init__(self, make_actor: Callable[[], Any], size: int,
+                 no_progress_timeout: float = 120.0, heartbeat_interval: float = 5.0,
+                 start_timeout: float = 900.0, max_attempts: int = 3):
         self.make_actor = make_actor
         self.actors = [make_actor() for _ in range(size)]
         self.pings = {a.pid.remote(): i for i, a in enumerate(self.actors)}
-        # Programs (a Phase-1 stage, a Phase-2 SCM x method) each actor has finished an item
-        # of: the next one is not compiled again. Warmth and timing are per program because a
-        # new stage compiles for minutes and a d = 15 item takes far longer than a d = 6 one.
-        self.warm: list[set] = [set() for _ in range(size)]
         self.idle: collections.deque[int] = collections.deque()
-        self.first_timeout = first_timeout
-        self.timeout_factor = timeout_factor
-        self.min_timeout = min_timeout
-        self.max_failures = max_failures if max_failures is not None else 4 * size + 8
+        self.no_progress_timeout = no_progress_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.start_timeout = start_timeout
+        self.max_attempts = max_attempts
         self.failures = 0
-        self.slowest: dict[Any, float] = {}         # per program, items of warm actors
-        self.slowest_first: dict[Any, float] = {}   # per program, first items (with compile)
-        self.last_progress = time.time()   # a result, a ready actor, or a (re)started actor
-
-    def _deadline(self, i: int, program: Any = None) -> float:
-        if program not in self.warm[i] or self.slowest.get(program, 0.0) == 0.0:
-            return max(self.first_timeout,
-                       self.timeout_factor * self.slowest_first.get(program, 0.0))
-        return max(self.min_timeout, self.timeout_factor * self.slowest[program])
+        self.last_start = time.time()   # a ready actor, a result, or a (re)started actor
 
     def _replace(self, i: int, reason: str) -> None:
         self.failures += 1
         log.warning("worker %d lost (%s); replacing it and resubmitting its work", i, reason)
-        if self.failures > self.max_failures:
-            raise PoolFailure(f"{self.failures} worker failures (last: {reason}); giving up")
         try:
             ray.kill(self.actors[i], no_restart=True)
         except SYSTEM_FAILURES + (ValueError,):
             pass
         self.actors[i] = self.make_actor()
-        self.warm[i] = set()
         self.pings[self.actors[i].pid.remote()] = i
-        self.last_progress = time.time()
+        self.last_start = time.time()
 
     def map_unordered(self, submit: Callable[[Any, Any], "ray.ObjectRef"],
-                      items: Sequence[Any],
-                      program: Callable[[Any], Any] = lambda item: None
+                      items: Sequence[Any], describe: Callable[[Any], str] = str
                       ) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, result)`` for every item, each exactly once, as they finish.
 
         ``submit(actor, item)`` starts the remote call and returns its ObjectRef;
-        ``program(item)`` names the compiled program the item runs (deadlines are per program).
+        ``describe(item)`` names the item in the message that stops the run.
         """
         queue = collections.deque(range(len(items)))
-        inflight: dict[Any, tuple[int, int, float]] = {}
-        self.last_progress = time.time()
+        attempts = collections.Counter()
+        inflight: dict[Any, tuple[int, int]] = {}     # result ref -> (item, actor)
+        beats: dict[int, Any] = {}                    # busy actor -> its unanswered heartbeat
+        sent: dict[int, float] = {}                   # busy actor -> when that one was sent
+
+        def finish(ref: Any) -> tuple[int, int]:
+            k, i = inflight.pop(ref)
+            beats.pop(i, None)
+            del sent[i]
+            return k, i
+
+        def lost(ref: Any, reason: str) -> None:
+            k, i = finish(ref)
+            attempts[k] += 1
+            if attempts[k] >= self.max_attempts:
+                raise PoolFailure(f"batch {describe(items[k])} lost its worker "
+                                  f"{attempts[k]} times in a row (last: {reason}); stopping")
+            queue.appendleft(k)
+            self._replace(i, reason)
+
+        self.last_start = time.time()
         while queue or inflight:
             while queue and self.idle:
                 i = self.idle.popleft()
                 k = queue.popleft()
-                inflight[submit(self.actors[i], items[k])] = (k, i, time.time())
-            ready, _ = ray.wait(list(inflight) + list(self.pings), num_returns=1, timeout=1.0)
+                inflight[submit(self.actors[i], items[k])] = (k, i)
+                sent[i] = time.time()
+            refs = list(inflight) + list(self.pings) + list(beats.values())
+            ready, _ = ray.wait(refs, num_returns=1, timeout=min(1.0, self.heartbeat_interval))
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            answers = {ref: i for i, ref in beats.items()}
             for ref in ready:
                 if ref in self.pings:
                     i = self.pings.pop(ref)
@@ -120,32 +157,31 @@ class FaultTolerantPool:
                         self._replace(i, f"did not start ({type(e).__name__})")
                         continue
                     self.idle.append(i)
-                    self.last_progress = time.time()
-                    continue
-                k, i, t0 = inflight.pop(ref)
-                try:
-                    result = ray.get(ref, timeout=60)
-                except SYSTEM_FAILURES as e:
-                    queue.appendleft(k)
-                    self._replace(i, type(e).__name__)
-                    continue
-                prog = program(items[k])
-                took = time.time() - t0
-                seen = self.slowest if prog in self.warm[i] else self.slowest_first
-                seen[prog] = max(seen.get(prog, 0.0), took)
-                self.warm[i].add(prog)
-                self.idle.append(i)
-                self.last_progress = time.time()
-                yield k, result
+                    self.last_start = time.time()
+                elif ref in answers:      # (a dead actor's result ref says so, below)
+                    beats.pop(answers[ref], None)
+                elif ref in inflight:
+                    k, i = inflight[ref]
+                    try:
+                        result = ray.get(ref, timeout=60)
+                    except SYSTEM_FAILURES as e:
+                        lost(ref, type(e).__name__)
+                        continue
+                    finish(ref)
+                    self.idle.append(i)
+                    self.last_start = time.time()
+                    yield k, result
             now = time.time()
-            for ref, (k, i, t0) in list(inflight.items()):
-                limit = self._deadline(i, program(items[k]))
-                if now - t0 > limit:
-                    inflight.pop(ref)
-                    queue.appendleft(k)
-                    self._replace(i, f"item {k} exceeded its {limit:.0f}s deadline")
-            if not inflight and not self.idle and now - self.last_progress > self.first_timeout:
-                raise PoolFailure(f"no worker could be started for {self.first_timeout:.0f}s "
+            for ref, (k, i) in list(inflight.items()):
+                if i not in beats:
+                    if now - sent[i] >= self.heartbeat_interval:
+                        beats[i], sent[i] = self.actors[i].pid.remote(), now
+                # Answered while we were away (yielding to the caller) is answered.
+                elif (now - sent[i] > self.no_progress_timeout
+                      and not ray.wait([beats[i]], timeout=0)[0]):
+                    lost(ref, f"no heartbeat answer for {now - sent[i]:.0f}s")
+            if not inflight and not self.idle and now - self.last_start > self.start_timeout:
+                raise PoolFailure(f"no worker could be started for {self.start_timeout:.0f}s "
                                   "(does the cluster have free CPUs/GPUs?)")
 
     def close(self) -> None:
@@ -166,7 +202,8 @@ class ActorGroup:
 
     def __init__(self, actor_cls, make_args: Callable[[], tuple], num_workers: int,
                  address: str | None = None, gpus_per_worker: float = 0.0, **pool_kwargs):
-        from cluster.connect import check_resources, connect, worker_env
+        from cluster.connect import check_gpus_per_worker, check_resources, connect, worker_env
+        check_gpus_per_worker(gpus_per_worker)
         self.started = connect(address)
         check_resources(gpus_per_worker, num_workers)
         opts = {"num_cpus": 1, "num_gpus": gpus_per_worker,

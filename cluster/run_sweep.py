@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from causal_grpo.results import claim_output_dir, record_run
@@ -39,14 +40,18 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
     if settings is not None:
         record_run(output_dir, settings)
     try:
+        bar_on = progress and sys.stderr.isatty()
         with tqdm(total=len(batches), initial=len(results), desc="phase 2", unit="batch",
-                  disable=not progress) as bar:
+                  disable=not bar_on) as bar:
             finished = (pool.run(todo) if pool is not None else
                         ((b, run_batch(b, cfg, policy, sources)) for b in todo))
             for b, arrays in finished:
                 results[b] = arrays
                 store.save(b, arrays)
                 bar.update(1)
+                if progress and not bar_on:          # a log, not a terminal: plain lines
+                    print(f"phase 2: {len(results)}/{len(batches)} batches "
+                          f"({b.scm} {b.method.value})")
     finally:
         if pool is not None:
             pool.close()

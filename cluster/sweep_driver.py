@@ -6,17 +6,17 @@ from typing import Iterator
 
 import jax
 import numpy as np
-import ray
 
 from causal_grpo.sweep import Batch, PolicyHandle, SweepConfig, run_batch
-from cluster.pool import ActorGroup
+from cluster.pool import ActorGroup, Worker, worker_actor
 
 
-@ray.remote(max_restarts=0)
-class SweepWorker:
+@worker_actor
+class SweepWorker(Worker):
     """Holds compiled Phase-2 programs; runs one batch of cells per call."""
 
     def __init__(self, cfg: SweepConfig, sources: dict, policy_data):
+        super().__init__()
         self.cfg, self.sources = cfg, sources
         self.policy = None
         if policy_data is not None:
@@ -28,10 +28,6 @@ class SweepWorker:
 
     def run(self, batch: Batch) -> dict:
         return run_batch(batch, self.cfg, self.policy, self.sources)
-
-    def pid(self) -> int:
-        import os
-        return os.getpid()
 
 
 class SweepPool(ActorGroup):
@@ -49,6 +45,7 @@ class SweepPool(ActorGroup):
                          **pool_kwargs)
 
     def run(self, batches: list[Batch]) -> Iterator[tuple[Batch, dict]]:
-        for k, arrays in self.pool.map_unordered(lambda a, b: a.run.remote(b), batches,
-                                                 program=lambda b: (b.scm, b.method)):
+        for k, arrays in self.pool.map_unordered(
+                lambda a, b: a.run.remote(b), batches,
+                describe=lambda b: f"{b.scm} {b.method.value} seeds {b.seeds[0]}-{b.seeds[-1]}"):
             yield batches[k], arrays

@@ -8,8 +8,7 @@ from causal_grpo.phase1 import Phase1Config, run_training
 def train(cfg: Phase1Config, output_dir: str, num_workers: int = 0, address: str | None = None,
           gpus_per_worker: float = 0.0) -> dict:
     if num_workers == 0:
-        return run_training(cfg, output_dir, log=lambda s: print(s, flush=True))
+        return run_training(cfg, output_dir)
     from cluster.grpo_driver import RolloutPool
     with RolloutPool(cfg, num_workers, address=address, gpus_per_worker=gpus_per_worker) as pool:
-        return run_training(cfg, output_dir, collect_fn=pool.collect,
-                            log=lambda s: print(s, flush=True))
+        return run_training(cfg, output_dir, collect_fn=pool.collect)

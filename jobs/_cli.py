@@ -8,7 +8,7 @@ import re
 import sys
 from typing import Callable
 
-from causal_grpo.errors import UserError
+from causal_grpo.errors import RunFailure, UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -25,15 +25,25 @@ def fail(prog: str, message: str) -> None:
 
 
 def user_errors_exit_2(prog: str) -> Callable:
-    """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2."""
+    """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
+    :class:`RunFailure` one line and exit code 1."""
 
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            # Under `> log`, `ray job submit` and CI, lines must appear as they happen.
+            for stream in (sys.stdout, sys.stderr):
+                if not stream.isatty() and hasattr(stream, "reconfigure"):
+                    stream.reconfigure(line_buffering=True)
+            from causal_grpo.jaxcache import enable_compilation_cache
+            enable_compilation_cache()
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
                 fail(prog, str(e))
+            except RunFailure as e:
+                sys.stderr.write(f"{prog}: {' '.join(str(e).split())}\n")
+                raise SystemExit(1)
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted; finished work is kept, rerun to resume\n")
                 raise SystemExit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pandas as pd
@@ -22,7 +21,7 @@ def _sweep_config(seconds: float) -> tuple[SweepConfig, dict]:
 
 
 def bench_ray(args) -> pd.DataFrame:
-    import ray
+    from cluster.connect import connect, shutdown_if_started
     from cluster.grpo_driver import RolloutPool
     from cluster.sweep_driver import SweepPool
     from jobs.bench_grpo import measure_collect
@@ -32,34 +31,37 @@ def bench_ray(args) -> pd.DataFrame:
     batches = plan_batches(cfg)
     p1 = P.Phase1Config()
     stage = 1                                                    # d 6..10, the main stage
-    for workers in args.workers:
-        t0 = time.time()
-        if workers == 0:
-            run_batch(batches[0], cfg, None, sources)            # compile outside the timing
-            t1 = time.time()
-            for b in batches:
-                run_batch(b, cfg, None, sources)
-            elapsed, warm = time.time() - t1, t1 - t0
-            ph1 = measure_collect(p1, stage, None)
-        else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            with SweepPool(cfg, sources, None, workers) as pool:
-                list(pool.run(batches[:workers]))                # every actor compiles
+    started = connect() if any(args.workers) else False          # RAY_ADDRESS, else local
+    try:
+        for workers in args.workers:
+            t0 = time.time()
+            if workers == 0:
+                run_batch(batches[0], cfg, None, sources)        # compile outside the timing
                 t1 = time.time()
-                list(pool.run(batches))
+                for b in batches:
+                    run_batch(b, cfg, None, sources)
                 elapsed, warm = time.time() - t1, t1 - t0
-            with RolloutPool(p1, workers) as rp:
-                ph1 = measure_collect(p1, stage, rp.collect)
-            ray.shutdown()
-        row = {"workers": workers, "cells": cfg.seeds, "cells_per_batch": cfg.batch_size,
-               "sweep_s": elapsed, "cells_per_s": cfg.seeds / elapsed,
-               "seconds_per_batch": elapsed / len(batches) * max(workers, 1), "startup_s": warm,
-               "phase1_candidates_per_s": ph1["candidates_per_s"],
-               "phase1_candidates_per_call": ph1["candidates_per_call"]}
-        rows.append(row)
-        print(f"workers={workers}: Phase 2 {row['cells_per_s']:.1f} cells/s ({cfg.seeds} hard cells, "
-              f"{cfg.batch_size} per call, {row['seconds_per_batch']:.2f} s per call; startup "
-              f"{warm:.1f} s) | Phase 1 {row['phase1_candidates_per_s']:.0f} candidates/s", flush=True)
+                ph1 = measure_collect(p1, stage, None)
+            else:
+                with SweepPool(cfg, sources, None, workers) as pool:
+                    list(pool.run(batches[:workers]))            # every actor compiles
+                    t1 = time.time()
+                    list(pool.run(batches))
+                    elapsed, warm = time.time() - t1, t1 - t0
+                with RolloutPool(p1, workers) as rp:
+                    ph1 = measure_collect(p1, stage, rp.collect)
+            row = {"workers": workers, "cells": cfg.seeds, "cells_per_batch": cfg.batch_size,
+                   "sweep_s": elapsed, "cells_per_s": cfg.seeds / elapsed,
+                   "seconds_per_batch": elapsed / len(batches) * max(workers, 1),
+                   "startup_s": warm, "phase1_candidates_per_s": ph1["candidates_per_s"],
+                   "phase1_candidates_per_call": ph1["candidates_per_call"]}
+            rows.append(row)
+            print(f"workers={workers}: Phase 2 {row['cells_per_s']:.1f} cells/s ({cfg.seeds} hard "
+                  f"cells, {cfg.batch_size} per call, {row['seconds_per_batch']:.2f} s per call; "
+                  f"startup {warm:.1f} s) | Phase 1 {row['phase1_candidates_per_s']:.0f} "
+                  "candidates/s")
+    finally:
+        shutdown_if_started(started)
     df = pd.DataFrame(rows)
     base = df[df.workers == 0]
     if not base.empty:

@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     ray_args = ["--num-workers", str(args.num_workers)] + (
         ["--address", args.address] if args.address else [])
 
-    print(f"== Phase 1: GRPO training -> {args.phase1_dir}", flush=True)
+    print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
     rc = train_grpo.main(["--output-dir", args.phase1_dir] + ray_args)
     if rc:
         return rc
-    print("== Phase 2: comparison", flush=True)
+    print("== Phase 2: comparison")
     return two_phase_training.main([
         "--grpo-checkpoint", os.path.join(args.phase1_dir, "final"), "--compare",
         "--methods", "uncertainty_active", "--scm-type", "easy,medium,hard,er10,er15",

@@ -118,6 +118,21 @@ def test_bad_cluster_input_fails_fast_with_one_line(ray_head, tmp_path):
            "--address", f"127.0.0.1:{free_port()}", "--output-dir", str(tmp_path / "a"))
     assert r.returncode == 2 and "cannot reach the Ray cluster" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+    with socket.socket() as other:        # something that listens but is not Ray
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        for not_ray in (f"127.0.0.1:{other.getsockname()[1]}",
+                        f"ray://127.0.0.1:{other.getsockname()[1]}"):
+            t0 = time.time()
+            r = py("jobs.two_phase_training", "--scm-type", "easy", "--seeds", "2",
+                   "--num-workers", "1", "--address", not_ray, "--output-dir", str(tmp_path / "c"))
+            assert r.returncode == 2 and "does not answer as a Ray" in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+    for bad in ("nan", "inf", "-1"):
+        r = py("jobs.two_phase_training", "--scm-type", "easy", "--seeds", "2",
+               "--num-workers", "1", "--gpus-per-worker", bad, "--output-dir", str(tmp_path / "d"))
+        assert r.returncode == 2 and "--gpus-per-worker" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
     r = py("jobs.two_phase_training", "--scm-type", "easy", "--seeds", "2", "--num-workers", "1",
            "--address", address, "--gpus-per-worker", "1", "--output-dir", str(tmp_path / "b"))
     assert r.returncode == 2 and "--gpus-per-worker" in r.stderr, r.stderr
@@ -141,3 +156,43 @@ def test_ray_cluster_yaml_passes_rays_validator():
                   head_node_type="nonexistent")
     with pytest.raises(Exception):
         validate_config(prepare_config(broken))
+
+
+TALKER = """
+import sys, time
+sys.stdout.reconfigure(line_buffering=True)
+import ray
+from cluster.connect import connect, worker_env
+from cluster.pool import Worker, worker_actor
+
+@worker_actor
+class Talker(Worker):
+    def talk(self):
+        print("hello from the actor")
+        time.sleep(60)
+
+connect(num_cpus=1)
+ref = Talker.options(runtime_env={"env_vars": worker_env(0)}).remote().talk.remote()
+print("driver waiting")
+ray.get(ref)
+"""
+
+
+def test_an_actors_print_reaches_the_drivers_output_as_it_happens():
+    env = dict(ENV, PYTHONPATH=ROOT)
+    env.pop("PYTHONUNBUFFERED")          # Ray's workers flush their lines themselves
+    proc = subprocess.Popen([sys.executable, "-c", TALKER], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        seen = {}
+        for line in proc.stdout:
+            for what in ("driver waiting", "hello from the actor"):
+                if what in line:
+                    seen[what] = time.time()
+            if len(seen) == 2:
+                break
+        assert seen["hello from the actor"] - seen["driver waiting"] < 40, seen
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

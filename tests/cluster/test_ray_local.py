@@ -21,6 +21,7 @@ from causal_grpo.active_learning import EpisodeConfig, Method  # noqa: E402
 from causal_grpo.scm_families import GraphKind, resolve_scm  # noqa: E402
 from causal_grpo.sweep import SweepConfig, plan_batches, run_batch  # noqa: E402
 from cluster.grpo_driver import RolloutPool  # noqa: E402
+from cluster.pool import FaultTolerantPool, Worker, worker_actor  # noqa: E402
 from cluster.sweep_driver import SweepPool  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -46,7 +47,7 @@ def reference():
 
 @pytest.fixture(scope="class")
 def pool2(local_ray):
-    with SweepPool(CFG, SOURCES, None, 2, first_timeout=300) as pool:
+    with SweepPool(CFG, SOURCES, None, 2) as pool:
         yield pool
 
 
@@ -101,37 +102,82 @@ class TestTwoWorkers:
         assert_same(results, reference)
 
 
-    def test_a_hung_actor_is_timed_out_and_its_work_resubmitted(self, pool2, reference):
-        """The driver never waits forever: a stopped (SIGSTOP) actor is replaced at its deadline."""
-        programs = {(b.scm, b.method) for b in plan_batches(CFG)}
-        deadline = time.time() + 120                      # until both actors ran every program
-        while not all(programs <= w for w in pool2.pool.warm) and time.time() < deadline:
-            list(pool2.run(plan_batches(CFG)))
-            time.sleep(0.5)
-        assert all(programs <= w for w in pool2.pool.warm)
-        # A program an actor has not run yet (a new stage, a new SCM) gets the compile deadline,
-        # stretched to 10x the slowest first item another actor needed for it.
-        fresh = ("er15", "new")
-        assert pool2.pool._deadline(0, fresh) == pool2.pool.first_timeout
-        pool2.pool.slowest_first[fresh] = 5000.0
-        assert pool2.pool._deadline(0, fresh) == pool2.pool.timeout_factor * 5000.0
-        pool2.pool.slowest = {p: 0.5 for p in programs}
-        pool2.pool.min_timeout, pool2.pool.timeout_factor = 4.0, 4.0
+    def test_a_hung_actor_is_replaced_and_its_work_resubmitted(self, pool2, reference):
+        """A stopped process (SIGSTOP) answers no heartbeat: replaced after the no-progress
+        timeout, its batch rerun elsewhere, nothing lost or doubled."""
+        pool = pool2.pool
+        saved = pool.no_progress_timeout, pool.heartbeat_interval
+        pool.no_progress_timeout, pool.heartbeat_interval = 4.0, 0.5
         pids = ray.get([a.pid.remote() for a in pool2.actors])
-        failures = pool2.pool.failures
+        failures = pool.failures
         results = {}
+        t0 = time.time()
         try:
             for b, arrays in pool2.run(plan_batches(CFG)):
                 if not results:
                     os.kill(pids[1], signal.SIGSTOP)
                 results[b] = arrays
         finally:
+            pool.no_progress_timeout, pool.heartbeat_interval = saved
             try:
                 os.kill(pids[1], signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        assert pool2.pool.failures > failures
+        assert pool.failures == failures + 1 and time.time() - t0 < 120
+        assert pids[1] not in ray.get([a.pid.remote() for a in pool2.actors])
         assert_same(results, reference)
+
+
+@worker_actor
+class Sleeper(Worker):
+    """Work of a chosen length, or a process that dies of its work (SIGKILL) every time."""
+
+    def run(self, item):
+        if item == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(item)
+        return item
+
+
+def _sleepers(n):
+    return FaultTolerantPool(lambda: Sleeper.options(num_cpus=0.25).remote(), n,
+                             no_progress_timeout=2.0, heartbeat_interval=0.25, max_attempts=3)
+
+
+def test_slow_work_is_never_taken_for_a_hang(local_ray):
+    """A batch far longer than the no-progress timeout completes on its first worker."""
+    pool = _sleepers(1)
+    try:
+        t0 = time.time()
+        got = dict(pool.map_unordered(lambda a, s: a.run.remote(s), [8.0, 0.1]))
+        assert got == {0: 8.0, 1: 0.1} and time.time() - t0 >= 8.0
+        assert pool.failures == 0
+    finally:
+        pool.close()
+
+
+def test_a_batch_that_kills_every_worker_stops_the_run_with_one_line(local_ray, capsys):
+    """Its worker dies three times in a row on it: the run stops, naming the batch (the CLIs
+    print the failure as one line, exit code 1); the other batch's result came first."""
+    from jobs._cli import user_errors_exit_2
+    pool = _sleepers(2)
+    done = []
+
+    @user_errors_exit_2("job")
+    def job():
+        for k, r in pool.map_unordered(lambda a, s: a.run.remote(s), [0.1, "crash"],
+                                       describe=lambda s: f"<{s}>"):
+            done.append(k)
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            job()
+    finally:
+        pool.close()
+    assert e.value.code == 1 and pool.failures == 2 and done == [0]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("job: batch <crash> lost its worker 3 times in a row "
+                       "(last: ActorDiedError); stopping"), err
 
 
 TINY = P.Phase1Config(

@@ -1,0 +1,60 @@
+"""The persistent compilation cache: where it lives, and a second process loading from it."""
+
+import json
+import os
+import subprocess
+import sys
+
+from causal_grpo import jaxcache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A small program (well under JAX's default 1 s threshold) and a count of cache events.
+PROBE = """
+import json, jax, jax.numpy as jnp
+from causal_grpo.jaxcache import enable_compilation_cache
+jnp.zeros(2).block_until_ready()      # something compiled before the cache is enabled
+events = {}
+jax.monitoring.register_event_listener(lambda name, **kw: events.__setitem__(name, events.get(name, 0) + 1))
+path = enable_compilation_cache()
+f = jax.jit(lambda x, w: jnp.tanh(x @ w).sum(axis=0) * jnp.float32(3.5))
+f(jnp.ones((8, 4)), jnp.ones((4, 4))).block_until_ready()
+print(json.dumps({"dir": path, "hits": events.get("/jax/compilation_cache/cache_hits", 0),
+                  "misses": events.get("/jax/compilation_cache/cache_misses", 0)}))
+"""
+
+
+def _probe(env):
+    r = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_loads_what_the_first_compiled(tmp_path):
+    cache = tmp_path / "cache"
+    env = dict(os.environ, CAUSAL_GRPO_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    first = _probe(env)
+    assert first["dir"] == str(cache) and first["hits"] == 0 and first["misses"] >= 1
+    entries = set(os.listdir(cache))
+    assert any(name.startswith("jit__lambda") for name in entries)
+    second = _probe(env)
+    assert second["hits"] >= 1 and second["misses"] == 0
+    assert set(os.listdir(cache)) == entries
+    off = _probe(dict(env, CAUSAL_GRPO_JAX_CACHE="off"))
+    assert off == {"dir": None, "hits": 0, "misses": 0}
+
+
+def test_the_cache_directory_is_per_user_and_overridable(monkeypatch, tmp_path):
+    monkeypatch.delenv(jaxcache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert jaxcache.cache_dir() == str(tmp_path / "xdg" / "causal-grpo" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert jaxcache.cache_dir() == str(tmp_path / "home" / ".cache" / "causal-grpo" / "jax")
+    for off in ("off", "", "  "):
+        monkeypatch.setenv(jaxcache.ENV_VAR, off)
+        assert jaxcache.cache_dir() is None and jaxcache.enable_compilation_cache() is None
+    monkeypatch.setenv(jaxcache.ENV_VAR, str(tmp_path / "mine"))
+    assert jaxcache.cache_dir() == str(tmp_path / "mine")
