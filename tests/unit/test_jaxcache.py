@@ -33,8 +33,10 @@ def _probe(env):
 
 def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     cache = tmp_path / "cache"
-    env = dict(os.environ, CAUSAL_GRPO_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT)
+    # Without the JAX_* settings an in-process job left in os.environ: JAX reads them at import,
+    # and its cache, once used, keeps the directory it started with.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env |= dict(CAUSAL_GRPO_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     first = _probe(env)
     assert first["dir"] == str(cache) and first["hits"] == 0 and first["misses"] >= 1
     entries = set(os.listdir(cache))
