@@ -1,4 +1,4 @@
-"""Policy checkpoints (one schema, safe loading) and the seed document's policy API.
+"""Policy checkpoints (one schema, safe loading).
 
 A checkpoint is a directory holding
 
@@ -14,9 +14,8 @@ A checkpoint is a directory holding
 Directories are written to a temporary sibling and renamed into place, so a checkpoint is
 either complete or absent.
 
-``load_grpo_policy(path)`` and ``create_grpo_intervention_fn(loaded, scm, intervention_range)``
-are the seed document's API; ``policy_handle`` turns a loaded policy into the pure selector of
-the jitted Phase-2 loop.
+This module only saves and loads; ``two_phase`` holds the seed document's API and
+``policy.policy_handle`` turns a loaded policy into the selector of the jitted Phase-2 loop.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import dataclasses
 import hashlib
 import io as _io
 import json
-import math
 import os
 import pickle
 import shutil
@@ -36,18 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causal_grpo.active_learning import Observation
 from causal_grpo.errors import UserError
-from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
-from causal_grpo.networks import (PolicyConfig, bin_values, dummy_input, make_policy,
-                                  sample_action)
-from causal_grpo.policy import (LookaheadDraws, lookahead_features, lookahead_key,
-                                make_policy_selector, policy_input, resolve_lookahead_draws)
-from causal_grpo.scm import SCM, SCMSpec
+from causal_grpo.features import N_FEATURES
+from causal_grpo.networks import PolicyConfig, dummy_input, make_policy
 
 FORMAT = "causal-grpo-policy"
-OPTIONAL_ZERO = {"pairwise", "data_stats", "lookahead", "lookahead_prior"}   # 0 means "off"
-REAL_FIELDS = {"lookahead_prior"}   # architecture fields that are numbers, not integers
+# Inclusive bounds of every architecture field: sane sizes, so a forged config.json is refused
+# before a network is built from it. lookahead_prior is a real number, the rest integers.
+ARCH_BOUNDS = {"hidden": (1, 4096), "layers": (1, 64), "heads": (1, 64), "n_bins": (2, 1024),
+               "n_features": (1, 1024), "lookahead": (0, 1), "lookahead_prior": (0.0, 1e3)}
 VERSION = 1
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
@@ -146,23 +141,18 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: 'architecture' must be an object")
     fields = {f.name: f.type for f in dataclasses.fields(PolicyConfig)}
-    unknown = set(obj) - set(fields)
-    if unknown:
-        raise CheckpointError(f"{where}: unknown architecture field(s) {sorted(unknown)}")
-    # Checkpoints written before the belief-graph terms (or the data statistics) existed lack
-    # those fields: they are policies without them.
-    obj = {k: 0 for k in OPTIONAL_ZERO} | obj
+    if set(obj) != set(fields):
+        raise CheckpointError(f"{where}: architecture fields {sorted(map(str, obj))} are not "
+                              f"this version's {sorted(fields)}"[:400])
     for k, v in obj.items():
-        if k in REAL_FIELDS:
-            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                    or v < 0):
-                raise CheckpointError(f"{where}: architecture field '{k}' must be a finite "
-                                      "non-negative number")
-            obj = obj | {k: float(v)}
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
-            kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"
-            raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} integer")
+        lo, hi = ARCH_BOUNDS[k]
+        real = isinstance(lo, float)
+        if (isinstance(v, bool) or not isinstance(v, (int, float) if real else int)
+                or not lo <= v <= hi):
+            kind = "a number" if real else "an integer"
+            raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} in "
+                                  f"[{lo}, {hi}], got {v!r}"[:300])
+    obj = obj | {"lookahead_prior": float(obj["lookahead_prior"])}
     cfg = PolicyConfig(**obj)
     if cfg.n_features != N_FEATURES:
         raise CheckpointError(f"{where}: policy expects {cfg.n_features} features, this version "
@@ -243,145 +233,3 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
     params = _check_params(blob.get("params"), cfg, pkl)
     return LoadedPolicy(params, cfg, os.path.abspath(path), hashlib.sha256(data).hexdigest()[:16],
                         metadata)
-
-
-def policy_handle(loaded: LoadedPolicy, greedy: bool = False,
-                  lookahead_draws: LookaheadDraws = "auto"):
-    """The loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:
-    outcomes per candidate in its lookahead input, a number or "auto" (the acting-time budget,
-    :func:`policy.auto_lookahead_draws`); part of the digest, so of the cache key)."""
-    from causal_grpo.sweep import PolicyHandle
-    try:
-        resolve_lookahead_draws(lookahead_draws, 2)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    draws = lookahead_draws if loaded.config.lookahead else 1
-    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws != 1 else "")
-    return PolicyHandle(make_policy_selector(loaded.config, greedy, draws), loaded.params,
-                        digest, loaded.config, greedy, draws)
-
-
-# --------------------------------------------------------------------------- stateful policy API
-
-class GRPOInterventionFn:
-    """A trained policy with its own history, choosing interventions from data alone.
-
-    It keeps every sample it is shown (``observe``) and its own exact DAG posterior of them;
-    each call builds the policy's input from that history (surrogate features, never the true
-    graph) and samples ``(variable_index, value)``. Create it with
-    :func:`create_grpo_intervention_fn`.
-    """
-
-    def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
-                 intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
-                 greedy: bool = False, lookahead_draws: LookaheadDraws = "auto"):
-        from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
-        lo, hi = (float(x) for x in intervention_range)
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
-        if not 0 <= target < d:
-            raise UserError(f"target index {target} out of range for {d} variables")
-        try:
-            lookahead_draws = resolve_lookahead_draws(lookahead_draws, d)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        self.loaded, self.d, self.target, self.names = loaded, d, target, names
-        self.low, self.high, self.capacity = lo, hi, capacity
-        self._sur = make_analytic_surrogate(AnalyticConfig(), d)
-        self._var_mask = jnp.ones((d,), bool)
-        self._state = self._sur.init(jax.random.PRNGKey(seed), self._var_mask)
-        self._buffer = Buffer.empty(capacity, d)
-        self._count = 0
-        self._key = jax.random.PRNGKey(seed)
-        self._calls = 0
-        self.history: list[dict] = []
-        net = make_policy(loaded.config)
-        K = loaded.config.n_bins
-
-        def _out(params, buffer, state, target, key):
-            probs = self._sur.edge_probs(state)
-            feats = features_from_probs(probs, buffer, target, self._var_mask)
-            obs = Observation(buffer, probs, feats, target, self._var_mask, jnp.float32(lo),
-                              jnp.float32(hi), jnp.asarray(0))
-            extra = (lookahead_features(lookahead_key(key), obs, self._sur, state, lookahead_draws)
-                     if loaded.config.lookahead else None)
-            return net.apply(params, None, policy_input(obs, extra))
-
-        def _act(params, buffer, state, target, key):
-            out = _out(params, buffer, state, target, key)
-            j, b, lp = sample_action(key, out, greedy)
-            return j, bin_values(jnp.float32(lo), jnp.float32(hi), K)[b], lp
-
-        def _dist(params, buffer, state, target, key):
-            out = _out(params, buffer, state, target, key)
-            pv = jax.nn.softmax(out.var_logits)
-            return pv, jax.nn.softmax(out.value_logits, axis=-1)
-
-        self._act = jax.jit(_act)
-        self._dist = jax.jit(_dist)
-        self._update = jax.jit(self._sur.update)
-
-    def observe(self, values, intervened=None) -> None:
-        """Add samples: values (n, d) or (d,); intervened the same shape (bool) or None."""
-        x = np.atleast_2d(np.asarray(values, np.float32))
-        if x.shape[1] != self.d or not np.all(np.isfinite(x)):
-            raise UserError(f"observe() needs finite values of shape (n, {self.d}), got {np.shape(values)}")
-        m = np.zeros_like(x, bool) if intervened is None else np.atleast_2d(np.asarray(intervened, bool))
-        if m.shape != x.shape:
-            raise UserError(f"intervened mask shape {m.shape} does not match values {x.shape}")
-        n = x.shape[0]
-        if self._count + n > self.capacity:
-            raise UserError(f"history is full ({self.capacity} rows); create the function with a "
-                            "larger capacity")
-        rows = slice(self._count, self._count + n)
-        self._buffer = Buffer(self._buffer.values.at[rows].set(x),
-                              self._buffer.intervened.at[rows].set(m),
-                              self._buffer.valid.at[rows].set(True))
-        self._count += n
-        self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
-        for row, mask in zip(x, m):
-            self.history.append({"values": row, "intervened": mask})
-
-    def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
-        """(d,) variable probabilities and (d, n_bins) value-bin probabilities of the next call."""
-        pv, pb = self._dist(self.loaded.params, self._buffer, self._state, jnp.asarray(self.target),
-                            jax.random.fold_in(self._key, self._calls))
-        return np.asarray(pv), np.asarray(pb)
-
-    def __call__(self) -> tuple[int, float]:
-        """The next intervention ``(variable_index, value)`` chosen from the history."""
-        if self._count == 0:
-            raise UserError("the intervention function has seen no data yet; call observe() first")
-        key = jax.random.fold_in(self._key, self._calls)
-        self._calls += 1
-        j, v, _ = self._act(self.loaded.params, self._buffer, self._state,
-                            jnp.asarray(self.target), key)
-        return int(j), float(v)
-
-
-def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
-                                intervention_range: tuple[float, float] = (-2.0, 2.0),
-                                seed: int = 0, greedy: bool = False,
-                                capacity: int = 512,
-                                lookahead_draws: LookaheadDraws = "auto") -> GRPOInterventionFn:
-    """The seed document's step 2: a stateful intervention function for ``scm``.
-
-    Only the SCM's size, target and names are used, never its graph: the function learns what
-    it needs from the data it is shown. ``lookahead_draws``: as for :func:`policy_handle`.
-    """
-    if isinstance(scm, str):
-        from causal_grpo.scm_families import resolve_scm
-        scm = resolve_scm(scm)
-    if isinstance(scm, SCMSpec):
-        d, target, names = scm.d, scm.target, scm.variables
-    elif isinstance(scm, SCM):
-        mask = np.asarray(scm.var_mask)
-        if not mask.all():
-            raise UserError("create_grpo_intervention_fn needs an unpadded SCM")
-        d, target = scm.d, int(scm.target)
-        names = tuple(f"X{i}" for i in range(d))
-    else:
-        raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
-    return GRPOInterventionFn(loaded_policy, d, target, names, intervention_range,
-                              capacity=capacity, seed=seed, greedy=greedy,
-                              lookahead_draws=lookahead_draws)

@@ -41,23 +41,19 @@ def _gies_fit(values, intervened):
 
 def bench_gies(args) -> "pd.DataFrame":
     """Mean final F1/SHD of the exact posterior vs GIES on identical data, per (d, budget)."""
-    import jax.numpy as jnp
     import numpy as np
     import pandas as pd
 
     from causal_grpo import metrics as M
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
     from causal_grpo.results import mean_ci
-    from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import FamilyConfig, GraphKind
-    from causal_grpo.sweep import cell_scm_and_key
+    from causal_grpo.sweep import cell_batch
 
     rows = []
     for d in args.d:
         src = FamilyConfig(kind=GraphKind.ER, d=d, expected_degree=tuple(args.degree))
-        pairs = [cell_scm_and_key(src, args.base_seed, s) for s in range(args.seeds)]
-        scms = stack_scms([p[0] for p in pairs])
-        keys = jnp.stack([p[1] for p in pairs])
+        scms, keys = cell_batch(src, args.base_seed, range(args.seeds))
         for budget in args.budgets:
             cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=budget)
             res = make_batch_runner(cfg, d)(keys, scms, None, method_id(Method.RANDOM))
@@ -97,13 +93,12 @@ def bench_gies(args) -> "pd.DataFrame":
 def bench_phase2(args) -> "pd.DataFrame":
     """Complete Phase-2 runs per second with many seeds vmapped, per surrogate; compile apart."""
     import jax
-    import jax.numpy as jnp
     import pandas as pd
 
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
-    from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    from causal_grpo.sweep import cell_batch
 
     rows = []
     spec = resolve_scm(args.scm)
@@ -112,8 +107,7 @@ def bench_phase2(args) -> "pd.DataFrame":
         cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions,
                             surrogate=SurrogateConfig(kind=SurrogateKind(kind)))
         run = make_batch_runner(cfg, spec.d)
-        scms = stack_scms([spec.to_scm()] * seeds)
-        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(0), s))(jnp.arange(seeds))
+        scms, keys = cell_batch(spec, 0, range(seeds))
         t0 = time.time()
         compiled = run.lower(keys, scms, None, method_id(Method.RANDOM)).compile()
         compile_s = time.time() - t0
@@ -147,23 +141,21 @@ def bench_ceiling(args) -> "pd.DataFrame":
     """
     import functools
 
-    import jax.numpy as jnp
-    import numpy as np
     import pandas as pd
-    from scipy import stats
 
     from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
     from causal_grpo.errors import UserError
-    from causal_grpo.scm import stack_scms
+    from causal_grpo.results import f1_auc, paired_p
     from causal_grpo.scm_families import resolve_scm
-    from causal_grpo.sweep import cell_scm_and_key
+    from causal_grpo.sweep import cell_batch, cell_scm_and_key
 
     policy = None
     if args.grpo_checkpoint:
-        from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+        from causal_grpo.checkpoint import load_grpo_policy
+        from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
     for name in args.scms:
@@ -175,10 +167,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                             "run only up to 12")
     rows = []
     for name in args.scms:
-        src = resolve_scm(name)
-        pairs = [cell_scm_and_key(src, 0, s) for s in range(args.seeds)]
-        scms = stack_scms([p[0] for p in pairs])
-        keys = jnp.stack([p[1] for p in pairs])
+        scms, keys = cell_batch(resolve_scm(name), 0, range(args.seeds))
         d = scms.adj.shape[-1]
         builtin = make_batch_runner(cfg, d)
         f1 = {m.value: builtin(keys, scms, None, method_id(m)).record.f1
@@ -192,11 +181,10 @@ def bench_ceiling(args) -> "pd.DataFrame":
         oracle_s = time.time() - t0
         plugin = functools.partial(make_plugin_gain_selector, n_draws=args.draws)
         f1["plugin_expected_gain"] = make_reference_runner(cfg, d, plugin)(keys, scms).record.f1
-        auc = {m: np.asarray(v)[:, 1:].mean(1) for m, v in f1.items()}
+        auc = {m: f1_auc(v) for m, v in f1.items()}
         for m, a in auc.items():
             diff = a - auc["random_active"]
-            p = (stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue
-                 if m != "random_active" else float("nan"))
+            p = paired_p(diff) if m != "random_active" else float("nan")
             rows.append({"scm": name, "method": m, "f1_auc": a.mean(), "delta": diff.mean(),
                          "p": p, "seeds": args.seeds})
             print(f"{name:8s} {m:22s} F1-AUC 1-{args.n_interventions} {a.mean():.3f}  "

@@ -142,7 +142,7 @@ def _after_observational(scm, n=20, capacity=40):
     buf = Buffer(buf.values.at[:n].set(x0), buf.intervened, buf.valid.at[:n].set(True))
     probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
                                       jnp.zeros_like(x0, bool), jnp.ones((n,), bool)))
-    return sur, buf, AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+    return sur, buf, AL.observe(scm, buf, jnp.asarray(0), probs)
 
 
 def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
