@@ -51,6 +51,23 @@ def observation(d=5, n=12, seed=0):
                        jnp.asarray(0))
 
 
+def test_the_policy_file_is_plain_builtins_only(ckpt):
+    """Format 2: no global in the pickle stream; arrays as {dtype, shape, bytes} records that
+    decode to the saved values."""
+    import pickletools
+    path, params = ckpt
+    data = open(os.path.join(path, "policy_params.pkl"), "rb").read()
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    assert not ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ"}, ops
+    blob = pickle.loads(data)
+    assert blob["version"] == 2 and json.load(open(os.path.join(path, "config.json")))["version"] == 2
+    for m, sub in params.items():
+        for k, v in sub.items():
+            r = blob["params"][m][k]
+            assert r["dtype"] == "float32" and r["shape"] == list(v.shape)
+            np.testing.assert_array_equal(np.frombuffer(r["data"], "<f4").reshape(v.shape), v)
+
+
 def test_save_load_act_round_trip_gives_identical_actions(ckpt):
     path, params = ckpt
     assert sorted(os.listdir(path)) == ["config.json", "policy_params.pkl"]
@@ -77,7 +94,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck").mkdir()
     with open(tmp_path / "ck" / "policy_params.pkl", "wb") as f:
-        pickle.dump({"format": C.FORMAT, "version": 1, "params": Exploit()}, f)
+        pickle.dump({"format": C.FORMAT, "version": 2, "params": Exploit()}, f)
     with pytest.raises(C.CheckpointError, match="refusing to load"):
         C.load_grpo_policy(str(tmp_path / "ck"))
     assert not (tmp_path / "EXPLOITED_MARKER").exists()
@@ -116,7 +133,7 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
         blob["params"].pop(next(iter(blob["params"])))
         pickle.dump(blob, open(pkl, "wb"))
     elif damage == "not_ours":
-        pickle.dump({"hello": np.zeros(3)}, open(pkl, "wb"))
+        pickle.dump({"hello": [0.0, 1.0]}, open(pkl, "wb"))
     elif damage == "bad_config_json":
         open(os.path.join(path, "config.json"), "w").write("{oops")
     elif damage == "negative_prior":
