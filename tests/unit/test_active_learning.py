@@ -99,7 +99,7 @@ def test_scan_matches_a_plain_python_loop():
                  jnp.zeros(15, bool).at[:10].set(True))
     f1s = [float(M.structure_metrics(scm.adj, M.posterior_graph(sur.edge_probs(state)))["f1"])]
     for t in range(5):
-        obs = AL.observe(scm, buf, sur.edge_probs(state), jnp.asarray(t), sur.edge_probs(state))
+        obs = AL.observe(scm, buf, jnp.asarray(t), sur.edge_probs(state))
         act = AL.random_selector(jax.random.fold_in(ks["select"], t), obs)
         mask = jnp.arange(5) == act.variable
         x = propagate(scm, eps[t], mask, jnp.where(mask, act.value, 0.0))
