@@ -1,8 +1,7 @@
 """Group Relative Policy Optimisation: group advantages, the clipped loss, KL, the update.
 
 A *group* is G candidate actions sampled from the policy in the *same* state. Rewards are
-normalised inside the group (mean, and optionally std; ``normalize_std=False`` is Dr. GRPO),
-and the PPO-style clipped ratio uses the log-probabilities recorded when the candidates were
+normalised inside the group (mean and std), and the PPO-style clipped ratio uses the log-probabilities recorded when the candidates were
 sampled (``logp_old``) and the very inputs the policy acted on (``Batch.inputs``): nothing is
 rebuilt at update time.
 """
@@ -40,14 +39,12 @@ class GRPOConfig:
     epochs: int = 2
 
 
-def group_advantages(rewards: Array, normalize_std: bool = True, eps: float = 1e-6) -> Array:
-    """(G,) advantages of one group: rewards minus their mean, divided by their std if asked.
+def group_advantages(rewards: Array, eps: float = 1e-6) -> Array:
+    """(G,) advantages of one group: rewards minus their mean, divided by their std.
 
     A group whose rewards are all equal gets zero advantages (no signal, no NaN).
     """
     centred = rewards - rewards.mean()
-    if not normalize_std:
-        return centred
     std = rewards.std()
     return jnp.where(std > eps, centred / jnp.maximum(std, eps), 0.0)
 

@@ -6,8 +6,9 @@ One iteration:
    scale-free / chain / fork / collider graphs; sizes drawn from the stage's list, padded to
    one size per stage). ``easy``/``medium``/``hard`` are never drawn: they stay held out.
 2. Each episode starts from ``n_observational`` samples and an exact DAG posterior. At each of
-   ``steps_per_episode`` steps the policy sees its observation (the data buffer and bootstrap
-   features by default), and G candidates are sampled from it with their log-probabilities.
+   ``steps_per_episode`` steps the policy sees its observation (the data buffer and, per
+   episode at random, bootstrap or posterior features), and G candidates are sampled from it
+   with their log-probabilities (``policy.act``: one input, G sampling keys).
    Every candidate is executed on the simulator from that same state with the *same*
    exogenous noise (common random numbers: differences within a group come from the action
    alone), the posterior is updated with each outcome, and each candidate's reward is the drop
@@ -23,7 +24,6 @@ episodes of an iteration across processes (``cluster/``) reproduces the same bat
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -48,12 +48,6 @@ from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
 from causal_grpo.sweep import cell_batch
 
 Array = jax.Array
-
-
-class FeatureSource(enum.Enum):
-    BOOTSTRAP = "bootstrap"   # true graph + decaying noise (the design's Phase 1)
-    SURROGATE = "surrogate"   # the exact posterior's edge probabilities
-    MIXED = "mixed"           # each episode draws one of the two with probability 1/2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +110,6 @@ class Phase1Config:
                                     "episode", low=1, high=200)
     n_observational: int = option(30, "--n-observational", "observational samples that start "
                                   "each episode", low=2, high=10_000)
-    # MIXED: each episode draws bootstrap or surrogate features (see README, "Why mixed features").
-    feature_source: FeatureSource = FeatureSource.MIXED
     policy: PolicyConfig = PolicyConfig()
     grpo: grpo.GRPOConfig = grpo.GRPOConfig()
     reward: RewardConfig = RewardConfig()
@@ -192,10 +184,9 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
     sur = make_analytic_surrogate(cfg.surrogate, stage.d_pad)
     k_scm, k_src, k_ep = jax.random.split(key, 3)
     scm = sample_stage_scm(k_scm, stage, cfg)
-    if cfg.feature_source is FeatureSource.MIXED:
-        use_boot = jax.random.bernoulli(k_src, 0.5)
-    else:
-        use_boot = jnp.asarray(cfg.feature_source is FeatureSource.BOOTSTRAP)
+    # Each episode draws bootstrap (true graph + decaying noise) or surrogate (the exact
+    # posterior's) features with probability 1/2 (docs: "Why mixed features").
+    use_boot = jax.random.bernoulli(k_src, 0.5)
 
     d, n0, T, G = stage.d_pad, cfg.n_observational, cfg.steps_per_episode, cfg.grpo.group_size
     K = cfg.policy.n_bins
