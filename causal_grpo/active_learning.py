@@ -10,7 +10,7 @@ and the exogenous noise of every step depend only on the cell key (scm, seed), n
 method; each method then sees the same world and differs only in what it chooses.
 
 A selector is a pure function ``(key, Observation, params) -> Action``; learned policies plug in
-through ``params`` (see ``causal_grpo.checkpoint.policy_selector``).
+through ``params`` (see ``causal_grpo.policy.make_policy_selector``).
 """
 
 from __future__ import annotations
@@ -333,11 +333,39 @@ def cell_keys(key: Array) -> dict:
     return dict(zip(names, jax.random.split(key, len(names))))
 
 
-def observe(scm: SCM, buffer: Buffer, probs: Array, step: Array, feature_probs: Array) -> Observation:
-    """Build the selector's observation; features come from ``feature_probs``."""
+def observe(scm: SCM, buffer: Buffer, step: Array, feature_probs: Array) -> Observation:
+    """The selector's observation of ``buffer``; features come from ``feature_probs``. Reads
+    only the target, mask and range of ``scm``."""
     feats = features_from_probs(feature_probs, buffer, scm.target, scm.var_mask)
     return Observation(buffer, feature_probs, feats, scm.target, scm.var_mask, scm.low, scm.high,
                        step)
+
+
+class EpisodeStart(NamedTuple):
+    """An episode before its first intervention: named keys (:func:`cell_keys`), the
+    observational samples x0 (n0, d), the buffer holding them, the surrogate's state after
+    them, and the exogenous noise of every step (max(T, 1), d)."""
+
+    keys: dict
+    x0: Array
+    buffer: Buffer
+    state: Any
+    eps: Array
+
+
+def start_episode(key: Array, scm: SCM, surrogate: Surrogate, n_observational: int,
+                  capacity: int, n_steps: int) -> EpisodeStart:
+    """The one episode start of both phases and the seed API: same cell key, same data."""
+    ks = cell_keys(key)
+    x0 = sample_n(ks["obs"], scm, n_observational)
+    buffer = Buffer.empty(capacity, scm.d)
+    buffer = buffer._replace(values=buffer.values.at[:n_observational].set(x0),
+                             valid=buffer.valid.at[:n_observational].set(True))
+    state = surrogate.update(surrogate.init(ks["surrogate"], scm.var_mask), x0,
+                             jnp.zeros_like(x0, bool), jnp.ones((n_observational,), bool))
+    # max(T, 1): a scan body is traced even when T = 0 (observational-only budgets).
+    eps = jax.random.normal(ks["noise"], (max(n_steps, 1), scm.d))
+    return EpisodeStart(ks, x0, buffer, state, eps)
 
 
 def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
@@ -356,14 +384,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
         of the surrogate's; only the labelled ``grpo_bootstrap`` reference does this.
     """
     d, n0, T = scm.d, cfg.n_observational, cfg.n_interventions
-    ks = cell_keys(key)
-    x0 = sample_n(ks["obs"], scm, n0)
-    buffer = Buffer.empty(cfg.capacity, d)
-    buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
-    state = surrogate.init(ks["surrogate"], scm.var_mask)
-    state = surrogate.update(state, x0, jnp.zeros_like(x0, bool), jnp.ones((n0,), bool))
-    # max(T, 1): the scan body is traced even when T = 0 (observational-only budgets).
-    eps = jax.random.normal(ks["noise"], (max(T, 1), d))
+    ks, x0, buffer, state, eps = start_episode(key, scm, surrogate, n0, cfg.capacity, T)
     noise_b = bootstrap_noise(ks["bootstrap"], d)
     best0 = jnp.min(x0[:, scm.target])
     rec0 = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=jnp.mean(x0[:, scm.target]),
@@ -373,7 +394,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
         state, buffer, best = carry
         probs = surrogate.edge_probs(state)
         fprobs = jnp.where(use_bootstrap, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
-        obs = observe(scm, buffer, probs, t, fprobs)
+        obs = observe(scm, buffer, t, fprobs)
         act = selector(jax.random.fold_in(ks["select"], t), obs, params)
         value = jnp.clip(act.value, scm.low, scm.high)
         do_mask = (jnp.arange(d) == act.variable) & act.intervene

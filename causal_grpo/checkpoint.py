@@ -1,22 +1,24 @@
-"""Policy checkpoints (one schema, safe loading) and the seed document's policy API.
+"""Policy checkpoints: save and load, nothing else; loading cannot run code or crash.
 
 A checkpoint is a directory holding
 
-* ``policy_params.pkl``: a plain dict ``{"format": "causal-grpo-policy", "version": 1,
-  "architecture": {...PolicyConfig...}, "params": {module: {name: numpy array}}}``, written
-  with protocol 4 and read back *only* through :class:`SafeUnpickler`, which refuses every
-  global except NumPy's array reconstruction: a pickle that would run code is rejected
-  before anything in it executes;
-* ``config.json``: the architecture (authoritative when loading a directory), the training
-  configuration, training metrics and library versions;
-* ``trainer_state.npz`` (optional): optimiser state and iteration, for resuming training.
+* ``policy_params.pkl`` (format version 2): a pickle of plain builtins only (dict, list, str,
+  int, float, bytes): ``{"format": "causal-grpo-policy", "version": 2, "architecture":
+  {...PolicyConfig...}, "params": {module: {name: {"dtype": str, "shape": [int, ...],
+  "data": bytes}}}}``. It is read back through :class:`PlainUnpickler`, which refuses every
+  global (no numpy, no callables), so a pickle that would run code or forge an object is
+  rejected before anything in it executes; then every array is checked (dtype from an
+  allow-list, shape against the architecture's, data length against dtype and shape) before
+  it is decoded. Version-1 files (numpy pickles) are refused, not migrated: reading them
+  needs numpy's reconstruction globals, the unsafe path; commit 465dede reads them.
+* ``config.json``: the architecture (authoritative when loading a directory, each field within
+  sane bounds), the training configuration, training metrics and library versions;
+* ``trainer_state.npz`` (optional): optimiser state and iteration, for resuming training
+  (numpy's loader without pickles).
 
 Directories are written to a temporary sibling and renamed into place, so a checkpoint is
-either complete or absent.
-
-``load_grpo_policy(path)`` and ``create_grpo_intervention_fn(loaded, scm, intervention_range)``
-are the seed document's API; ``policy_handle`` turns a loaded policy into the pure selector of
-the jitted Phase-2 loop.
+either complete or absent. ``two_phase`` holds the seed document's API and
+``policy.policy_handle`` turns a loaded policy into the selector of the jitted Phase-2 loop.
 """
 
 from __future__ import annotations
@@ -36,19 +38,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causal_grpo.active_learning import Observation
 from causal_grpo.errors import UserError
-from causal_grpo.features import N_FEATURES, Buffer, features_from_probs
-from causal_grpo.networks import (PolicyConfig, bin_values, dummy_input, make_policy,
-                                  sample_action)
-from causal_grpo.policy import (LookaheadDraws, lookahead_features, lookahead_key,
-                                make_policy_selector, policy_input, resolve_lookahead_draws)
-from causal_grpo.scm import SCM, SCMSpec
+from causal_grpo.features import N_FEATURES
+from causal_grpo.networks import PolicyConfig, dummy_input, make_policy
 
 FORMAT = "causal-grpo-policy"
-OPTIONAL_ZERO = {"pairwise", "data_stats", "lookahead", "lookahead_prior"}   # 0 means "off"
-REAL_FIELDS = {"lookahead_prior"}   # architecture fields that are numbers, not integers
-VERSION = 1
+# Inclusive bounds of every architecture field: sane sizes, so a forged config.json is refused
+# before a network is built from it. lookahead_prior is a real number, the rest integers.
+ARCH_BOUNDS = {"hidden": (1, 4096), "layers": (1, 64), "heads": (1, 64), "n_bins": (2, 1024),
+               "n_features": (1, 1024), "lookahead": (0, 1), "lookahead_prior": (0.0, 1e3)}
+VERSION = 2
+OLD_FORMAT_COMMIT = "465dede"   # the last commit that reads format version 1
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+          "uint16", "uint32", "uint64", "bool")
+MAX_ELEMENTS = 2 ** 28          # per array; a real policy has about 10^5 in all
+MAX_FILE_BYTES = 2 ** 30
+MAX_CONFIG_BYTES = 2 ** 24
 PARAMS_FILE = "policy_params.pkl"
 CONFIG_FILE = "config.json"
 TRAINER_FILE = "trainer_state.npz"
@@ -60,8 +65,13 @@ class CheckpointError(UserError):
 
 # --------------------------------------------------------------------------- saving
 
-def params_to_numpy(params: Any) -> dict:
-    return {m: {k: np.asarray(v) for k, v in sub.items()} for m, sub in params.items()}
+def _encode(x: Any) -> dict:
+    """An array as plain builtins: dtype name, shape, little-endian bytes."""
+    a = np.asarray(x)
+    if a.dtype.name not in DTYPES:
+        raise TypeError(f"cannot save a {a.dtype} array in a policy file")
+    return {"dtype": a.dtype.name, "shape": list(a.shape),
+            "data": np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()}
 
 
 def _versions() -> dict:
@@ -79,7 +89,8 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
     tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
     try:
         blob = {"format": FORMAT, "version": VERSION,
-                "architecture": dataclasses.asdict(policy_cfg), "params": params_to_numpy(params)}
+                "architecture": dataclasses.asdict(policy_cfg),
+                "params": {m: {k: _encode(v) for k, v in sub.items()} for m, sub in params.items()}}
         with open(os.path.join(tmp, PARAMS_FILE), "wb") as f:
             pickle.dump(blob, f, protocol=4)
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -105,29 +116,27 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
 
 # --------------------------------------------------------------------------- loading
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler for plain containers and NumPy arrays only; every other global is refused."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    }
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickler of plain builtins only: every global is refused, so no callable (and no
+    object but dict, list, tuple, str, bytes, int, float, bool, None) can be built."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+        if module.split(".")[0] == "numpy":
+            raise CheckpointError(f"holds numpy objects ({module}.{name}): a policy file of "
+                                  f"format version 1, read by commit {OLD_FORMAT_COMMIT}; this "
+                                  f"code reads version {VERSION} only")
         raise CheckpointError(f"refusing to load {module}.{name} from a policy file "
-                              "(only plain containers and numpy arrays are allowed)")
+                              "(only plain builtins are allowed)")
 
 
-def safe_load(data: bytes, where: str) -> Any:
+def plain_load(data: bytes, where: str) -> Any:
+    """Unpickle ``data`` with :class:`PlainUnpickler`; any failure is one CheckpointError."""
     try:
-        return SafeUnpickler(_io.BytesIO(data)).load()
+        return PlainUnpickler(_io.BytesIO(data)).load()
     except CheckpointError as e:
         raise CheckpointError(f"{where}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, OverflowError) as e:
+            IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
         raise CheckpointError(f"{where} is truncated or corrupt ({type(e).__name__})") from None
 
 
@@ -146,23 +155,18 @@ def _architecture(obj: Any, where: str) -> PolicyConfig:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{where}: 'architecture' must be an object")
     fields = {f.name: f.type for f in dataclasses.fields(PolicyConfig)}
-    unknown = set(obj) - set(fields)
-    if unknown:
-        raise CheckpointError(f"{where}: unknown architecture field(s) {sorted(unknown)}")
-    # Checkpoints written before the belief-graph terms (or the data statistics) existed lack
-    # those fields: they are policies without them.
-    obj = {k: 0 for k in OPTIONAL_ZERO} | obj
+    if set(obj) != set(fields):
+        raise CheckpointError(f"{where}: architecture fields {sorted(map(str, obj))} are not "
+                              f"this version's {sorted(fields)}"[:400])
     for k, v in obj.items():
-        if k in REAL_FIELDS:
-            if (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-                    or v < 0):
-                raise CheckpointError(f"{where}: architecture field '{k}' must be a finite "
-                                      "non-negative number")
-            obj = obj | {k: float(v)}
-            continue
-        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k in OPTIONAL_ZERO else 1):
-            kind = "a non-negative" if k in OPTIONAL_ZERO else "a positive"
-            raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} integer")
+        lo, hi = ARCH_BOUNDS[k]
+        real = isinstance(lo, float)
+        if (isinstance(v, bool) or not isinstance(v, (int, float) if real else int)
+                or not lo <= v <= hi):
+            kind = "a number" if real else "an integer"
+            raise CheckpointError(f"{where}: architecture field '{k}' must be {kind} in "
+                                  f"[{lo}, {hi}], got {v!r}"[:300])
+    obj = obj | {"lookahead_prior": float(obj["lookahead_prior"])}
     cfg = PolicyConfig(**obj)
     if cfg.n_features != N_FEATURES:
         raise CheckpointError(f"{where}: policy expects {cfg.n_features} features, this version "
@@ -176,6 +180,36 @@ def template_params(cfg: PolicyConfig) -> Any:
     return jax.eval_shape(lambda: make_policy(cfg).init(jax.random.PRNGKey(0), dummy_input(cfg)))
 
 
+def _decode(obj: Any, shape: tuple[int, ...], name: str, where: str) -> np.ndarray:
+    """The array ``name`` from its plain form, after checking it against the template shape."""
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
+        raise CheckpointError(f"{where}: parameter {name} is not a {{dtype, shape, data}} record")
+    dtype, dims, data = obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CheckpointError(f"{where}: parameter {name} has dtype {str(dtype)[:40]!r}, not one "
+                              f"of {', '.join(DTYPES)}")
+    if (not isinstance(dims, list) or len(dims) > 32
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in dims)):
+        raise CheckpointError(f"{where}: parameter {name} has a shape that is not a list of "
+                              "non-negative integers")
+    size = math.prod(dims)
+    if size > MAX_ELEMENTS:
+        raise CheckpointError(f"{where}: parameter {name} claims {size:.3g} elements "
+                              f"(at most {MAX_ELEMENTS})")
+    if tuple(dims) != shape:
+        raise CheckpointError(f"{where}: parameters do not fit the architecture in config.json "
+                              f"({name} has shape {tuple(dims)}, expected {shape})")
+    dt = np.dtype(dtype).newbyteorder("<")
+    if not isinstance(data, bytes) or len(data) != size * dt.itemsize:
+        got = len(data) if isinstance(data, bytes) else type(data).__name__
+        raise CheckpointError(f"{where}: parameter {name} has {got} bytes of data, its dtype and "
+                              f"shape need {size * dt.itemsize}")
+    arr = np.frombuffer(data, dt).reshape(shape)
+    if not np.all(np.isfinite(arr)):
+        raise CheckpointError(f"{where}: parameter {name} has non-finite values")
+    return arr
+
+
 def _check_params(params: Any, cfg: PolicyConfig, where: str) -> dict:
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise CheckpointError(f"{where}: 'params' must be a dict of dicts of arrays")
@@ -184,30 +218,49 @@ def _check_params(params: Any, cfg: PolicyConfig, where: str) -> dict:
     want_keys = {(m, k) for m, sub in want.items() for k in sub}
     if got_keys != want_keys:
         missing = sorted(want_keys - got_keys)[:3]
-        extra = sorted(got_keys - want_keys)[:3]
+        extra = sorted(map(str, got_keys - want_keys))[:3]
         raise CheckpointError(f"{where}: parameters do not fit the architecture in config.json "
-                              f"(missing {missing}, unexpected {extra})")
-    out = {}
-    for m, sub in want.items():
-        out[m] = {}
-        for k, spec in sub.items():
-            arr = params[m][k]
-            if not isinstance(arr, np.ndarray) or arr.shape != spec.shape:
-                shape = getattr(arr, "shape", type(arr).__name__)
-                raise CheckpointError(f"{where}: parameters do not fit the architecture in "
-                                      f"config.json ({m}/{k} has shape {shape}, expected {spec.shape})")
-            if not np.all(np.isfinite(arr)):
-                raise CheckpointError(f"{where}: parameter {m}/{k} has non-finite values")
-            out[m][k] = jnp.asarray(arr, jnp.float32)
-    return out
+                              f"(missing {missing}, unexpected {extra})"[:400])
+    return {m: {k: jnp.asarray(_decode(params[m][k], spec.shape, f"{m}/{k}", where), jnp.float32)
+                for k, spec in sub.items()} for m, sub in want.items()}
+
+
+def _read(path: str, limit: int) -> bytes:
+    try:
+        if os.path.getsize(path) > limit:
+            raise CheckpointError(f"{path} is larger than {limit} bytes: not a policy checkpoint")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_config(path: str) -> dict:
+    """``config.json`` as a dict; one CheckpointError if it is not UTF-8 JSON of an object."""
+    try:
+        obj = json.loads(_read(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a checkpoint config") from None
+    except ValueError as e:   # JSONDecodeError, or an integer with too many digits
+        raise CheckpointError(f"{path} is not valid JSON ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(obj, dict) or "architecture" not in obj:
+        raise CheckpointError(f"{path} has no 'architecture'")
+    if obj.get("version", VERSION) != VERSION:
+        raise CheckpointError(f"{path} is a checkpoint of format version "
+                              f"{str(obj.get('version'))[:20]}; this code reads version {VERSION} "
+                              f"(version 1 is read by commit {OLD_FORMAT_COMMIT})")
+    return obj
 
 
 def load_grpo_policy(path: str) -> LoadedPolicy:
     """Load a policy from a checkpoint directory or its ``policy_params.pkl``.
 
     Raises :class:`CheckpointError` (one line, naming the problem) for a missing directory or
-    file, a truncated or corrupt file, a pickle that would run code, or parameters that do not
-    fit the architecture.
+    file, a truncated or corrupt file, a pickle that holds anything but plain builtins, an
+    older format, a config.json that is not UTF-8 JSON or whose architecture is out of bounds,
+    or parameters that do not fit the architecture.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -218,170 +271,17 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
         pkl, cfg_path = path, os.path.join(os.path.dirname(path), CONFIG_FILE)
     else:
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with open(pkl, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {pkl}: {e.strerror}") from None
-    blob = safe_load(data, pkl)
+    metadata = read_config(cfg_path) if os.path.exists(cfg_path) else {}
+    data = _read(pkl, MAX_FILE_BYTES)
+    blob = plain_load(data, pkl)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{pkl} is not a causal-grpo policy file")
     if blob.get("version") != VERSION:
-        raise CheckpointError(f"{pkl} has format version {blob.get('version')}, this code reads {VERSION}")
-    metadata: dict = {}
-    arch = blob.get("architecture")
-    if os.path.exists(cfg_path):
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                metadata = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{cfg_path} is unreadable or not valid JSON ({e})") from None
-        if not isinstance(metadata, dict) or "architecture" not in metadata:
-            raise CheckpointError(f"{cfg_path} has no 'architecture'")
-        arch = metadata["architecture"]
+        raise CheckpointError(f"{pkl} has format version {str(blob.get('version'))[:20]}; this code "
+                              f"reads version {VERSION} (version 1 is read by commit "
+                              f"{OLD_FORMAT_COMMIT})")
+    arch = metadata["architecture"] if metadata else blob.get("architecture")
     cfg = _architecture(arch, cfg_path if metadata else pkl)
     params = _check_params(blob.get("params"), cfg, pkl)
     return LoadedPolicy(params, cfg, os.path.abspath(path), hashlib.sha256(data).hexdigest()[:16],
                         metadata)
-
-
-def policy_handle(loaded: LoadedPolicy, greedy: bool = False,
-                  lookahead_draws: LookaheadDraws = "auto"):
-    """The loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:
-    outcomes per candidate in its lookahead input, a number or "auto" (the acting-time budget,
-    :func:`policy.auto_lookahead_draws`); part of the digest, so of the cache key)."""
-    from causal_grpo.sweep import PolicyHandle
-    try:
-        resolve_lookahead_draws(lookahead_draws, 2)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    draws = lookahead_draws if loaded.config.lookahead else 1
-    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws != 1 else "")
-    return PolicyHandle(make_policy_selector(loaded.config, greedy, draws), loaded.params,
-                        digest, loaded.config, greedy, draws)
-
-
-# --------------------------------------------------------------------------- stateful policy API
-
-class GRPOInterventionFn:
-    """A trained policy with its own history, choosing interventions from data alone.
-
-    It keeps every sample it is shown (``observe``) and its own exact DAG posterior of them;
-    each call builds the policy's input from that history (surrogate features, never the true
-    graph) and samples ``(variable_index, value)``. Create it with
-    :func:`create_grpo_intervention_fn`.
-    """
-
-    def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
-                 intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
-                 greedy: bool = False, lookahead_draws: LookaheadDraws = "auto"):
-        from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
-        lo, hi = (float(x) for x in intervention_range)
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
-        if not 0 <= target < d:
-            raise UserError(f"target index {target} out of range for {d} variables")
-        try:
-            lookahead_draws = resolve_lookahead_draws(lookahead_draws, d)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        self.loaded, self.d, self.target, self.names = loaded, d, target, names
-        self.low, self.high, self.capacity = lo, hi, capacity
-        self._sur = make_analytic_surrogate(AnalyticConfig(), d)
-        self._var_mask = jnp.ones((d,), bool)
-        self._state = self._sur.init(jax.random.PRNGKey(seed), self._var_mask)
-        self._buffer = Buffer.empty(capacity, d)
-        self._count = 0
-        self._key = jax.random.PRNGKey(seed)
-        self._calls = 0
-        self.history: list[dict] = []
-        net = make_policy(loaded.config)
-        K = loaded.config.n_bins
-
-        def _out(params, buffer, state, target, key):
-            probs = self._sur.edge_probs(state)
-            feats = features_from_probs(probs, buffer, target, self._var_mask)
-            obs = Observation(buffer, probs, feats, target, self._var_mask, jnp.float32(lo),
-                              jnp.float32(hi), jnp.asarray(0))
-            extra = (lookahead_features(lookahead_key(key), obs, self._sur, state, lookahead_draws)
-                     if loaded.config.lookahead else None)
-            return net.apply(params, None, policy_input(obs, extra))
-
-        def _act(params, buffer, state, target, key):
-            out = _out(params, buffer, state, target, key)
-            j, b, lp = sample_action(key, out, greedy)
-            return j, bin_values(jnp.float32(lo), jnp.float32(hi), K)[b], lp
-
-        def _dist(params, buffer, state, target, key):
-            out = _out(params, buffer, state, target, key)
-            pv = jax.nn.softmax(out.var_logits)
-            return pv, jax.nn.softmax(out.value_logits, axis=-1)
-
-        self._act = jax.jit(_act)
-        self._dist = jax.jit(_dist)
-        self._update = jax.jit(self._sur.update)
-
-    def observe(self, values, intervened=None) -> None:
-        """Add samples: values (n, d) or (d,); intervened the same shape (bool) or None."""
-        x = np.atleast_2d(np.asarray(values, np.float32))
-        if x.shape[1] != self.d or not np.all(np.isfinite(x)):
-            raise UserError(f"observe() needs finite values of shape (n, {self.d}), got {np.shape(values)}")
-        m = np.zeros_like(x, bool) if intervened is None else np.atleast_2d(np.asarray(intervened, bool))
-        if m.shape != x.shape:
-            raise UserError(f"intervened mask shape {m.shape} does not match values {x.shape}")
-        n = x.shape[0]
-        if self._count + n > self.capacity:
-            raise UserError(f"history is full ({self.capacity} rows); create the function with a "
-                            "larger capacity")
-        rows = slice(self._count, self._count + n)
-        self._buffer = Buffer(self._buffer.values.at[rows].set(x),
-                              self._buffer.intervened.at[rows].set(m),
-                              self._buffer.valid.at[rows].set(True))
-        self._count += n
-        self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
-        for row, mask in zip(x, m):
-            self.history.append({"values": row, "intervened": mask})
-
-    def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
-        """(d,) variable probabilities and (d, n_bins) value-bin probabilities of the next call."""
-        pv, pb = self._dist(self.loaded.params, self._buffer, self._state, jnp.asarray(self.target),
-                            jax.random.fold_in(self._key, self._calls))
-        return np.asarray(pv), np.asarray(pb)
-
-    def __call__(self) -> tuple[int, float]:
-        """The next intervention ``(variable_index, value)`` chosen from the history."""
-        if self._count == 0:
-            raise UserError("the intervention function has seen no data yet; call observe() first")
-        key = jax.random.fold_in(self._key, self._calls)
-        self._calls += 1
-        j, v, _ = self._act(self.loaded.params, self._buffer, self._state,
-                            jnp.asarray(self.target), key)
-        return int(j), float(v)
-
-
-def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
-                                intervention_range: tuple[float, float] = (-2.0, 2.0),
-                                seed: int = 0, greedy: bool = False,
-                                capacity: int = 512,
-                                lookahead_draws: LookaheadDraws = "auto") -> GRPOInterventionFn:
-    """The seed document's step 2: a stateful intervention function for ``scm``.
-
-    Only the SCM's size, target and names are used, never its graph: the function learns what
-    it needs from the data it is shown. ``lookahead_draws``: as for :func:`policy_handle`.
-    """
-    if isinstance(scm, str):
-        from causal_grpo.scm_families import resolve_scm
-        scm = resolve_scm(scm)
-    if isinstance(scm, SCMSpec):
-        d, target, names = scm.d, scm.target, scm.variables
-    elif isinstance(scm, SCM):
-        mask = np.asarray(scm.var_mask)
-        if not mask.all():
-            raise UserError("create_grpo_intervention_fn needs an unpadded SCM")
-        d, target = scm.d, int(scm.target)
-        names = tuple(f"X{i}" for i in range(d))
-    else:
-        raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
-    return GRPOInterventionFn(loaded_policy, d, target, names, intervention_range,
-                              capacity=capacity, seed=seed, greedy=greedy,
-                              lookahead_draws=lookahead_draws)

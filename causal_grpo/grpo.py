@@ -1,8 +1,7 @@
 """Group Relative Policy Optimisation: group advantages, the clipped loss, KL, the update.
 
 A *group* is G candidate actions sampled from the policy in the *same* state. Rewards are
-normalised inside the group (mean, and optionally std; ``normalize_std=False`` is Dr. GRPO),
-and the PPO-style clipped ratio uses the log-probabilities recorded when the candidates were
+normalised inside the group (mean and std), and the PPO-style clipped ratio uses the log-probabilities recorded when the candidates were
 sampled (``logp_old``) and the very inputs the policy acted on (``Batch.inputs``): nothing is
 rebuilt at update time.
 """
@@ -17,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from causal_grpo.networks import (PolicyInput, PolicyOutput, action_log_prob, entropy,
-                                  kl_divergence)
+from causal_grpo.networks import PolicyInput, action_log_prob, entropy, kl_divergence
+from causal_grpo.options import option
 
 Array = jax.Array
 
@@ -27,26 +26,25 @@ Array = jax.Array
 class GRPOConfig:
     """GRPO hyper-parameters (``group_size`` and ``epochs`` are static)."""
 
-    group_size: int = 16
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None     # asymmetric clipping ("clip-higher") when set
-    normalize_std: bool = True             # False: Dr. GRPO (mean-centred only)
-    entropy_coef: float = 0.01
-    kl_coef: float = 0.0                   # KL to the frozen reference (initial) policy
-    distill_coef: float = 0.0              # cross-entropy to Batch.teacher, when collected
-    learning_rate: float = 3e-4
+    group_size: int = option(16, "--group-size", "candidates per state (G)", low=2, high=256)
+    clip_eps: float = option(0.2, "--clip-eps", "PPO clip range of the probability ratio",
+                             low=0.0, high=1.0, open_low=True, open_high=True)
+    entropy_coef: float = option(0.01, "--entropy-coef", "weight of the entropy bonus",
+                                 low=0.0, high=100.0)
+    kl_coef: float = option(0.0, "--kl-coef", "weight of the KL to the initial policy",
+                            low=0.0, high=100.0)
+    learning_rate: float = option(3e-4, "--learning-rate", "Adam step size", low=0.0, high=1.0,
+                                  open_low=True)
     max_grad_norm: float = 1.0
     epochs: int = 2
 
 
-def group_advantages(rewards: Array, normalize_std: bool = True, eps: float = 1e-6) -> Array:
-    """(G,) advantages of one group: rewards minus their mean, divided by their std if asked.
+def group_advantages(rewards: Array, eps: float = 1e-6) -> Array:
+    """(G,) advantages of one group: rewards minus their mean, divided by their std.
 
     A group whose rewards are all equal gets zero advantages (no signal, no NaN).
     """
     centred = rewards - rewards.mean()
-    if not normalize_std:
-        return centred
     std = rewards.std()
     return jnp.where(std > eps, centred / jnp.maximum(std, eps), 0.0)
 
@@ -64,9 +62,7 @@ class Batch(NamedTuple):
     """N states with G candidates each, exactly as collected.
 
     inputs: PolicyInput with leading axis N (what the policy saw when acting);
-    variable / value_bin / logp_old / advantages: (N, G);
-    teacher: optional (N, d, n_bins) target distribution over (variable, value bin) for the
-    distillation term (Phase 1's expected-gain teacher), or None.
+    variable / value_bin / logp_old / advantages: (N, G).
     """
 
     inputs: PolicyInput
@@ -74,7 +70,6 @@ class Batch(NamedTuple):
     value_bin: Array
     logp_old: Array
     advantages: Array
-    teacher: Array | None = None
 
 
 class TrainState(NamedTuple):
@@ -92,37 +87,23 @@ def init_train_state(params: Any, cfg: GRPOConfig) -> TrainState:
     return TrainState(params, make_optimizer(cfg).init(params), params, jnp.zeros((), jnp.int32))
 
 
-def cross_entropy(out: PolicyOutput, target: Array) -> Array:
-    """-sum q(j, b) log pi(j, b) for a target distribution ``target`` (d, n_bins)."""
-    lv = jax.nn.log_softmax(out.var_logits)
-    lb = jax.nn.log_softmax(out.value_logits, axis=-1)
-    return -jnp.sum(jnp.where(target > 0, target * (lv[:, None] + lb), 0.0))
-
-
 def grpo_loss(params: Any, ref_params: Any, batch: Batch, policy: hk.Transformed,
               cfg: GRPOConfig) -> tuple[Array, dict]:
-    """Mean clipped-surrogate loss over all N x G candidates, minus entropy, plus KL, plus
-    ``distill_coef`` times the cross-entropy to the teacher when the batch carries one."""
-    eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
-    distill = cfg.distill_coef > 0 and batch.teacher is not None
-    teacher = batch.teacher if distill else jnp.zeros(batch.variable.shape[:1])
+    """Mean clipped-surrogate loss over all N x G candidates, minus entropy, plus KL."""
 
-    def per_state(inp, var, vbin, lp_old, adv, q):
+    def per_state(inp, var, vbin, lp_old, adv):
         out = policy.apply(params, None, inp)
         logp = jax.vmap(lambda j, b: action_log_prob(out, j, b))(var, vbin)
-        obj, clip = clipped_objective(logp, lp_old, adv, cfg.clip_eps, eps_high)
+        obj, clip = clipped_objective(logp, lp_old, adv, cfg.clip_eps, cfg.clip_eps)
         kl = (kl_divergence(out, policy.apply(ref_params, None, inp)) if cfg.kl_coef > 0
               else jnp.zeros(()))
-        ce = cross_entropy(out, q) if distill else jnp.zeros(())
-        return obj.mean(), clip.mean(), entropy(out), kl, (lp_old - logp).mean(), ce
+        return obj.mean(), clip.mean(), entropy(out), kl, (lp_old - logp).mean()
 
-    obj, clip, ent, kl, approx_kl, ce = jax.vmap(per_state)(
-        batch.inputs, batch.variable, batch.value_bin, batch.logp_old, batch.advantages, teacher)
-    loss = (-obj.mean() - cfg.entropy_coef * ent.mean() + cfg.kl_coef * kl.mean()
-            + cfg.distill_coef * ce.mean())
+    obj, clip, ent, kl, approx_kl = jax.vmap(per_state)(
+        batch.inputs, batch.variable, batch.value_bin, batch.logp_old, batch.advantages)
+    loss = -obj.mean() - cfg.entropy_coef * ent.mean() + cfg.kl_coef * kl.mean()
     return loss, {"loss": loss, "clip_frac": clip.mean(), "entropy": ent.mean(),
-                  "kl_ref": kl.mean(), "approx_kl_old": approx_kl.mean(),
-                  "teacher_ce": ce.mean()}
+                  "kl_ref": kl.mean(), "approx_kl_old": approx_kl.mean()}
 
 
 def update(state: TrainState, batch: Batch, policy: hk.Transformed, cfg: GRPOConfig

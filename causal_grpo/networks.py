@@ -11,14 +11,11 @@ Inputs (one example; vmap for batches):
     over all rows and over its intervened rows) into a per-variable summary;
   * per-variable features (d, F) of ``causal_grpo.features`` (one schema for bootstrap and
     surrogate features);
-  * the edge probabilities (d, d) those features were computed from (``pairwise`` > 0 only);
-  * with ``data_stats`` (opt-in, see README), second-order statistics of the standardised
-    buffer: |correlation| and |partial correlation| join the pair inputs, each variable's R^2
-    on the others joins its summary.
+  * the edge probabilities (d, d) those features were computed from.
 
 Body: the summary and features are concatenated, embedded, and passed through ``layers``
 pre-norm transformer blocks of self-attention *across variables* (padding masked out).
-With ``pairwise`` > 0 each block also reads the belief graph: every ordered pair (i, j) gets an
+Each block also reads the belief graph: every ordered pair (i, j) gets an
 embedding of (P(i -> j), P(j -> i), pair entropy) that biases each head's attention logits,
 and each variable receives messages from its probable children and probable parents (sums
 weighted by P(i -> j) and P(j -> i)). Per-variable aggregates alone cannot tell "a parent of
@@ -60,8 +57,6 @@ class PolicyConfig:
     heads: int = 4
     n_bins: int = 9
     n_features: int = N_FEATURES
-    pairwise: int = 1          # 0: per-variable inputs only (checkpoints before this field)
-    data_stats: int = 0        # 1: also read the buffer's correlations (pair terms need pairwise)
     lookahead: int = 1         # 1: features carry 2 more columns, policy.lookahead_features
     # > 0 (needs lookahead): the logits also get a learned multiple of the lookahead, starting
     # at this value, so the policy starts as the softmax of the plug-in gains (see PolicyNet).
@@ -122,31 +117,6 @@ class BiasedAttention(hk.Module):
                          name="out")(out)
 
 
-def _data_stats(z: Array, valid: Array, var_mask: Array, shrink: float = 0.1) -> tuple[Array, Array]:
-    """Second-order statistics of the standardised buffer ``z`` (C, d).
-
-    Returns ((d, d, 2) [|correlation|, |partial correlation|], (d,) R^2 of each variable on
-    all the others), zero off the real variables. The per-cell encoder pools every variable on
-    its own, so without these the policy cannot see how strongly the data tie variables
-    together: a child that its parents nearly determine (high R^2) is where one intervention
-    on a parent says most. The correlation is shrunk towards the identity (``shrink``) so the
-    precision matrix exists with fewer rows than variables; padding gets an identity block,
-    which leaves the real block's inverse unchanged.
-    """
-    d = z.shape[1]
-    real = var_mask.astype(jnp.float32)
-    pair = real[:, None] * real[None, :]
-    n = jnp.maximum(valid.astype(jnp.float32).sum(), 1.0)
-    corr = (z.T @ z / n) * pair
-    corr = corr * (1.0 - jnp.eye(d)) * (1.0 - shrink) + jnp.eye(d)
-    prec = jnp.linalg.inv(corr)
-    diag = jnp.diag(prec)
-    pcorr = -prec / jnp.sqrt(diag[:, None] * diag[None, :])
-    off = pair * (1.0 - jnp.eye(d))
-    r2 = jnp.clip(1.0 - 1.0 / diag, 0.0, 1.0) * real
-    return jnp.stack([jnp.abs(corr) * off, jnp.abs(pcorr) * off], axis=-1), r2
-
-
 def _standardise(values: Array, valid: Array) -> Array:
     w = valid.astype(jnp.float32)[:, None]
     n = jnp.maximum(w.sum(), 1.0)
@@ -175,35 +145,23 @@ class PolicyNet(hk.Module):
             (h * w_all).sum(0) / jnp.maximum(w_all.sum(0), 1.0),
             (h * w_int).sum(0) / jnp.maximum(w_int.sum(0), 1.0),
         ], axis=-1)                                                             # (d, 2H)
-        if cfg.data_stats:
-            pair_stats, r2 = _data_stats(z, x.valid, x.var_mask)
-            pooled = jnp.concatenate([pooled, r2[:, None]], axis=-1)
         e = jnp.concatenate([pooled, x.features], axis=-1)
         e = hk.nets.MLP([H, H], activate_final=False, name="var_embed")(e)     # (d, H)
 
         mask = x.var_mask[None, :] & x.var_mask[:, None]                        # (d, d)
-        if cfg.pairwise:
-            pin = _pair_inputs(x.edge_probs, x.var_mask)
-            if cfg.data_stats:
-                pin = jnp.concatenate([pin, pair_stats], axis=-1)
-            pe = hk.nets.MLP([H // 2, H // 2], activate_final=True, name="pair_mlp")(pin)
-            p_child, p_parent = pin[..., 0], pin[..., 1]                        # (d, d)
-            n_other = jnp.maximum(x.var_mask.sum() - 1.0, 1.0)
+        pin = _pair_inputs(x.edge_probs, x.var_mask)
+        pe = hk.nets.MLP([H // 2, H // 2], activate_final=True, name="pair_mlp")(pin)
+        p_child, p_parent = pin[..., 0], pin[..., 1]                            # (d, d)
+        n_other = jnp.maximum(x.var_mask.sum() - 1.0, 1.0)
         for i in range(cfg.layers):
             ln1 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln1_{i}")
             y = ln1(e)
-            if cfg.pairwise:
-                bias = hk.Linear(cfg.heads, name=f"pair_bias_{i}")(pe).transpose(2, 0, 1)
-                attn = BiasedAttention(cfg.heads, H // cfg.heads, 1.0 / cfg.layers, name=f"battn_{i}")
-                e = e + attn(y, bias, mask)
-                msg = jnp.concatenate([p_child @ y, p_parent @ y], axis=-1) / n_other
-                e = e + hk.Linear(H, w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
-                                  name=f"pair_msg_{i}")(msg)
-            else:
-                attn = hk.MultiHeadAttention(num_heads=cfg.heads, key_size=H // cfg.heads,
-                                             w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
-                                             name=f"attn_{i}")
-                e = e + attn(y, y, y, mask=mask[None])
+            bias = hk.Linear(cfg.heads, name=f"pair_bias_{i}")(pe).transpose(2, 0, 1)
+            attn = BiasedAttention(cfg.heads, H // cfg.heads, 1.0 / cfg.layers, name=f"battn_{i}")
+            e = e + attn(y, bias, mask)
+            msg = jnp.concatenate([p_child @ y, p_parent @ y], axis=-1) / n_other
+            e = e + hk.Linear(H, w_init=hk.initializers.VarianceScaling(1.0 / cfg.layers),
+                              name=f"pair_msg_{i}")(msg)
             ln2 = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=f"ln2_{i}")
             e = e + hk.nets.MLP([2 * H, H], name=f"ff_{i}")(ln2(e))
         e = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name="ln_out")(e)

@@ -6,8 +6,9 @@ One iteration:
    scale-free / chain / fork / collider graphs; sizes drawn from the stage's list, padded to
    one size per stage). ``easy``/``medium``/``hard`` are never drawn: they stay held out.
 2. Each episode starts from ``n_observational`` samples and an exact DAG posterior. At each of
-   ``steps_per_episode`` steps the policy sees its observation (the data buffer and bootstrap
-   features by default), and G candidates are sampled from it with their log-probabilities.
+   ``steps_per_episode`` steps the policy sees its observation (the data buffer and, per
+   episode at random, bootstrap or posterior features), and G candidates are sampled from it
+   with their log-probabilities (``policy.act``: one input, G sampling keys).
    Every candidate is executed on the simulator from that same state with the *same*
    exogenous noise (common random numbers: differences within a group come from the action
    alone), the posterior is updated with each outcome, and each candidate's reward is the drop
@@ -23,7 +24,6 @@ episodes of an iteration across processes (``cluster/``) reproduces the same bat
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -33,26 +33,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from causal_grpo import grpo
-from causal_grpo.active_learning import (EpisodeConfig, Method, cell_keys, expected_gains,
-                                         make_batch_runner, method_id, observe, plugin_simulator)
-from causal_grpo.features import BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs
+from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner, method_id,
+                                         observe, start_episode)
+from causal_grpo.features import BootstrapConfig, bootstrap_noise, bootstrap_probs
 from causal_grpo.metrics import expected_shd
-from causal_grpo.networks import PolicyConfig, bin_values, make_policy, sample_action
-from causal_grpo.policy import (lookahead_features, lookahead_key, make_policy_selector,
-                                 policy_input)
+from causal_grpo.networks import PolicyConfig, bin_values, make_policy
+from causal_grpo.options import check_options, option
+from causal_grpo.policy import act, make_policy_selector
+from causal_grpo.results import f1_auc, paired_p
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
-from causal_grpo.scm import SCM, propagate, sample_n, stack_scms
+from causal_grpo.scm import SCM, propagate
 from causal_grpo.scm_families import FamilyConfig, GraphKind, resolve_scm, sample_family
 from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
-from causal_grpo.sweep import cell_scm_and_key
+from causal_grpo.sweep import cell_batch
 
 Array = jax.Array
-
-
-class FeatureSource(enum.Enum):
-    BOOTSTRAP = "bootstrap"   # true graph + decaying noise (the design's Phase 1)
-    SURROGATE = "surrogate"   # the exact posterior's edge probabilities
-    MIXED = "mixed"           # each episode draws one of the two with probability 1/2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,46 +76,22 @@ DEFAULT_CURRICULUM = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-    """The expected-gain teacher of the distillation term (active when
-    ``grpo.distill_coef`` > 0).
-
-    At every state it scores each allowed variable at ``n_values`` value bins spread over the
-    range (2: the two ends) by the mean drop in expected SHD over ``draws`` simulated outcomes
-    (``active_learning.expected_gains``; ``source`` says from which SCM and against which
-    graph), and turns the z-scored gains into the target ``softmax(z / temperature)``. Cost
-    per state: d * n_values * draws posterior updates.
-    """
-
-    draws: int = 2
-    n_values: int = 2
-    temperature: float = 0.5
-    # "truth": outcomes from the true SCM, gains against the true graph (the oracle);
-    # "plugin": the data-only reference (active_learning.make_plugin_gain_selector): outcomes
-    # from a linear SCM fitted to the buffer on the posterior's point estimate, gains against it.
-    source: str = "truth"
-
-
-def teacher_bins(n_bins: int, n_values: int) -> np.ndarray:
-    """The policy's value bins the teacher scores: ``n_values`` spread evenly, ends included."""
-    return np.unique(np.round(np.linspace(0, n_bins - 1, n_values)).astype(int))
-
-
-def teacher_target(gains: Array, bins: np.ndarray, n_bins: int, temperature: float) -> Array:
-    """(d, n_bins) target over (variable, bin) from (d, len(bins)) gains (-inf: not allowed).
-
-    Gains are z-scored over the allowed candidates (as GRPO normalises a group's rewards), so
-    the temperature means the same at every state; equal gains give a uniform target.
-    """
-    ok = jnp.isfinite(gains)
-    n = jnp.maximum(ok.sum(), 1)
-    g = jnp.where(ok, gains, 0.0)
-    mean = g.sum() / n
-    std = jnp.sqrt(jnp.where(ok, (g - mean) ** 2, 0.0).sum() / n)
-    z = jnp.where(std > 1e-9, (g - mean) / jnp.maximum(std, 1e-9), 0.0)
-    q = jax.nn.softmax(jnp.where(ok, z / temperature, -jnp.inf).reshape(-1)).reshape(gains.shape)
-    return jnp.zeros((gains.shape[0], n_bins), q.dtype).at[:, bins].set(q)
+def curriculum_for(max_variables: int = 15, episodes: int | None = None) -> tuple[Stage, ...]:
+    """The default curriculum cut at ``max_variables``, its iterations scaled so that about
+    ``episodes`` training episodes run in all (None: unscaled)."""
+    from causal_grpo.errors import UserError
+    stages = []
+    for s in DEFAULT_CURRICULUM:
+        sizes = tuple(x for x in s.sizes if x <= max_variables)
+        if sizes:
+            stages.append(Stage(sizes, max(sizes), s.iterations, s.episodes))
+    if not stages:
+        raise UserError(f"no curriculum stage has SCMs of at most {max_variables} variables")
+    if episodes is not None:
+        scale = episodes / sum(s.iterations * s.episodes for s in stages)
+        stages = [dataclasses.replace(s, iterations=max(1, round(s.iterations * scale)))
+                  for s in stages]
+    return tuple(stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,33 +99,30 @@ class Phase1Config:
     """Everything that defines a Phase-1 run (saved in every checkpoint's config.json)."""
 
     curriculum: tuple[Stage, ...] = DEFAULT_CURRICULUM
-    graph_kind: GraphKind = GraphKind.MIXED
+    graph_kind: GraphKind = option(GraphKind.MIXED, "--scm-family", "graph shapes of the "
+                                   "training SCMs")
     expected_degree: tuple[float, float] = (1.5, 3.0)
     # Wide on purpose: weak edges under large noise and strong edges under tiny noise both
     # occur in practice (the held-out `hard` and `medium` SCMs sit at either end).
     weight_range: tuple[float, float] = (0.25, 2.0)
     noise_range: tuple[float, float] = (0.1, 2.0)
-    # When set, noise is drawn per graph instead of per node from ``noise_range``: one level
-    # log-uniform in this range, each node's std within +-25% of it, so equal-variance graphs
-    # (like `easy`, `medium`) occur in training. Off by default: see README, "Run-to-run
-    # variance", for what it did.
-    noise_level_range: tuple[float, float] | None = None
-    steps_per_episode: int = 10
-    n_observational: int = 30
-    # MIXED: each episode draws bootstrap or surrogate features (see README, "Why mixed features").
-    feature_source: FeatureSource = FeatureSource.MIXED
+    steps_per_episode: int = option(10, "--steps-per-episode", "interventions per training "
+                                    "episode", low=1, high=200)
+    n_observational: int = option(30, "--n-observational", "observational samples that start "
+                                  "each episode", low=2, high=10_000)
     policy: PolicyConfig = PolicyConfig()
     grpo: grpo.GRPOConfig = grpo.GRPOConfig()
     reward: RewardConfig = RewardConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     surrogate: AnalyticConfig = AnalyticConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    eval_every: int = 20
+    eval_every: int = option(20, "--eval-every", "iterations between held-out checks (0 = none)",
+                             low=0, high=1_000_000)
     eval_scm: str = "er8"
     eval_seeds: int = 32
     eval_steps: int = 10
-    checkpoint_every: int = 50
-    seed: int = 0
+    checkpoint_every: int = option(50, "--checkpoint-every", "iterations between checkpoints "
+                                   "(0 = only final/)", low=0, high=1_000_000)
+    seed: int = option(0, "--seed", "training seed", low=0, high=2**31 - 1)
 
     @property
     def iterations(self) -> int:
@@ -175,29 +143,12 @@ class Phase1Config:
         for s in self.curriculum:
             if not s.sizes or min(s.sizes) < 3 or max(s.sizes) > s.d_pad or s.d_pad > 16:
                 raise UserError(f"bad curriculum stage {s}: sizes must be in 3..d_pad, d_pad <= 16")
-        if self.grpo.group_size < 2:
-            raise UserError("--group-size must be at least 2 (advantages are relative to the group)")
+        check_options(self)
         for name in ("structure_weight", "target_weight"):
             if not math.isfinite(getattr(self.reward, name)):
                 raise UserError(f"reward {name} must be finite")
-        if not 0.0 <= self.reward.map_share <= 1.0:
-            raise UserError("--map-share must be in [0, 1]")
-        if self.reward.outcomes < 1:
-            raise UserError("--reward-outcomes must be at least 1")
         if self.reward.structure_weight == 0 and self.reward.target_weight == 0:
             raise UserError("at least one reward weight must be non-zero")
-        if not (math.isfinite(self.grpo.distill_coef) and self.grpo.distill_coef >= 0):
-            raise UserError("--distill-coef must be a finite number >= 0")
-        if self.teacher.draws < 1 or self.teacher.n_values < 1:
-            raise UserError("--teacher-draws and --teacher-values must be at least 1")
-        if not (math.isfinite(self.teacher.temperature) and self.teacher.temperature > 0):
-            raise UserError("--teacher-temperature must be a positive number")
-        if self.teacher.source not in ("truth", "plugin"):
-            raise UserError(f"teacher source must be 'truth' or 'plugin', not {self.teacher.source!r}")
-
-    @property
-    def uses_teacher(self) -> bool:
-        return self.grpo.distill_coef > 0
 
 
 # --------------------------------------------------------------------------- SCM curriculum
@@ -209,15 +160,7 @@ def sample_stage_scm(key: Array, stage: Stage, cfg: Phase1Config) -> SCM:
                          expected_degree=cfg.expected_degree, weight_range=cfg.weight_range,
                          noise_range=cfg.noise_range) for d in stage.sizes]
     idx = jax.random.randint(k_size, (), 0, len(fams))
-    scm = jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
-    if cfg.noise_level_range is None:
-        return scm
-    # fold_in, not a wider split: the default draws stay those of earlier runs.
-    k_level, k_node = jax.random.split(jax.random.fold_in(key, 11))
-    lo, hi = cfg.noise_level_range
-    level = jnp.exp(jax.random.uniform(k_level, (), minval=math.log(lo), maxval=math.log(hi)))
-    jitter = jax.random.uniform(k_node, scm.noise_std.shape, minval=0.75, maxval=1.25)
-    return scm._replace(noise_std=level * jitter)
+    return jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
 
 
 def episode_key(key: Array, iteration: int, episode: int | Array) -> Array:
@@ -238,75 +181,46 @@ class EpisodeData(NamedTuple):
 
 def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) -> EpisodeData:
     """One Phase-1 episode with G candidates per step (jittable; vmap over keys)."""
-    net = make_policy(cfg.policy)
     sur = make_analytic_surrogate(cfg.surrogate, stage.d_pad)
     k_scm, k_src, k_ep = jax.random.split(key, 3)
     scm = sample_stage_scm(k_scm, stage, cfg)
-    if cfg.feature_source is FeatureSource.MIXED:
-        use_boot = jax.random.bernoulli(k_src, 0.5)
-    else:
-        use_boot = jnp.asarray(cfg.feature_source is FeatureSource.BOOTSTRAP)
+    # Each episode draws bootstrap (true graph + decaying noise) or surrogate (the exact
+    # posterior's) features with probability 1/2 (docs: "Why mixed features").
+    use_boot = jax.random.bernoulli(k_src, 0.5)
 
     d, n0, T, G = stage.d_pad, cfg.n_observational, cfg.steps_per_episode, cfg.grpo.group_size
     K = cfg.policy.n_bins
-    ks = cell_keys(k_ep)
-    x0 = sample_n(ks["obs"], scm, n0)
-    buffer = Buffer.empty(n0 + T, d)
-    buffer = Buffer(buffer.values.at[:n0].set(x0), buffer.intervened, buffer.valid.at[:n0].set(True))
-    state = sur.update(sur.init(ks["surrogate"], scm.var_mask), x0, jnp.zeros_like(x0, bool),
-                       jnp.ones((n0,), bool))
-    M = cfg.reward.outcomes
-    eps = jax.random.normal(ks["noise"], (T, d))[:, None]                 # (T, M, d)
-    if M > 1:   # extra draws from a fold_in, so outcome 0 is the one-outcome default's
-        eps = jnp.concatenate(
-            [eps, jax.random.normal(jax.random.fold_in(ks["noise"], 1), (T, M - 1, d))], axis=1)
+    ks, x0, buffer, state, eps = start_episode(k_ep, scm, sur, n0, n0 + T, T)
     noise_b = bootstrap_noise(ks["bootstrap"], d)
     t_mean, t_std = jnp.mean(x0[:, scm.target]), jnp.std(x0[:, scm.target])
     values_of_bins = bin_values(scm.low, scm.high, K)
     out_deg = scm.adj.sum(1)
-    t_bins = teacher_bins(K, cfg.teacher.n_values)
 
     def step(carry, t):
         state, buffer = carry
         probs = sur.edge_probs(state)
         fprobs = jnp.where(use_boot, bootstrap_probs(scm.adj, noise_b, t, cfg.bootstrap), probs)
-        obs = observe(scm, buffer, probs, t, fprobs)
+        obs = observe(scm, buffer, t, fprobs)
         k_select = jax.random.fold_in(ks["select"], t)
-        extra = (lookahead_features(lookahead_key(k_select), obs, sur, state)
-                 if cfg.policy.lookahead else None)
-        inp = policy_input(obs, extra)
-        out = net.apply(params, None, inp)
-        var, vbin, logp = jax.vmap(sample_action, in_axes=(0, None))(
-            jax.random.split(k_select, G), out)
-        if cfg.uses_teacher:
-            if cfg.teacher.source == "plugin":
-                sim, shift, ref = plugin_simulator(probs, buffer, scm)
-            else:
-                sim, shift, ref = scm, jnp.zeros((d,)), scm.adj
-            gains = expected_gains(jax.random.fold_in(jax.random.fold_in(ks["noise"], 2), t), obs,
-                                   sur, state, sim, shift, ref, cfg.teacher.draws,
-                                   values_of_bins[t_bins])
-            teacher = teacher_target(gains, t_bins, K, cfg.teacher.temperature)
-        else:
-            teacher = None
+        # The G candidates: one input (the lookahead from the running posterior), G samples.
+        inp, var, vbin, logp = jax.vmap(
+            lambda k: act(k_select, obs, params, cfg.policy, (sur, state), sample_key=k),
+            out_axes=(None, 0, 0, 0))(jax.random.split(k_select, G))
         vals = values_of_bins[vbin]
         masks = jax.nn.one_hot(var, d, dtype=bool)
 
-        def outcome(e):   # every candidate of the group under one exogenous noise draw
-            xs = jax.vmap(lambda m, v: propagate(scm, e, m, jnp.where(m, v, 0.0)))(masks, vals)
-            new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
-                xs, masks)
-            r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
-                                                           scm.var_mask, cfg.reward.map_share))(new)
-            return xs, new, r_struct, target_reward(xs[:, scm.target], t_mean, t_std)
-
-        xs, new, r_struct, r_target = jax.vmap(outcome)(eps[t])          # (M, G, ...)
-        r_struct, r_target = r_struct.mean(0), r_target.mean(0)
+        # Every candidate of the group under the same exogenous noise (common random numbers).
+        xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
+        new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
+            xs, masks)
+        r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
+                                                       scm.var_mask))(new)
+        r_target = target_reward(xs[:, scm.target], t_mean, t_std)
         r = total_reward(cfg.reward, r_struct, r_target)
-        adv = grpo.group_advantages(r, cfg.grpo.normalize_std)
-        # The episode goes on with candidate 0's first outcome, itself a draw from pi.
-        state = jax.tree.map(lambda a: a[0, 0], new)
-        buffer = buffer.write(n0 + t, xs[0, 0], masks[0])
+        adv = grpo.group_advantages(r)
+        # The episode goes on with candidate 0's outcome, itself a draw from pi.
+        state = jax.tree.map(lambda a: a[0], new)
+        buffer = buffer.write(n0 + t, xs[0], masks[0])
         info = {
             "is_target_parent": scm.adj[var, scm.target].mean(),
             "chosen_out_degree": out_deg[var].mean(),
@@ -317,13 +231,11 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
             "expected_shd": expected_shd(scm.adj, probs, scm.var_mask),
             "d": jnp.sum(scm.var_mask).astype(jnp.float32),
         }
-        if teacher is not None:   # how much of the teacher's target the group's variables hit
-            info["teacher_mass"] = teacher.sum(1)[var].mean() * jnp.sum(teacher.sum(1) > 0)
-        return (state, buffer), (inp, var, vbin, logp, adv, teacher, r, r_struct, r_target, info)
+        return (state, buffer), (inp, var, vbin, logp, adv, r, r_struct, r_target, info)
 
-    _, (inp, var, vbin, logp, adv, teacher, r, rs, rt, info) = jax.lax.scan(
+    _, (inp, var, vbin, logp, adv, r, rs, rt, info) = jax.lax.scan(
         step, (state, buffer), jnp.arange(T))
-    return EpisodeData(grpo.Batch(inp, var, vbin, logp, adv, teacher), r, rs, rt, info)
+    return EpisodeData(grpo.Batch(inp, var, vbin, logp, adv), r, rs, rt, info)
 
 
 def make_collect(cfg: Phase1Config, stage: Stage) -> Callable:
@@ -359,24 +271,21 @@ class Evaluator:
     """
 
     def __init__(self, cfg: Phase1Config):
-        self.src = resolve_scm(cfg.eval_scm)
         self.episode = EpisodeConfig(n_observational=cfg.n_observational,
                                      n_interventions=cfg.eval_steps)
-        pairs = [cell_scm_and_key(self.src, 1_000_003 + cfg.seed, s) for s in range(cfg.eval_seeds)]
-        self.scms = stack_scms([p[0] for p in pairs])
-        self.keys = jnp.stack([p[1] for p in pairs])
+        self.scms, self.keys = cell_batch(resolve_scm(cfg.eval_scm), 1_000_003 + cfg.seed,
+                                          range(cfg.eval_seeds))
         d = self.scms.adj.shape[-1]
         self.policy_run = make_batch_runner(self.episode, d, make_policy_selector(cfg.policy))
         base = make_batch_runner(self.episode, d)
-        rec = base(self.keys, self.scms, None, method_id(Method.RANDOM)).record
-        self.random_auc = np.asarray(rec.f1)[:, 1:].mean(1)
+        self.random_auc = f1_auc(base(self.keys, self.scms, None, method_id(Method.RANDOM)).record.f1)
 
     def __call__(self, params) -> dict:
         rec = self.policy_run(self.keys, self.scms, params, method_id(Method.GRPO_ACTIVE)).record
-        auc = np.asarray(rec.f1)[:, 1:].mean(1)
+        auc = f1_auc(rec.f1)
         diff = auc - self.random_auc
         return {"eval_f1_auc_policy": float(auc.mean()), "eval_f1_auc_random": float(self.random_auc.mean()),
-                "eval_f1_auc_diff": float(diff.mean()),
+                "eval_f1_auc_diff": float(diff.mean()), "eval_p": paired_p(diff),
                 "eval_win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0)))}
 
 
@@ -445,25 +354,6 @@ def config_to_dict(cfg: Phase1Config) -> dict:
     return jsonable(dataclasses.asdict(cfg))
 
 
-# Fields added with a default that is not their old behaviour: a run written before they
-# existed ran with these values (the lookahead was off), not with today's default.
-LEGACY_VALUES = {"policy": {"lookahead": 0, "lookahead_prior": 0.0}}
-
-
-def with_new_defaults(stored: Any, defaults: Any, legacy: Any = LEGACY_VALUES) -> Any:
-    """``stored`` (a config dict from an older checkpoint) with the fields added since filled
-    in: from ``legacy`` where the new default changed behaviour, else from ``defaults`` (which
-    keep the old behaviour), so a run written before a field existed is the same run
-    (resuming it after an upgrade works) and a run that differs is still refused."""
-    if not isinstance(stored, dict) or not isinstance(defaults, dict):
-        return stored
-    legacy = legacy if isinstance(legacy, dict) else {}
-    out = {k: with_new_defaults(v, defaults.get(k), legacy.get(k)) for k, v in stored.items()}
-    for k, v in defaults.items():
-        out.setdefault(k, legacy.get(k, v) if not isinstance(v, dict) else v)
-    return out
-
-
 def trainer_state_arrays(state: grpo.TrainState, iteration: int) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_leaves(state)
     out = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
@@ -505,7 +395,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
                  resume: bool = True) -> dict:
     """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
 
-    Writes ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
+    Writes ``out_dir/step_0/`` (the untrained policy) before the first update,
+    ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
     at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
     (one row per iteration). Returns the final metrics.
     """
@@ -529,8 +420,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
             with open(os.path.join(existing, "config.json"), encoding="utf-8") as f:
                 stored = json.load(f)
             current = json.loads(json.dumps(train_dict, default=str))
-            defaults = json.loads(json.dumps(config_to_dict(Phase1Config()), default=str))
-            if with_new_defaults(stored.get("training"), defaults) != current:
+            if stored.get("training") != current:
                 raise UserError(f"{out_dir} holds a run with a different configuration; "
                                 "use a new --output-dir (or the same flags to resume)")
     if resume and os.path.exists(os.path.join(final_dir, "config.json")):
@@ -552,6 +442,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
                         metrics | {"iteration": iteration},
                         trainer_state_arrays(state, iteration))
 
+    if found is None:   # the untrained policy: what training adds is measured against it
+        checkpoint("step_0", 0, {})
     for it in range(start, cfg.iterations):
         state, m = trainer.step(state, it)
         for k, v in m.items():
@@ -564,7 +456,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
             log(f"[eval] iteration {done}: held-out {cfg.eval_scm} F1-AUC(1-{cfg.eval_steps}) "
                 f"policy {last_eval['eval_f1_auc_policy']:.3f} vs random "
                 f"{last_eval['eval_f1_auc_random']:.3f} (diff {last_eval['eval_f1_auc_diff']:+.3f}, "
-                f"win rate {last_eval['eval_win_rate']:.2f})")
+                f"one-sided p {last_eval['eval_p']:.2g}, win rate {last_eval['eval_win_rate']:.2f})")
         m["elapsed_s"] = time.time() - t_start
         rows.append(m)
         if it % log_every == 0 or done == cfg.iterations:

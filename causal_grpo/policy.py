@@ -1,26 +1,35 @@
-"""The policy as a Phase-2 selector; one function builds its input in both phases.
+"""The policy acting: one function builds its input and samples, in both phases.
 
-``policy_input(obs)`` is the only way an :class:`~causal_grpo.active_learning.Observation` becomes
-a network input, in Phase-1 rollouts and in Phase-2 episodes alike, so the states the loss
-sees are exactly the states the policy acted on.
+:func:`act` is the only way the policy acts on an :class:`~causal_grpo.active_learning.Observation`:
+Phase-1 rollouts vmap it over the G candidates of a state (the input is computed once, only
+the sampling key is batched), the Phase-2 selector (:func:`make_policy_selector`) calls it once
+per decision, and the seed API's stateful function (``two_phase.GRPOInterventionFn``) calls
+that selector. So the states the loss sees are exactly the states the policy acted on.
 
 With ``PolicyConfig.lookahead`` the input also carries :func:`lookahead_features`: a one-step,
 data-only lookahead the network cannot compute itself (README, "How much is there to gain?").
+
+:class:`PolicyHandle` carries a loaded policy to the sweep (``policy_handle``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 
 from causal_grpo.active_learning import (Action, Observation, Selector, expected_gains,
                                          plugin_simulator)
-from causal_grpo.networks import PolicyConfig, PolicyInput, bin_values, make_policy, sample_action
+from causal_grpo.errors import UserError
+from causal_grpo.networks import (PolicyConfig, PolicyInput, PolicyOutput, bin_values, make_policy,
+                                  sample_action)
 from causal_grpo.scm import SCM
 from causal_grpo.surrogate import Surrogate
 from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
+
+if TYPE_CHECKING:
+    from causal_grpo.checkpoint import LoadedPolicy
 
 Array = jax.Array
 LookaheadDraws = Union[int, str]   # a positive int, or "auto" (see auto_lookahead_draws)
@@ -87,28 +96,88 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
                        obs.target, obs.var_mask, obs.probs)
 
 
+def refit_posterior(key: Array, obs: Observation) -> tuple[Surrogate, Any]:
+    """The exact posterior of ``obs.buffer`` (what a selector that sees only the observation
+    uses for the lookahead)."""
+    sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
+    buf = obs.buffer
+    return sur, sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
+
+
+def policy_output(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
+                  posterior: tuple[Surrogate, Any] | None = None,
+                  lookahead_draws: LookaheadDraws = 1) -> tuple[PolicyInput, PolicyOutput]:
+    """The network's input for ``obs`` and its output.
+
+    With ``cfg.lookahead`` the input carries :func:`lookahead_features` (key
+    ``lookahead_key(key)``, ``lookahead_draws`` outcomes per candidate, "auto" resolved from the
+    padded d) computed from ``posterior`` = (surrogate, state of ``obs.buffer``), refitted here
+    when None.
+    """
+    extra = None
+    if cfg.lookahead:
+        sur, state = posterior if posterior is not None else refit_posterior(key, obs)
+        draws = resolve_lookahead_draws(lookahead_draws, obs.var_mask.shape[-1])
+        extra = lookahead_features(lookahead_key(key), obs, sur, state, draws)
+    inp = policy_input(obs, extra)
+    return inp, make_policy(cfg).apply(params, None, inp)
+
+
+def act(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
+        posterior: tuple[Surrogate, Any] | None = None, lookahead_draws: LookaheadDraws = 1,
+        greedy: bool = False, sample_key: Array | None = None
+        ) -> tuple[PolicyInput, Array, Array, Array]:
+    """One decision: ``(input, variable, value_bin, log_prob)``.
+
+    ``key`` sets the input (:func:`policy_output`); ``sample_key`` (default ``key``) draws the
+    action. Vmapped over ``sample_key`` alone, the input and the network run once per state.
+    """
+    inp, out = policy_output(key, obs, params, cfg, posterior, lookahead_draws)
+    j, b, lp = sample_action(key if sample_key is None else sample_key, out, greedy)
+    return inp, j, b, lp
+
+
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False,
                          lookahead_draws: LookaheadDraws = 1) -> Selector:
-    """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi.
-
-    With ``cfg.lookahead`` it refits the exact posterior to ``obs.buffer`` (the selector sees
-    only the observation) and adds :func:`lookahead_features` with ``lookahead_draws``
-    outcomes per candidate to the input ("auto": resolved from the padded d at trace time).
-    """
-    net = make_policy(cfg)
+    """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi
+    through :func:`act`; the lookahead refits the exact posterior to ``obs.buffer`` (the
+    selector sees only the observation)."""
     resolve_lookahead_draws(lookahead_draws, 2)   # refuse a bad value now, not inside jit
 
     def select(key: Array, obs: Observation, params: Any) -> Action:
-        extra = None
-        if cfg.lookahead:
-            sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
-            buf = obs.buffer
-            state = sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
-            draws = resolve_lookahead_draws(lookahead_draws, obs.var_mask.shape[-1])
-            extra = lookahead_features(lookahead_key(key), obs, sur, state, draws)
-        out = net.apply(params, None, policy_input(obs, extra))
-        j, b, lp = sample_action(key, out, greedy)
+        _, j, b, lp = act(key, obs, params, cfg, None, lookahead_draws, greedy)
         v = bin_values(obs.low, obs.high, cfg.n_bins)[b]
         return Action(j.astype(jnp.int32), v.astype(jnp.float32), lp, jnp.asarray(True))
 
     return select
+
+
+class PolicyHandle(NamedTuple):
+    """A learned selector for the ``grpo_*`` methods.
+
+    selector: pure selector fn; params: its weights; digest: content digest (cache/resume key);
+    config: the architecture (``networks.PolicyConfig``), greedy flag and lookahead draws,
+    from which a remote process rebuilds the selector (plain data travels, closures don't).
+    """
+
+    selector: Callable
+    params: Any
+    digest: str
+    config: Any = None
+    greedy: bool = False
+    lookahead_draws: LookaheadDraws = 1
+
+
+def policy_handle(loaded: "LoadedPolicy", greedy: bool = False,
+                  lookahead_draws: LookaheadDraws = "auto") -> PolicyHandle:
+    """A loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:
+    outcomes per candidate in its lookahead input, a number or "auto" (the acting-time budget,
+    :func:`auto_lookahead_draws`); part of the digest, so of the cache key)."""
+    try:
+        resolve_lookahead_draws(lookahead_draws, 2)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    draws = lookahead_draws if loaded.config.lookahead else 1
+    digest = loaded.digest + ("-greedy" if greedy else "") + (f"-la{draws}" if draws != 1 else "")
+    return PolicyHandle(make_policy_selector(loaded.config, greedy, draws), loaded.params,
+                        digest, loaded.config, greedy, draws)

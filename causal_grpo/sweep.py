@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import zipfile
-from typing import Any, Callable, NamedTuple
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ import numpy as np
 from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
                                          make_plugin_selector, method_id)
-from causal_grpo.policy import resolve_lookahead_draws
+from causal_grpo.policy import PolicyHandle, resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
 from causal_grpo.version import code_version
@@ -80,20 +80,10 @@ def cell_scm_and_key(src: ScmSource, base_seed: int, seed: int) -> tuple[SCM, Ar
     return instantiate(src, k_scm), k_episode
 
 
-class PolicyHandle(NamedTuple):
-    """A learned selector for the ``grpo_*`` methods.
-
-    selector: pure selector fn; params: its weights; digest: content digest (cache/resume key);
-    config: the architecture (``networks.PolicyConfig``), greedy flag and lookahead draws,
-    from which a remote process rebuilds the selector (plain data travels, closures don't).
-    """
-
-    selector: Callable
-    params: Any
-    digest: str
-    config: Any = None
-    greedy: bool = False
-    lookahead_draws: int | str = 1
+def cell_batch(src: ScmSource, base_seed: int, seeds: Sequence[int]) -> tuple[SCM, Array]:
+    """The cells of ``seeds`` as one vmappable batch: stacked SCMs (S, ...) and keys (S, 2)."""
+    pairs = [cell_scm_and_key(src, base_seed, s) for s in seeds]
+    return stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
 
 
 _RUNNERS: dict = {}
@@ -132,9 +122,7 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
     if batch.method.needs_policy and policy is None:
         raise ValueError(f"method {batch.method.value} needs a trained policy")
     seeds = list(batch.seeds) + [batch.seeds[-1]] * (cfg.batch_size - len(batch.seeds))
-    pairs = [cell_scm_and_key(src, cfg.base_seed, s) for s in seeds]
-    scms = stack_scms([p[0] for p in pairs])
-    keys = jnp.stack([p[1] for p in pairs])
+    scms, keys = cell_batch(src, cfg.base_seed, seeds)
     run = _runner(cfg.episode, batch.method, scms.adj.shape[-1], policy)
     params = policy.params if batch.method.needs_policy else None
     res = run(keys, scms, params, method_id(batch.method))

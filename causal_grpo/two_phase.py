@@ -32,17 +32,139 @@ import jax.numpy as jnp
 import numpy as np
 
 from causal_grpo import metrics as M
-from causal_grpo.active_learning import EpisodeConfig, cell_keys
-from causal_grpo.checkpoint import (GRPOInterventionFn, LoadedPolicy, create_grpo_intervention_fn,
-                                    load_grpo_policy)
+from causal_grpo.active_learning import EpisodeConfig, observe, start_episode
+from causal_grpo.checkpoint import LoadedPolicy, load_grpo_policy
 from causal_grpo.errors import UserError
-from causal_grpo.scm import SCMSpec, propagate, sample_n
+from causal_grpo.features import Buffer
+from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
+                                resolve_lookahead_draws)
+from causal_grpo.scm import SCM, SCMSpec, propagate
 from causal_grpo.scm_families import resolve_scm
 from causal_grpo.surrogate import Surrogate, make_surrogate
+from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
 from causal_grpo.sweep import cell_scm_and_key
 
 __all__ = ["load_grpo_policy", "create_grpo_intervention_fn", "run_active_learning",
            "GRPOInterventionFn", "LoadedPolicy"]
+
+
+class GRPOInterventionFn:
+    """A trained policy with its own history, choosing interventions from data alone.
+
+    It keeps every sample it is shown (``observe``) and its own exact DAG posterior of them;
+    each call builds the Phase-2 observation from that history (surrogate features, never the
+    true graph) and asks the jitted Phase-2 selector (``policy.make_policy_selector``) for
+    ``(variable_index, value)``. Call t acts with key ``fold_in(key, t)``, as a sweep cell's
+    selector does with its "select" key. Create it with :func:`create_grpo_intervention_fn`.
+    """
+
+    def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
+                 intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
+                 greedy: bool = False, lookahead_draws: LookaheadDraws = "auto",
+                 key: jax.Array | None = None):
+        lo, hi = (float(x) for x in intervention_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
+        if not 0 <= target < d:
+            raise UserError(f"target index {target} out of range for {d} variables")
+        try:
+            resolve_lookahead_draws(lookahead_draws, d)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.loaded, self.d, self.target, self.names = loaded, d, target, names
+        self.low, self.high, self.capacity = lo, hi, capacity
+        sur = make_analytic_surrogate(AnalyticConfig(), d)
+        mask = jnp.ones((d,), bool)
+        # What observe() reads of an SCM: target, mask and range; nothing of the graph.
+        shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), jnp.asarray(target),
+                     mask, jnp.float32(lo), jnp.float32(hi))
+        self._state = sur.init(jax.random.PRNGKey(seed), mask)
+        self._buffer = Buffer.empty(capacity, d)
+        self._count = 0
+        self._key = jax.random.PRNGKey(seed) if key is None else key
+        self._calls = 0
+        self.history: list[dict] = []
+        select = make_policy_selector(loaded.config, greedy, lookahead_draws)
+
+        def obs(buffer, state, step):
+            return observe(shapes, buffer, step, sur.edge_probs(state))
+
+        def dist(key, params, buffer, state, step):
+            out = policy_output(key, obs(buffer, state, step), params, loaded.config, None,
+                                lookahead_draws)[1]
+            return jax.nn.softmax(out.var_logits), jax.nn.softmax(out.value_logits, axis=-1)
+
+        self._select = jax.jit(lambda key, params, buffer, state, step:
+                               select(key, obs(buffer, state, step), params))
+        self._dist = jax.jit(dist)
+        self._update = jax.jit(sur.update)
+
+    def observe(self, values, intervened=None) -> None:
+        """Add samples: values (n, d) or (d,); intervened the same shape (bool) or None."""
+        x = np.atleast_2d(np.asarray(values, np.float32))
+        if x.shape[1] != self.d or not np.all(np.isfinite(x)):
+            raise UserError(f"observe() needs finite values of shape (n, {self.d}), got {np.shape(values)}")
+        m = np.zeros_like(x, bool) if intervened is None else np.atleast_2d(np.asarray(intervened, bool))
+        if m.shape != x.shape:
+            raise UserError(f"intervened mask shape {m.shape} does not match values {x.shape}")
+        n = x.shape[0]
+        if self._count + n > self.capacity:
+            raise UserError(f"history is full ({self.capacity} rows); create the function with a "
+                            "larger capacity")
+        rows = slice(self._count, self._count + n)
+        self._buffer = Buffer(self._buffer.values.at[rows].set(x),
+                              self._buffer.intervened.at[rows].set(m),
+                              self._buffer.valid.at[rows].set(True))
+        self._count += n
+        self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
+        for row, mask in zip(x, m):
+            self.history.append({"values": row, "intervened": mask})
+
+    def _args(self) -> tuple:
+        if self._count == 0:
+            raise UserError("the intervention function has seen no data yet; call observe() first")
+        return (jax.random.fold_in(self._key, self._calls), self.loaded.params, self._buffer,
+                self._state, jnp.asarray(self._calls))
+
+    def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
+        """(d,) variable probabilities and (d, n_bins) value-bin probabilities of the next call."""
+        pv, pb = self._dist(*self._args())
+        return np.asarray(pv), np.asarray(pb)
+
+    def __call__(self) -> tuple[int, float]:
+        """The next intervention ``(variable_index, value)`` chosen from the history."""
+        action = self._select(*self._args())
+        self._calls += 1
+        return int(action.variable), float(action.value)
+
+
+def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
+                                intervention_range: tuple[float, float] = (-2.0, 2.0),
+                                seed: int = 0, greedy: bool = False,
+                                capacity: int = 512,
+                                lookahead_draws: LookaheadDraws = "auto",
+                                key: jax.Array | None = None) -> GRPOInterventionFn:
+    """The seed document's step 2: a stateful intervention function for ``scm``.
+
+    Only the SCM's size, target and names are used, never its graph: the function learns what
+    it needs from the data it is shown. ``lookahead_draws``: as for ``policy.policy_handle``;
+    ``key``: the acting key stream (default ``PRNGKey(seed)``).
+    """
+    if isinstance(scm, str):
+        scm = resolve_scm(scm)
+    if isinstance(scm, SCMSpec):
+        d, target, names = scm.d, scm.target, scm.variables
+    elif isinstance(scm, SCM):
+        mask = np.asarray(scm.var_mask)
+        if not mask.all():
+            raise UserError("create_grpo_intervention_fn needs an unpadded SCM")
+        d, target = scm.d, int(scm.target)
+        names = tuple(f"X{i}" for i in range(d))
+    else:
+        raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
+    return GRPOInterventionFn(loaded_policy, d, target, names, intervention_range,
+                              capacity=capacity, seed=seed, greedy=greedy,
+                              lookahead_draws=lookahead_draws, key=key)
 
 
 class _RandomFn:
@@ -86,13 +208,10 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     lo, hi = spec.intervention_range
     sur = surrogate or make_surrogate(config.surrogate, d, config.capacity)
     fn = intervention_fn if intervention_fn is not None else _RandomFn(d, spec.target, lo, hi, seed)
-    ks = cell_keys(key)
-    x0 = sample_n(ks["obs"], scm_t, n0)
+    start = jax.jit(lambda k, s: start_episode(k, s, sur, n0, config.capacity, T))(key, scm_t)
+    x0, state, eps = start.x0, start.state, start.eps
     update = jax.jit(sur.update)
-    state = update(sur.init(ks["surrogate"], scm_t.var_mask), x0, jnp.zeros_like(x0, bool),
-                   jnp.ones((n0,), bool))
     fn.observe(np.asarray(x0), np.zeros((n0, d), bool))
-    eps = jax.random.normal(ks["noise"], (max(T, 1), d))
     step_fn = jax.jit(lambda e, m, v: propagate(scm_t, e, m, jnp.where(m, v, 0.0)))
 
     def record(probs):

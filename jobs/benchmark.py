@@ -45,23 +45,19 @@ def _gies_fit(values, intervened):
 
 def bench_gies(args) -> "pd.DataFrame":
     """Mean final F1/SHD of the exact posterior vs GIES on identical data, per (d, budget)."""
-    import jax.numpy as jnp
     import numpy as np
     import pandas as pd
 
     from causal_grpo import metrics as M
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
     from causal_grpo.results import mean_ci
-    from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import FamilyConfig, GraphKind
-    from causal_grpo.sweep import cell_scm_and_key
+    from causal_grpo.sweep import cell_batch
 
     rows = []
     for d in args.d:
         src = FamilyConfig(kind=GraphKind.ER, d=d, expected_degree=tuple(args.degree))
-        pairs = [cell_scm_and_key(src, args.base_seed, s) for s in range(args.seeds)]
-        scms = stack_scms([p[0] for p in pairs])
-        keys = jnp.stack([p[1] for p in pairs])
+        scms, keys = cell_batch(src, args.base_seed, range(args.seeds))
         for budget in args.budgets:
             cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=budget)
             res = make_batch_runner(cfg, d)(keys, scms, None, method_id(Method.RANDOM))
@@ -101,13 +97,12 @@ def bench_gies(args) -> "pd.DataFrame":
 def bench_phase2(args) -> "pd.DataFrame":
     """Complete Phase-2 runs per second with many seeds vmapped, per surrogate; compile apart."""
     import jax
-    import jax.numpy as jnp
     import pandas as pd
 
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
-    from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    from causal_grpo.sweep import cell_batch
 
     rows = []
     spec = resolve_scm(args.scm)
@@ -116,8 +111,7 @@ def bench_phase2(args) -> "pd.DataFrame":
         cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions,
                             surrogate=SurrogateConfig(kind=SurrogateKind(kind)))
         run = make_batch_runner(cfg, spec.d)
-        scms = stack_scms([spec.to_scm()] * seeds)
-        keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(0), s))(jnp.arange(seeds))
+        scms, keys = cell_batch(spec, 0, range(seeds))
         t0 = time.time()
         compiled = run.lower(keys, scms, None, method_id(Method.RANDOM)).compile()
         compile_s = time.time() - t0
@@ -151,7 +145,6 @@ def bench_ceiling(args) -> "pd.DataFrame":
     """
     import functools
 
-    import jax.numpy as jnp
     import pandas as pd
 
     from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
@@ -160,13 +153,13 @@ def bench_ceiling(args) -> "pd.DataFrame":
                                              method_id)
     from causal_grpo.errors import UserError
     from causal_grpo.results import f1_auc, paired_p
-    from causal_grpo.scm import stack_scms
     from causal_grpo.scm_families import resolve_scm
-    from causal_grpo.sweep import cell_scm_and_key
+    from causal_grpo.sweep import cell_batch, cell_scm_and_key
 
     policy = None
     if args.grpo_checkpoint:
-        from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+        from causal_grpo.checkpoint import load_grpo_policy
+        from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
     for name in args.scms:
@@ -178,10 +171,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                             "run only up to 12")
     rows = []
     for name in args.scms:
-        src = resolve_scm(name)
-        pairs = [cell_scm_and_key(src, 0, s) for s in range(args.seeds)]
-        scms = stack_scms([p[0] for p in pairs])
-        keys = jnp.stack([p[1] for p in pairs])
+        scms, keys = cell_batch(resolve_scm(name), 0, range(args.seeds))
         d = scms.adj.shape[-1]
         builtin = make_batch_runner(cfg, d)
         f1 = {m.value: builtin(keys, scms, None, method_id(m)).record.f1

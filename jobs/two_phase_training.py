@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         sources[src.name] = src
     policy = None
     if args.grpo_checkpoint:
-        from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+        from causal_grpo.checkpoint import load_grpo_policy
+        from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
                                lookahead_draws=args.lookahead_draws)
 

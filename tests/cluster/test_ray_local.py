@@ -66,7 +66,8 @@ def test_sweep_on_one_worker_is_identical_to_in_process(local_ray, reference):
 def test_a_policy_sweep_on_one_worker_acts_as_in_process(local_ray):
     """The policy (default architecture, lookahead with 2 draws when acting) travels to the
     actor as plain data and is rebuilt there: same actions as in-process."""
-    from causal_grpo.checkpoint import load_grpo_policy, policy_handle, save_checkpoint
+    from causal_grpo.checkpoint import load_grpo_policy, save_checkpoint
+    from causal_grpo.policy import policy_handle
     import tempfile
     cfg_p = P.Phase1Config()
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,7 +99,7 @@ def test_scan_matches_a_plain_python_loop():
                  jnp.zeros(15, bool).at[:10].set(True))
     f1s = [float(M.structure_metrics(scm.adj, M.posterior_graph(sur.edge_probs(state)))["f1"])]
     for t in range(5):
-        obs = AL.observe(scm, buf, sur.edge_probs(state), jnp.asarray(t), sur.edge_probs(state))
+        obs = AL.observe(scm, buf, jnp.asarray(t), sur.edge_probs(state))
         act = AL.random_selector(jax.random.fold_in(ks["select"], t), obs)
         mask = jnp.arange(5) == act.variable
         x = propagate(scm, eps[t], mask, jnp.where(mask, act.value, 0.0))
@@ -142,7 +142,7 @@ def _after_observational(scm, n=20, capacity=40):
     buf = Buffer(buf.values.at[:n].set(x0), buf.intervened, buf.valid.at[:n].set(True))
     probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
                                       jnp.zeros_like(x0, bool), jnp.ones((n,), bool)))
-    return sur, buf, AL.observe(scm, buf, probs, jnp.asarray(0), probs)
+    return sur, buf, AL.observe(scm, buf, jnp.asarray(0), probs)
 
 
 def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():

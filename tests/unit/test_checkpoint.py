@@ -11,11 +11,13 @@ import pytest
 
 from causal_grpo import checkpoint as C
 from causal_grpo.active_learning import Observation
+from causal_grpo.errors import UserError
 from causal_grpo.features import Buffer, features_from_probs
 from causal_grpo.networks import PolicyConfig
 from causal_grpo.phase1 import Phase1Config, init_params
-from causal_grpo.policy import make_policy_selector
+from causal_grpo.policy import make_policy_selector, policy_handle
 from causal_grpo.scm_families import easy
+from causal_grpo.two_phase import create_grpo_intervention_fn
 
 # The API mechanics are tested without the lookahead (its input depends on the acting key);
 # test_a_lookahead_policy_round_trips_and_reads_its_lookahead covers the default.
@@ -49,6 +51,23 @@ def observation(d=5, n=12, seed=0):
                        jnp.asarray(0))
 
 
+def test_the_policy_file_is_plain_builtins_only(ckpt):
+    """Format 2: no global in the pickle stream; arrays as {dtype, shape, bytes} records that
+    decode to the saved values."""
+    import pickletools
+    path, params = ckpt
+    data = open(os.path.join(path, "policy_params.pkl"), "rb").read()
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    assert not ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "BUILD", "NEWOBJ"}, ops
+    blob = pickle.loads(data)
+    assert blob["version"] == 2 and json.load(open(os.path.join(path, "config.json")))["version"] == 2
+    for m, sub in params.items():
+        for k, v in sub.items():
+            r = blob["params"][m][k]
+            assert r["dtype"] == "float32" and r["shape"] == list(v.shape)
+            np.testing.assert_array_equal(np.frombuffer(r["data"], "<f4").reshape(v.shape), v)
+
+
 def test_save_load_act_round_trip_gives_identical_actions(ckpt):
     path, params = ckpt
     assert sorted(os.listdir(path)) == ["config.json", "policy_params.pkl"]
@@ -75,7 +94,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck").mkdir()
     with open(tmp_path / "ck" / "policy_params.pkl", "wb") as f:
-        pickle.dump({"format": C.FORMAT, "version": 1, "params": Exploit()}, f)
+        pickle.dump({"format": C.FORMAT, "version": 2, "params": Exploit()}, f)
     with pytest.raises(C.CheckpointError, match="refusing to load"):
         C.load_grpo_policy(str(tmp_path / "ck"))
     assert not (tmp_path / "EXPLOITED_MARKER").exists()
@@ -90,7 +109,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, monke
     ("missing_param", "do not fit the architecture"),
     ("not_ours", "not a causal-grpo policy file"),
     ("bad_config_json", "not valid JSON"),
-    ("negative_prior", "finite non-negative number"),
+    ("negative_prior", "must be a number in"),
 ])
 def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path):
     path, _ = ckpt
@@ -114,7 +133,7 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
         blob["params"].pop(next(iter(blob["params"])))
         pickle.dump(blob, open(pkl, "wb"))
     elif damage == "not_ours":
-        pickle.dump({"hello": np.zeros(3)}, open(pkl, "wb"))
+        pickle.dump({"hello": [0.0, 1.0]}, open(pkl, "wb"))
     elif damage == "bad_config_json":
         open(os.path.join(path, "config.json"), "w").write("{oops")
     elif damage == "negative_prior":
@@ -126,41 +145,13 @@ def test_damaged_checkpoints_get_one_line_errors(ckpt, damage, needle, tmp_path)
     assert "\n" not in str(e.value)
 
 
-def test_checkpoints_from_before_the_belief_graph_load_as_per_variable_policies(tmp_path):
-    """Older checkpoints have no 'pairwise', 'data_stats' or lookahead fields; they load (as 0)
-    and act."""
-    old_cfg = PolicyConfig(hidden=16, layers=1, heads=2, pairwise=0, lookahead=0,
-                           lookahead_prior=0.0)
-    params = init_params(Phase1Config(policy=old_cfg))
-    path = C.save_checkpoint(str(tmp_path / "old"), params, old_cfg, {}, {})
-    cfg = json.load(open(os.path.join(path, "config.json")))
-    for k in ("pairwise", "data_stats", "lookahead", "lookahead_prior"):
-        del cfg["architecture"][k]
-    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
-    blob = pickle.load(open(os.path.join(path, "policy_params.pkl"), "rb"))
-    for k in ("pairwise", "data_stats", "lookahead", "lookahead_prior"):
-        del blob["architecture"][k]
-    pickle.dump(blob, open(os.path.join(path, "policy_params.pkl"), "wb"))
-    loaded = C.load_grpo_policy(path)
-    assert loaded.config == old_cfg
-    C.load_grpo_policy(os.path.join(path, "policy_params.pkl"))
-    a = jax.jit(make_policy_selector(old_cfg))(jax.random.PRNGKey(0), observation(), loaded.params)
-    assert 0 <= int(a.variable) < 5 and int(a.variable) != 3
-    # A pairwise policy's parameters do not fit a per-variable architecture, and say so.
-    cfg = json.load(open(os.path.join(path, "config.json")))
-    cfg["architecture"]["pairwise"] = 1
-    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
-    with pytest.raises(C.CheckpointError, match="do not fit the architecture"):
-        C.load_grpo_policy(path)
-
-
 def test_intervention_fn_sees_its_history(ckpt):
     """LESSONS bug 2: the Phase-2 policy's choice depends on the data it has been shown."""
     path, _ = ckpt
     loaded = C.load_grpo_policy(path)
     spec = easy()
-    fn = C.create_grpo_intervention_fn(loaded, spec, intervention_range=(-2.0, 2.0))
-    with pytest.raises(C.UserError, match="no data"):
+    fn = create_grpo_intervention_fn(loaded, spec, intervention_range=(-2.0, 2.0))
+    with pytest.raises(UserError, match="no data"):
         fn()
     rng = np.random.default_rng(0)
     fn.observe(rng.normal(size=(20, 5)))
@@ -176,23 +167,29 @@ def test_intervention_fn_sees_its_history(ckpt):
     assert len(fn.history) == 21
 
 
-def test_intervention_fn_and_jitted_selector_agree(ckpt):
-    """The stateful API and the pure selector build the same input from the same history."""
+def test_intervention_fn_reads_the_observation_the_selector_gets(ckpt):
+    """The stateful API builds the Phase-2 observation from its history: its distribution is
+    the network's on surrogate features of that history, and greedy it takes their mode."""
     path, _ = ckpt
     loaded = C.load_grpo_policy(path)
-    fn = C.create_grpo_intervention_fn(loaded, easy(), capacity=20)
+    fn = create_grpo_intervention_fn(loaded, easy(), capacity=20)
+    greedy = create_grpo_intervention_fn(loaded, easy(), capacity=20, greedy=True)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(20, 5)).astype(np.float32)
     fn.observe(x)
+    greedy.observe(x)
     pv, _ = fn.action_distribution()
     from causal_grpo.networks import make_policy
-    from causal_grpo.policy import policy_input
+    from causal_grpo.policy import policy_input, refit_posterior
     buf = Buffer(jnp.asarray(x), jnp.zeros((20, 5), bool), jnp.ones((20,), bool))
-    probs = fn._sur.edge_probs(fn._state)
-    obs = Observation(buf, probs, features_from_probs(probs, buf, jnp.asarray(3), jnp.ones(5, bool)),
-                      jnp.asarray(3), jnp.ones(5, bool), jnp.float32(-2), jnp.float32(2), jnp.asarray(0))
+    obs = Observation(buf, jnp.zeros((5, 5)), jnp.zeros((5, 9)), jnp.asarray(3),
+                      jnp.ones(5, bool), jnp.float32(-2), jnp.float32(2), jnp.asarray(0))
+    sur, state = refit_posterior(jax.random.PRNGKey(0), obs)
+    probs = sur.edge_probs(state)
+    obs = obs._replace(probs=probs, features=features_from_probs(probs, buf, obs.target, obs.var_mask))
     out = make_policy(CFG).apply(loaded.params, None, policy_input(obs))
     np.testing.assert_allclose(np.asarray(jax.nn.softmax(out.var_logits)), pv, atol=1e-5)
+    assert greedy()[0] == int(np.argmax(pv))
 
 
 def test_a_lookahead_policy_round_trips_and_reads_its_lookahead(tmp_path):
@@ -215,15 +212,15 @@ def test_a_lookahead_policy_round_trips_and_reads_its_lookahead(tmp_path):
     # The seed document's stateful function computes the same lookahead from its own history.
     from causal_grpo.scm import sample_n
     spec = easy()
-    fn = C.create_grpo_intervention_fn(loaded, spec)
+    fn = create_grpo_intervention_fn(loaded, spec)
     fn.observe(np.asarray(sample_n(jax.random.PRNGKey(0), spec.to_scm(), 20)))
     j, v = fn()
     assert j != spec.target and spec.intervention_range[0] <= v <= spec.intervention_range[1]
     # Acting-time draws: "auto" by default, part of the handle's digest; bad values refused.
-    assert C.policy_handle(loaded).digest == loaded.digest + "-laauto"
-    assert C.policy_handle(loaded, lookahead_draws=1).digest == loaded.digest
+    assert policy_handle(loaded).digest == loaded.digest + "-laauto"
+    assert policy_handle(loaded, lookahead_draws=1).digest == loaded.digest
     for bad in (0, "many"):
-        with pytest.raises(C.UserError, match="positive integer or 'auto'"):
-            C.create_grpo_intervention_fn(loaded, spec, lookahead_draws=bad)
-        with pytest.raises(C.UserError, match="positive integer or 'auto'"):
-            C.policy_handle(loaded, lookahead_draws=bad)
+        with pytest.raises(UserError, match="positive integer or 'auto'"):
+            create_grpo_intervention_fn(loaded, spec, lookahead_draws=bad)
+        with pytest.raises(UserError, match="positive integer or 'auto'"):
+            policy_handle(loaded, lookahead_draws=bad)

@@ -24,8 +24,6 @@ def test_group_advantages_match_a_plain_loop_and_are_zero_mean():
         got = np.asarray(grpo.group_advantages(jnp.asarray(r, jnp.float32)))
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
         assert abs(got.mean()) < 1e-5
-        dr = np.asarray(grpo.group_advantages(jnp.asarray(r, jnp.float32), normalize_std=False))
-        np.testing.assert_allclose(dr, [x - mean for x in r], rtol=1e-4, atol=1e-5)
 
 
 def test_all_equal_rewards_give_zero_advantages_not_nan():
@@ -111,35 +109,9 @@ def test_rewards_depend_on_the_outcome():
     r = structure_reward(adj, before, after, jnp.ones(2, bool))
     assert float(r) == pytest.approx((1 - 0.4) - (1 - 0.9), abs=1e-6)
     assert float(expected_shd(adj, after)) == pytest.approx(0.1, abs=1e-6)
-    # Point-estimate share: before, "no edge" is not beaten by either direction (0.4 vs 0.4),
-    # so the estimate is empty (SHD 1); after, it is 0 -> 1 (SHD 0): a drop of 1.
-    m = structure_reward(adj, before, after, jnp.ones(2, bool), map_share=0.5)
-    assert float(m) == pytest.approx(0.5 * 0.5 + 0.5 * 1.0, abs=1e-6)
-    # Surer of an edge the estimate already has right: expected SHD pays, the estimate does not.
+    # Surer of an edge it already has right: expected SHD pays for that too.
     surer = jnp.array([[0.0, 0.99], [0.0, 0.0]])
-    assert float(structure_reward(adj, after, surer, jnp.ones(2, bool), map_share=1.0)) == 0.0
-    assert float(structure_reward(adj, after, surer, jnp.ones(2, bool))) > 0.05
-
-
-def test_averaged_outcomes_keep_the_trajectory_and_average_the_rewards():
-    """reward.outcomes = M: the episode still advances with outcome 0 (same states and
-    candidates as M = 1), and a candidate's reward is the mean over M noise draws."""
-    import dataclasses
-    from causal_grpo.rewards import RewardConfig
-    key, params = jax.random.PRNGKey(5), P.init_params(PLAIN)
-    run = lambda cfg: jax.jit(lambda k, p: P.rollout_episode(k, p, cfg, cfg.curriculum[0]))(key, params)
-    one = run(PLAIN)
-    four = run(dataclasses.replace(PLAIN, reward=RewardConfig(outcomes=4)))
-    for a, b in zip(jax.tree.leaves(one.batch.inputs), jax.tree.leaves(four.batch.inputs)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(np.asarray(one.batch.variable), np.asarray(four.batch.variable))
-    assert not np.allclose(np.asarray(one.structure), np.asarray(four.structure))
-    # Averaging removes most of the outcome noise from the spread inside a group (here about
-    # 0.33 -> 0.20 on average over 16 episodes).
-    keys = jax.random.split(jax.random.PRNGKey(0), 16)
-    spread = lambda cfg: float(np.asarray(jax.jit(jax.vmap(
-        lambda k: P.rollout_episode(k, params, cfg, cfg.curriculum[0]).structure))(keys)).std(-1).mean())
-    assert spread(dataclasses.replace(PLAIN, reward=RewardConfig(outcomes=4))) < 0.8 * spread(PLAIN)
+    assert float(structure_reward(adj, after, surer, jnp.ones(2, bool))) == pytest.approx(0.09, abs=1e-6)
 
 
 def test_one_update_changes_the_parameters(collected):
@@ -178,86 +150,6 @@ def test_update_raises_on_non_finite_numbers(collected):
     bad = batch._replace(advantages=batch.advantages.at[0, 0].set(jnp.nan))
     _, metrics = tr._update(state, bad)
     assert not np.isfinite(float(metrics["loss"]))
-
-
-def test_noise_level_per_graph_gives_equal_variance_graphs_at_every_level():
-    stage = P.DEFAULT_CURRICULUM[1]
-    keys = jax.random.split(jax.random.PRNGKey(3), 128)
-
-    def draw(cfg):
-        return jax.jit(jax.vmap(lambda k: P.sample_stage_scm(k, stage, cfg)))(keys)
-
-    plain = draw(P.Phase1Config())
-    graph = draw(P.Phase1Config(noise_level_range=(0.1, 2.0)))
-    np.testing.assert_array_equal(plain.adj, graph.adj)           # only the noise changes
-    np.testing.assert_array_equal(plain.weights, graph.weights)
-    mask = np.asarray(graph.var_mask)
-    spread = []
-    for std, m in zip(np.asarray(graph.noise_std), mask):
-        s = std[m]
-        assert s.max() / s.min() <= 1.25 / 0.75 + 1e-5               # one level per graph
-        spread.append(np.exp(np.log(s).mean()))
-    spread = np.array(spread)
-    assert spread.min() < 0.2 and spread.max() > 1.2                # low- and high-noise graphs
-    ratio = [s[m].max() / s[m].min() for s, m in zip(np.asarray(plain.noise_std), mask)]
-    assert np.median(ratio) > 3                                     # the per-node default differs
-
-
-def test_teacher_target_on_hand_made_gains():
-    bins = P.teacher_bins(9, 2)
-    assert list(bins) == [0, 8]                      # the two ends of the range
-    assert list(P.teacher_bins(9, 3)) == [0, 4, 8]
-    inf = float("inf")
-    gains = jnp.array([[1.0, 3.0], [-inf, -inf], [2.0, 2.0]])      # variable 1: the target
-    q = np.asarray(P.teacher_target(gains, bins, 9, 0.5))
-    z = (np.array([1.0, 3.0, 2.0, 2.0]) - 2.0) / np.sqrt(0.5)       # z-scored over allowed
-    e = np.exp(z / 0.5)
-    e /= e.sum()
-    want = np.zeros((3, 9))
-    want[0, [0, 8]], want[2, [0, 8]] = e[:2], e[2:]
-    np.testing.assert_allclose(q, want, rtol=1e-5, atol=1e-7)
-    flat = np.asarray(P.teacher_target(jnp.array([[0.5, 0.5], [-inf, -inf], [0.5, 0.5]]),
-                                       bins, 9, 0.5))
-    np.testing.assert_allclose(flat[[0, 2]][:, [0, 8]], 0.25, rtol=1e-6)   # equal: uniform
-    assert flat[1].sum() == 0
-
-
-def test_cross_entropy_matches_the_joint_log_probabilities():
-    from causal_grpo.networks import PolicyOutput
-    rng = np.random.default_rng(1)
-    out = PolicyOutput(jnp.asarray(rng.normal(size=4), jnp.float32),
-                       jnp.asarray(rng.normal(size=(4, 3)), jnp.float32))
-    q = np.zeros((4, 3))
-    q[0, 0], q[2, 2], q[3, 1] = 0.5, 0.3, 0.2
-    want = -sum(q[j, b] * float(action_log_prob(out, j, b)) for j in range(4) for b in range(3))
-    assert float(grpo.cross_entropy(out, jnp.asarray(q))) == pytest.approx(want, rel=1e-5)
-
-
-@pytest.mark.parametrize("source", ["truth"])   # the plug-in path: test_lookahead_features_*
-def test_distillation_targets_are_collected_and_learned(source):
-    """With distill_coef > 0 every state carries the teacher's target (no mass on the target
-    variable or padding), and updates on it alone move the policy towards it."""
-    cfg = dataclasses.replace(PLAIN, grpo=dataclasses.replace(TINY.grpo, distill_coef=1.0,
-                                                             entropy_coef=0.0),
-                              teacher=P.TeacherConfig(source=source))
-    tr = P.Trainer(cfg)
-    state = tr.initial_state()
-    batch, stats = tr.collect_fn(0, state.params, tr.episode_keys(0))
-    q = np.asarray(batch.teacher)
-    assert q.shape == (32, 5, 9)
-    np.testing.assert_allclose(q.sum((1, 2)), 1.0, rtol=1e-5)
-    target, mask = np.asarray(batch.inputs.target), np.asarray(batch.inputs.var_mask)
-    assert np.all(q[np.arange(32), target] == 0) and np.all(q.sum(2)[~mask] == 0)
-    assert np.ptp(q.sum(2), axis=1).max() > 0.1      # gains differ between variables
-    assert "teacher_mass" in stats
-    if source == "plugin":      # the same learning path; checking it once is enough
-        return
-    batch = batch._replace(advantages=jnp.zeros_like(batch.advantages))
-    ce = [float(grpo.grpo_loss(state.params, state.ref_params, batch, tr.net, cfg.grpo)[1]["teacher_ce"])]
-    for _ in range(5):
-        state, m = tr._update(state, batch)
-    ce.append(float(grpo.grpo_loss(state.params, state.ref_params, batch, tr.net, cfg.grpo)[1]["teacher_ce"]))
-    assert ce[1] < ce[0] - 0.05, ce
 
 
 def test_lookahead_inputs_are_recorded_and_trained_on(collected):

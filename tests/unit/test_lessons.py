@@ -68,7 +68,9 @@ def test_policy_selector_reads_the_buffer():
     c = net.apply(params, None, policy_input(other2)).var_logits
     assert np.allclose(np.asarray(a), np.asarray(b), atol=1e-4)
     assert not np.allclose(np.asarray(a), np.asarray(c), atol=1e-4)
-    assert make_policy_selector(cfg) is not None
+    # The selector acts on those very logits: greedy, it takes their best allowed variable.
+    act = jax.jit(make_policy_selector(cfg, greedy=True))(jax.random.PRNGKey(0), other2, params)
+    assert int(act.variable) == int(np.argmax(np.asarray(c))) and bool(act.intervene)
 
 
 def test_no_broad_excepts():

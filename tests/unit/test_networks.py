@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from causal_grpo.features import Buffer, features_from_probs
-from causal_grpo.networks import (PolicyConfig, PolicyInput, _data_stats, _standardise,
-                                  dummy_input, make_policy)
+from causal_grpo.networks import PolicyConfig, PolicyInput, dummy_input, make_policy
 
 
 def _random_params(cfg, seed=0):
@@ -50,9 +49,8 @@ def _logit_change(cfg, x, y):
     return float(jnp.max(jnp.abs(jnp.where(x.var_mask, a.var_logits - b.var_logits, 0.0))))
 
 
-@pytest.mark.parametrize("pairwise,data_stats", [(0, 0), (1, 0), (1, 1)])
-def test_permuting_variables_permutes_outputs(pairwise, data_stats):
-    cfg = PolicyConfig(pairwise=pairwise, data_stats=data_stats)
+def test_permuting_variables_permutes_outputs():
+    cfg = PolicyConfig()
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(6)
     perm = np.array([4, 0, 5, 2, 1, 3])
@@ -63,9 +61,8 @@ def test_permuting_variables_permutes_outputs(pairwise, data_stats):
     assert out.var_logits[2] < -1e8                         # the target is masked out
 
 
-@pytest.mark.parametrize("data_stats", [0, 1])
-def test_padding_does_not_change_real_outputs(data_stats):
-    cfg = PolicyConfig(data_stats=data_stats)
+def test_padding_does_not_change_real_outputs():
+    cfg = PolicyConfig()
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(5)
     pad = 3
@@ -78,8 +75,8 @@ def test_padding_does_not_change_real_outputs(data_stats):
     assert np.all(np.asarray(outp.var_logits[5:]) < -1e8)
 
 
-def test_belief_graph_reaches_the_output_only_when_pairwise():
-    """Same per-variable features, different edge matrix: only the pairwise policy notices.
+def test_belief_graph_reaches_the_output():
+    """Same per-variable features, different edge matrix: the pairwise terms notice.
 
     (In use the features are computed from the same matrix; they are held fixed here to
     isolate the pairwise path.)
@@ -87,50 +84,7 @@ def test_belief_graph_reaches_the_output_only_when_pairwise():
     x = _input(6)
     y = x._replace(edge_probs=jnp.asarray(np.random.default_rng(5).uniform(size=(6, 6))
                                           * (1 - np.eye(6)), jnp.float32))
-    assert _logit_change(PolicyConfig(pairwise=1), x, y) > 1e-3
-    assert _logit_change(PolicyConfig(pairwise=0), x, y) <= 1e-3
-
-
-def test_data_stats_match_numpy_on_a_hand_made_buffer():
-    """x1 = 0.9 x0 + small noise; x2 independent. R^2, |corr| and |partial corr| against numpy
-    (shrunk correlation, as documented); a padding column changes none of them."""
-    rng = np.random.default_rng(3)
-    C = 50
-    x0 = rng.normal(size=C)
-    vals = np.stack([x0, 0.9 * x0 + 0.1 * rng.normal(size=C), rng.normal(size=C)], 1)
-    valid = np.ones(C, bool)
-    z = _standardise(jnp.asarray(vals, jnp.float32), jnp.asarray(valid))
-    pair, r2 = _data_stats(z, jnp.asarray(valid), jnp.ones(3, bool), shrink=0.1)
-    corr = np.corrcoef(vals, rowvar=False)
-    shrunk = 0.9 * corr + 0.1 * np.eye(3)
-    prec = np.linalg.inv(shrunk)
-    np.testing.assert_allclose(r2, 1 - 1 / np.diag(prec), atol=1e-4)
-    off = 1 - np.eye(3)
-    np.testing.assert_allclose(pair[..., 0], np.abs(shrunk) * off, atol=1e-4)
-    pc = -prec / np.sqrt(np.outer(np.diag(prec), np.diag(prec)))
-    np.testing.assert_allclose(pair[..., 1], np.abs(pc) * off, atol=1e-4)
-    assert r2[0] > 0.8 and r2[1] > 0.8 and r2[2] < 0.1        # the tied pair is visible
-
-    zp = jnp.pad(z, ((0, 0), (0, 2)))
-    pair_p, r2_p = _data_stats(zp, jnp.asarray(valid), jnp.array([True] * 3 + [False] * 2))
-    np.testing.assert_allclose(r2_p[:3], r2, atol=1e-5)
-    np.testing.assert_allclose(pair_p[:3, :3], pair, atol=1e-5)
-    assert float(jnp.abs(r2_p[3:]).max()) == 0 and float(jnp.abs(pair_p[3:]).max()) == 0
-
-
-def test_data_correlations_reach_the_output_only_with_data_stats():
-    """Shuffling one column's rows keeps every variable's marginal (all the per-variable
-    pooling sees) but breaks its correlations: only a data_stats policy notices."""
-    x = _input(6)
-    x = x._replace(intervened=jnp.zeros_like(x.intervened))
-    vals = np.asarray(x.values).copy()
-    vals[:, 4] = vals[:, 0] + 0.05 * vals[:, 4]                 # column 4 tied to column 0
-    x = x._replace(values=jnp.asarray(vals))
-    shuffled = vals.copy()
-    shuffled[:9, 4] = shuffled[np.random.default_rng(1).permutation(9), 4]
-    y = x._replace(values=jnp.asarray(shuffled))
-    assert _logit_change(PolicyConfig(data_stats=1), x, y) > 1e-3
-    assert _logit_change(PolicyConfig(data_stats=0), x, y) <= 1e-3
+    assert _logit_change(PolicyConfig(), x, y) > 1e-3
 
 
 def test_the_lookahead_prior_is_the_starting_policy():

@@ -1,0 +1,112 @@
+"""Command-line options declared once, on the config dataclass fields they set.
+
+A field declared with :func:`option` carries its flag, help text and bounds as metadata.
+``jobs/`` generates argparse options from that metadata (:func:`declared`, :func:`parse`), and
+a config built in code is checked against the same bounds (:func:`check_options`), so a flag
+is written in one place and its value is refused the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any, Iterator
+
+from causal_grpo.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A field's flag, help and bounds (``low``/``high``: inclusive unless ``open_*``)."""
+
+    flag: str
+    help: str
+    type: type
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    @property
+    def bounds(self) -> str:
+        lo = "" if self.low is None else f"{self.low:g}"
+        hi = "" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.open_low else '['}{lo}, {hi}{')' if self.open_high else ']'}"
+
+
+def option(default: Any, flag: str, help: str, type: type | None = None,
+           low: float | None = None, high: float | None = None, open_low: bool = False,
+           open_high: bool = False) -> Any:
+    """A dataclass field whose value can be set by ``flag`` (``type`` defaults to the
+    default's type; an Enum type offers its values)."""
+    opt = Option(flag, help, type or default.__class__, low, high, open_low, open_high)
+    return dataclasses.field(default=default, metadata={"option": opt})
+
+
+def check(opt: Option, value: Any) -> Any:
+    """``value`` if it lies within ``opt``'s type and bounds; UserError naming the flag if not."""
+    if value is None or issubclass(opt.type, (str, enum.Enum)):
+        return value
+    kind = "an integer" if opt.type is int else "a finite number"
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (opt.type is int and not isinstance(value, int))
+            or (isinstance(value, float) and not math.isfinite(value))):
+        raise UserError(f"{opt.flag} must be {kind}, got {value!r}")
+    below = opt.low is not None and (value <= opt.low if opt.open_low else value < opt.low)
+    above = opt.high is not None and (value >= opt.high if opt.open_high else value > opt.high)
+    if below or above:
+        raise UserError(f"{opt.flag} must be {kind} in {opt.bounds}, got {value!r}")
+    return value
+
+
+def parse(opt: Option, text: str) -> Any:
+    """The value of ``opt`` written as ``text`` on a command line (UserError if refused)."""
+    if issubclass(opt.type, enum.Enum):
+        values = [m.value for m in opt.type]
+        if text not in values:
+            raise UserError(f"{opt.flag} must be one of {', '.join(values)}, got {text!r}")
+        return opt.type(text)
+    if opt.type is str:
+        if not text:
+            raise UserError(f"{opt.flag} must not be empty")
+        return text
+    try:
+        value = opt.type(text)
+    except ValueError:
+        kind = "an integer" if opt.type is int else "a number"
+        raise UserError(f"{opt.flag} must be {kind}, got {text!r}") from None
+    return check(opt, value)
+
+
+def declared(cls: type, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Option, Any]]:
+    """``(field path, option, default)`` of every option field of ``cls`` and of the config
+    dataclasses nested in it (by their default), in declaration order."""
+    for f in dataclasses.fields(cls):
+        if "option" in f.metadata:
+            yield path + (f.name,), f.metadata["option"], f.default
+        elif dataclasses.is_dataclass(f.default):
+            yield from declared(type(f.default), path + (f.name,))
+
+
+def with_values(cfg: Any, values: dict[tuple[str, ...], Any]) -> Any:
+    """``cfg`` with the fields at the given paths replaced (nested configs rebuilt)."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict] = {}
+    for path, v in values.items():
+        if len(path) == 1:
+            top[path[0]] = v
+        else:
+            nested.setdefault(path[0], {})[path[1:]] = v
+    for name, sub in nested.items():
+        top[name] = with_values(getattr(cfg, name), sub)
+    return dataclasses.replace(cfg, **top)
+
+
+def check_options(cfg: Any) -> None:
+    """Check every option field of ``cfg`` (and of its nested configs) against its bounds."""
+    for path, opt, _ in declared(type(cfg)):
+        value = cfg
+        for name in path:
+            value = getattr(value, name)
+        check(opt, value)
