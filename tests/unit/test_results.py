@@ -16,7 +16,8 @@ def steps_of(curves: dict) -> pd.DataFrame:
     for (scm, method, seed), (f1, shd) in curves.items():
         for t, (f, s) in enumerate(zip(f1, shd)):
             rows.append({"scm": scm, "method": method, "seed": seed, "step": t, "f1": f,
-                         "shd": s, "parent_f1": f / 2, "best_target": -float(t)})
+                         "shd": s, "parent_f1": f / 2, "best_target": -float(t),
+                         "auprc": 1 - f})
     return pd.DataFrame(rows)
 
 
@@ -42,6 +43,7 @@ def test_per_seed_early_and_full_auc_by_hand():
     assert ps["f1_auc"] == pytest.approx((0.1 * EARLY_STEPS + 2.0) / T)
     assert ps["initial_f1"] == 0.0 and ps["final_f1"] == 1.0 and ps["final_shd"] == 0
     assert ps["final_parent_f1"] == 0.5 and ps["best_target"] == -T
+    assert ps["final_auprc"] == 0.0
     # Fewer steps than EARLY_STEPS: the early window is the whole episode.
     short = per_seed(steps_of({("s", "m", 0): ([0.3, 0.5, 0.9], [2, 1, 0])})).iloc[0]
     assert short["f1_auc_early"] == pytest.approx(0.7) and short["f1_auc"] == pytest.approx(0.7)
