@@ -81,7 +81,8 @@ def _policies(runs: Sequence[str], protocol_run: str | None,
               draws) -> list[tuple[int, str, object]]:
     """(run index, label, policy handle): the untrained and trained policy of every run, and
     the protocol run's trained policy (run -1, as the references: not a run of the claims)."""
-    from causal_grpo.checkpoint import load_grpo_policy, policy_handle
+    from causal_grpo.checkpoint import load_grpo_policy
+    from causal_grpo.policy import policy_handle
     from causal_grpo.errors import UserError
 
     wanted = [(r, run, label, sub) for r, run in enumerate(runs)
