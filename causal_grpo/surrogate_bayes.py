@@ -261,6 +261,8 @@ def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: 
     matp = jnp.pad(mat, ((0, 0), (0, 1), (0, 1))).at[:, d, d].set(1.0)
     node = ar[:, None, None]
     a = matp[node[..., None], idx[..., :, None], idx[..., None, :]]   # (d, P, k, k)
+    # Filler rows/columns of the identity, else two fillers would make a singular block.
+    a = jnp.where((idx[..., :, None] == d) | (idx[..., None, :] == d), jnp.eye(k), a)
     diag = jnp.diagonal(a, axis1=-2, axis2=-1)
     a = a + jnp.eye(k) * (1e-6 * diag[..., :, None] + 1e-9)
     b = matp[node, idx, ar[:, None, None]]                            # (d, P, k)
