@@ -70,7 +70,7 @@ class AnalyticConfig:
       penalty: multiplier of the BIC complexity term (1.0 = BIC; unused by BGe).
       score: local score, BIC or BGe.
       candidates: K, the candidate parents per node of the order MCMC (parent sets are the
-        subsets of size <= k of them).
+        subsets of size <= min(k, K) of them).
       chains: order-MCMC chains, carried from one update to the next.
       mcmc_steps: proposals per chain and update; the second half is averaged.
     """
@@ -87,8 +87,6 @@ class AnalyticConfig:
         for name in ("max_indegree", "candidates", "chains", "mcmc_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnalyticConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_indegree > self.candidates:
-            raise ValueError(f"max_indegree {self.max_indegree} exceeds candidates {self.candidates}")
 
     def exact(self, d: int) -> bool:
         return d <= self.exact_max_d
@@ -99,7 +97,7 @@ class AnalyticConfig:
         if self.exact(d):
             return f"exact DP over orders, {self.score.value.upper()}, in-degree <= {k}"
         return (f"order MCMC over candidate parent sets, {self.score.value.upper()}, in-degree "
-                f"<= {k}, K = {min(self.candidates, d - 1)} candidates, {self.chains} chains x "
+                f"<= {min(k, self.candidates)}, K = {min(self.candidates, d - 1)} candidates, {self.chains} chains x "
                 f"{self.mcmc_steps} steps per update")
 
 

@@ -46,6 +46,11 @@ def build_parser() -> ArgumentParser:
                    help="comma-separated: random_active, round_robin_active, uncertainty_active, "
                         "oracle_active, observational, grpo_active, grpo_bootstrap")
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
+    p.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=3,
+                   help="largest parent set of the analytic posterior (k; any k <= d-1 where the "
+                        "exact DP runs, d <= 16)")
+    p.add_argument("--score", choices=["bic", "bge"], default="bic",
+                   help="local score of the analytic posterior")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
     p.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
@@ -95,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from causal_grpo import io
     from causal_grpo.active_learning import EpisodeConfig, Method
     from causal_grpo.errors import UserError
-    from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.scm_families import FamilyConfig, resolve_scm
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    from causal_grpo.surrogate_bayes import AnalyticConfig, Score, check_fits
     from causal_grpo.surrogate_neural import NeuralConfig
     from causal_grpo.sweep import SweepConfig
     from causal_grpo.results import write_phase2_outputs
@@ -114,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
                                lookahead_draws=args.lookahead_draws)
 
+    analytic = AnalyticConfig(max_indegree=args.max_indegree, score=Score(args.score))
+    neural = args.surrogate == "neural"
     surrogate = SurrogateConfig(
-        kind=SurrogateKind(args.surrogate),
-        neural=NeuralConfig(learning_rate=args.learning_rate) if args.surrogate == "neural" else None)
+        kind=SurrogateKind(args.surrogate), analytic=None if neural else analytic,
+        neural=NeuralConfig(learning_rate=args.learning_rate) if neural else None)
+    posterior = {}
+    if not neural:
+        for name, src in sources.items():
+            d = src.padded if isinstance(src, FamilyConfig) else src.d
+            check_fits(analytic, d, min(args.batch_size, args.seeds))
+            posterior[name] = analytic.describe(d)
     cfg = SweepConfig(
         scms=tuple(sources), methods=tuple(Method(m) for m in methods), seeds=args.seeds,
         episode=EpisodeConfig(n_observational=args.n_observational,
@@ -131,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     table = write_phase2_outputs(
         args.output_dir, cfg, sources, results, compare=args.compare, plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
-                      "grpo_checkpoint": args.grpo_checkpoint})
+                      "grpo_checkpoint": args.grpo_checkpoint, "posterior": posterior})
+    for name, text in posterior.items():
+        print(f"posterior ({name}): {text}")
     print(table)
     print(f"results written to {os.path.abspath(args.output_dir)}")
     return 0
