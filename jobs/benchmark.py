@@ -6,6 +6,7 @@
     python -m jobs.benchmark ray         # in-process vs 1 vs 2 Ray workers (Phase 1 and 2)
     python -m jobs.benchmark ceiling     # the best one-step chooser (knows the SCM) vs the rest
     python -m jobs.benchmark posterior   # where one exact posterior update's time goes, per d
+    python -m jobs.benchmark scale       # posterior speed, memory, accuracy vs GIES, d = 10..100
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV.
 """
@@ -288,6 +289,9 @@ def build_parser() -> ArgumentParser:
                    help="posteriors updated per vmapped call")
     e.add_argument("--seconds", type=float, default=3.0, help="timing per part and d")
 
+    from jobs.bench_scale import add_parser as add_scale
+    add_scale(sub, comma_list, positive_int)
+
     for name in ("phase1", "ray"):
         r = sub.add_parser(name, help=f"{name} benchmark")
         r.add_argument("--seconds", type=float, default=60.0,
@@ -310,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         df = bench_ceiling(args)
     elif args.cmd == "posterior":
         df = bench_posterior(args)
+    elif args.cmd == "scale":
+        from jobs.bench_scale import bench_scale
+        df = bench_scale(args)
     elif args.cmd == "phase1":
         from jobs.bench_grpo import bench_phase1
         df = bench_phase1(args)
