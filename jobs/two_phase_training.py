@@ -46,9 +46,9 @@ def build_parser() -> ArgumentParser:
                    help="comma-separated: random_active, round_robin_active, uncertainty_active, "
                         "oracle_active, observational, grpo_active, grpo_bootstrap")
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
-    p.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=3,
-                   help="largest parent set of the analytic posterior (k; any k <= d-1 where the "
-                        "exact DP runs, d <= 16)")
+    p.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=None,
+                   help="largest parent set of the analytic posterior (k, default 4; any "
+                        "k <= d-1 where the exact DP runs, d <= 16)")
     p.add_argument("--score", choices=["bic", "bge"], default="bic",
                    help="local score of the analytic posterior")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
                                lookahead_draws=args.lookahead_draws)
 
-    analytic = AnalyticConfig(max_indegree=args.max_indegree, score=Score(args.score))
+    analytic = AnalyticConfig(score=Score(args.score), **(
+        {"max_indegree": args.max_indegree} if args.max_indegree else {}))
     neural = args.surrogate == "neural"
     surrogate = SurrogateConfig(
         kind=SurrogateKind(args.surrogate), analytic=None if neural else analytic,
