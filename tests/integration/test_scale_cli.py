@@ -1,4 +1,4 @@
-"""Phase 2 at sizes beyond the exact DP: a 37-variable custom SCM end to end through the CLI
+"""Phase 2 at sizes beyond the exact DP: 37- and 100-variable custom SCMs end to end through the CLI
 (order MCMC over candidate parent sets), and a size whose posterior cannot fit: one line, exit 2."""
 
 import json
@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from jobs import two_phase_training
 
@@ -27,8 +28,9 @@ def random_scm_json(path, d, seed=0):
     return str(path)
 
 
-def test_37_variable_json_runs_end_to_end(tmp_path):
-    scm = random_scm_json(tmp_path / "net37.json", 37)
+@pytest.mark.parametrize("d", [37, 100])
+def test_large_json_runs_end_to_end(tmp_path, d):
+    scm = random_scm_json(tmp_path / f"net{d}.json", d)
     out = tmp_path / "out"
     argv = ["--scm-type", scm, "--methods", "random_active", "--seeds", "2",
             "--n-interventions", "5", "--num-workers", "0", "--output-dir", str(out),
@@ -37,7 +39,7 @@ def test_37_variable_json_runs_end_to_end(tmp_path):
     steps = pd.read_csv(out / "steps.csv")
     assert len(steps) == 2 * 6 and steps["f1"].between(0, 1).all()
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["posterior"]["net37"].startswith(
+    assert cfg["posterior"][f"net{d}"].startswith(
         "order MCMC over candidate parent sets, BGE, in-degree <= 2, K = 10 candidates")
     assert cfg["episode"]["surrogate"]["analytic"]["max_indegree"] == 2
 
