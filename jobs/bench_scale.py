@@ -7,7 +7,9 @@ amortised over the run; peak RSS of the process so far; final F1/SHD of the post
 and of GIES (``gies.fit_bic``) on the same rows, with GIES's time per fit. Where the exact DP
 runs (d <= ``--exact-check-max-d``), the same episodes with the order-MCMC posterior instead,
 and the mean absolute difference of its final edge marginals from the exact ones (random
-interventions do not depend on the posterior, so both see identical data).
+interventions do not depend on the posterior, so both see identical data). Where the MCMC
+posterior runs, its convergence figure: the mean over seeds of the largest edge-marginal
+difference between two chains after the last update (``chain_gap``).
 
     python -m jobs.benchmark scale --dims 10,20 --families er
 """
@@ -34,6 +36,26 @@ def _run(cfg, d: int, keys, scms):
     t1 = time.perf_counter()
     res = jax.block_until_ready(compiled(keys, scms, None, mid))
     return res, t1 - t0, time.perf_counter() - t1
+
+
+def _chain_gap(cfg, d: int, n_obs: int, keys, buffer) -> np.ndarray:
+    """(S,) the MCMC chains' final disagreement (``chain_gap``) when the episodes' rows are fed
+    again as in the episode (observational rows at once, then one row per update)."""
+    import jax
+    import jax.numpy as jnp
+
+    from causal_grpo.surrogate_bayes import make_analytic_surrogate
+
+    sur = make_analytic_surrogate(cfg, d)
+
+    def one(key, values, intervened, valid):
+        s = sur.update(sur.init(key, jnp.ones((d,), bool)), values[:n_obs], intervened[:n_obs],
+                       valid[:n_obs])
+        rows = (values[n_obs:, None], intervened[n_obs:, None], valid[n_obs:, None])
+        s, _ = jax.lax.scan(lambda s, r: (sur.update(s, *r), None), s, rows)
+        return s.chain_gap
+
+    return np.asarray(jax.jit(jax.vmap(one))(keys, buffer.values, buffer.intervened, buffer.valid))
 
 
 def bench_scale(args) -> pd.DataFrame:
@@ -102,6 +124,10 @@ def bench_scale(args) -> pd.DataFrame:
                 row["mcmc_mae"] = float(diff[:, off].mean())
                 row["mcmc_max_err"] = float(diff.max())
                 row["mcmc_f1"] = float(np.mean(np.asarray(res_m.record.f1)[:, -1]))
+            row["chain_gap"] = float("nan")
+            if not post.exact(d):
+                row["chain_gap"] = float(np.mean(_chain_gap(post, d, args.n_observational, keys,
+                                                            res.buffer)))
             row["peak_rss_mb"] = _peak_rss_mb()
             rows.append(row)
             print(f"{family}{d}: {row['s_per_run']:.2f} s/run ({row['runs_per_s']:.2f} runs/s, "
@@ -109,23 +135,24 @@ def bench_scale(args) -> pd.DataFrame:
                   f"F1 {row['ours_f1']:.3f} SHD {row['ours_shd']:.1f} | on {n_gies} seeds: "
                   f"F1 {row['ours_on_gies_seeds_f1']:.3f} SHD {row['ours_on_gies_seeds_shd']:.1f}, "
                   f"GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:.1f} "
-                  f"({row['gies_s_per_fit']:.1f} s/fit) | MCMC vs exact MAE {row['mcmc_mae']:.4f} | RSS "
-                  f"{row['peak_rss_mb']:.0f} MB", flush=True)
+                  f"({row['gies_s_per_fit']:.1f} s/fit) | MCMC vs exact MAE {row['mcmc_mae']:.4f} "
+                  f"| chain gap {row['chain_gap']:.2f} | RSS {row['peak_rss_mb']:.0f} MB", flush=True)
     df = pd.DataFrame(rows)
     print()
     print(f"posterior: {post.describe(post.exact_max_d)} up to d = {post.exact_max_d}, above "
           f"it {post.describe(post.exact_max_d + 1)}; {args.seeds} seeds vmapped, "
           f"{args.n_observational} + {args.n_interventions} samples")
     print("| graph | s per run | ms per update | F1 | SHD | GIES seeds | F1 on them | GIES F1 "
-          "| SHD on them | GIES SHD | GIES s/fit | MCMC-exact MAE | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| SHD on them | GIES SHD | GIES s/fit | MCMC-exact MAE | chain gap | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for _, r in df.iterrows():
         mae = "" if np.isnan(r["mcmc_mae"]) else f"{r['mcmc_mae']:.4f}"
         print(f"| {r['family']}{r['d']} | {r['s_per_run']:.2f} | {r['ms_per_update']:.2f} "
               f"| {r['ours_f1']:.3f} | {r['ours_shd']:.1f} | {r['gies_seeds']} "
               f"| {r['ours_on_gies_seeds_f1']:.3f} | {r['gies_f1']:.3f} "
               f"| {r['ours_on_gies_seeds_shd']:.1f} | {r['gies_shd']:.1f} "
-              f"| {r['gies_s_per_fit']:.1f} | {mae} | {r['peak_rss_mb']:.0f} |")
+              f"| {r['gies_s_per_fit']:.1f} | {mae} | {r['chain_gap']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} |")
     return df
 
 
