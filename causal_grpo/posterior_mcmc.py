@@ -1,10 +1,10 @@
 """Structure posterior for large d: order MCMC over candidate parent sets (Gadget/BiDAG style).
 
 Each node i gets K candidate parents, re-chosen from the data at every update by forward
-selection on node i's non-intervened rows (``select_candidates``; fixed shape (d, K)). Its parent sets
-are the subsets of size <= k of its candidates, scored exactly as by the exact posterior
-(``surrogate_bayes.set_scores``: BIC or BGe on the non-intervened rows of the node), so edges
-outside the candidate sets have probability 0. With the order-modular prior, an order's
+selection on node i's non-intervened rows (``select_candidates``; fixed shape (d, K)). Its
+parent sets are the subsets of size <= k of its candidates, scored exactly as by the exact
+posterior (``surrogate_bayes.set_scores``: BIC or BGe on the non-intervened rows of the
+node), so edges outside the candidate sets have probability 0. With the order-modular prior, an order's
 weight is ``prod_i alpha_i(U_i)``, ``U_i`` = candidates of i placed before it and
 ``alpha_i(U) = sum_{S ⊆ U} exp(score_i(S))``; ``alpha_i`` is tabulated over all 2^K subsets of
 the candidates by one zeta transform, so scoring an order is d*K lookups.
@@ -154,7 +154,8 @@ def mcmc_posterior(key: Array, stats: Stats, var_mask: Array, orders: Array, cfg
 
 def init_state(cfg: AnalyticConfig, d: int, key: Array, var_mask: Array) -> McmcState:
     k_state, k_orders = jax.random.split(key)
-    orders = jax.vmap(lambda k: jax.random.permutation(k, d))(jax.random.split(k_orders, cfg.chains))
+    keys = jax.random.split(k_orders, cfg.chains)
+    orders = jax.vmap(lambda k: jax.random.permutation(k, d))(keys)
     K = min(cfg.candidates, d - 1)
     return McmcState(empty_stats(d), var_mask.astype(bool), jnp.zeros((d, d), jnp.float32),
                      orders.astype(jnp.int32), jnp.full((d, K), d, jnp.int32),

@@ -99,8 +99,8 @@ class AnalyticConfig:
         if self.exact(d):
             return f"exact DP over orders, {self.score.value.upper()}, in-degree <= {k}"
         return (f"order MCMC over candidate parent sets, {self.score.value.upper()}, in-degree "
-                f"<= {min(k, self.candidates)}, K = {min(self.candidates, d - 1)} candidates, {self.chains} chains x "
-                f"{self.mcmc_steps} steps per update")
+                f"<= {min(k, self.candidates)}, K = {min(self.candidates, d - 1)} candidates, "
+                f"{self.chains} chains x {self.mcmc_steps} steps per update")
 
 
 # --------------------------------------------------------------------------- static tables
@@ -244,8 +244,8 @@ def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: 
     """(d, P) local scores (log prior included) of the parent sets ``idx``; -inf if disallowed.
 
     idx: (d, P, k) global parent indices of set p of node i, k >= 1, padded with d (a filler
-    that adds nothing to the fit or to log det); size: (P,) or (d, P) number of real parents. Disallowed: a set with a
-    padding variable, and any non-empty set of a padding node.
+    that adds nothing to the fit or to log det); size: (P,) or (d, P) number of real parents.
+    Disallowed: a set with a padding variable, and any non-empty set of a padding node.
     """
     d, k = idx.shape[0], idx.shape[-1]
     n = jnp.maximum(stats.n, 1.0)
