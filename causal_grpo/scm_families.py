@@ -502,8 +502,8 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     m = _FAMILY_RE.match(name)
     if m:
         d = int(m.group(2))
-        if not 3 <= d <= 64:
-            raise SCMError(f"family '{name}': number of variables must be in 3..64")
+        if d < 3:  # no upper limit: the posterior refuses what cannot fit in memory
+            raise SCMError(f"family '{name}': number of variables must be >= 3")
         return family_config(GraphKind(m.group(1)), d, d_pad)
     if name.endswith(".json") or os.path.sep in name or os.path.exists(name):
         return load_scm_json(name)

@@ -8,6 +8,7 @@
     python -m jobs.benchmark posterior   # where one exact posterior update's time goes, per d
     python -m jobs.benchmark eval --grpo-checkpoint RUN [RUN ...] --output-dir OUT
                                          # the frozen evaluation (jobs/bench_eval.py)
+    python -m jobs.benchmark scale       # posterior speed, memory, accuracy vs GIES, d = 10..100
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV.
 """
@@ -298,6 +299,9 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--seconds", type=positive_float("--seconds"), default=3.0,
                    help="timing per part and d")
 
+    from jobs.bench_scale import add_parser as add_scale
+    add_scale(sub, comma_list, positive_int)
+
     for name in ("phase1", "ray"):
         r = sub.add_parser(name, help=f"{name} benchmark")
         r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
@@ -343,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "eval":
         from jobs.bench_eval import bench_eval
         df = bench_eval(args)
+    elif args.cmd == "scale":
+        from jobs.bench_scale import bench_scale
+        df = bench_scale(args)
     elif args.cmd == "phase1":
         from jobs.bench_grpo import bench_phase1
         df = bench_phase1(args)

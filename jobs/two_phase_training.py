@@ -55,6 +55,11 @@ def build_parser() -> ArgumentParser:
                    help="comma-separated: random_active, round_robin_active, uncertainty_active, "
                         "oracle_active, observational, plugin_active, grpo_active, grpo_bootstrap")
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
+    p.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=None,
+                   help="largest parent set of the analytic posterior (k, default 4; any "
+                        "k <= d-1 where the exact DP runs, d <= 16)")
+    p.add_argument("--score", choices=["bic", "bge"], default="bic",
+                   help="local score of the analytic posterior")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,
                    help="number of seeds (cells use seeds 0..N-1)")
     p.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
@@ -163,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     from causal_grpo import io
     from causal_grpo.active_learning import Method
     from causal_grpo.errors import UserError
-    from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.scm_families import FamilyConfig, resolve_scm
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    from causal_grpo.surrogate_bayes import AnalyticConfig, Score, check_fits
     from causal_grpo.surrogate_neural import NeuralConfig
     from causal_grpo.sweep import SweepConfig
     from causal_grpo.results import sweep_settings, write_phase2_outputs
@@ -182,9 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
                                lookahead_draws=args.lookahead_draws)
 
+    # --max-indegree wins; else a family that needs every parent set scored (dense<d>) sets it.
+    needed = [k for k in (getattr(src, "max_indegree", None) for src in sources.values()) if k]
+    indegree = args.max_indegree or (max(needed) if needed else None)
+    analytic = AnalyticConfig(score=Score(args.score),
+                              **({"max_indegree": indegree} if indegree else {}))
+    neural = args.surrogate == "neural"
     surrogate = SurrogateConfig(
-        kind=SurrogateKind(args.surrogate),
-        neural=NeuralConfig(learning_rate=args.learning_rate) if args.surrogate == "neural" else None)
+        kind=SurrogateKind(args.surrogate), analytic=None if neural else analytic,
+        neural=NeuralConfig(learning_rate=args.learning_rate) if neural else None)
+    posterior = {}
+    if not neural:
+        for name, src in sources.items():
+            d = src.padded if isinstance(src, FamilyConfig) else src.d
+            check_fits(analytic, d, min(args.batch_size, args.seeds))
+            posterior[name] = analytic.describe(d)
     cfg = SweepConfig(
         scms=tuple(sources), methods=tuple(Method(m) for m in methods), seeds=args.seeds,
         episode=episode_config(sources, args.n_observational, args.n_interventions, surrogate,
@@ -206,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     table = write_phase2_outputs(
         args.output_dir, cfg, sources, results, compare=args.compare, plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
-                      "grpo_checkpoint": args.grpo_checkpoint})
+                      "grpo_checkpoint": args.grpo_checkpoint, "posterior": posterior})
+    for name, text in posterior.items():
+        print(f"posterior ({name}): {text}")
     print(table)
     print(f"results written to {os.path.abspath(args.output_dir)}")
     return 0

@@ -416,10 +416,23 @@ def test_resolve_scm():
     assert resolve_scm("sf15").kind is GraphKind.SCALE_FREE
     with pytest.raises(SCMError, match="unknown SCM"):
         resolve_scm("bogus")
-    with pytest.raises(SCMError, match="3..64"):
+    with pytest.raises(SCMError, match=">= 3"):
         resolve_scm("er2")
-    with pytest.raises(SCMError, match="3..64"):
-        resolve_scm("chain65")
+    assert resolve_scm("sf500").d == 500  # no fixed limit on the family's size
+
+
+@pytest.mark.parametrize("kind", ["er", "sf"])
+def test_families_at_200_variables(kind):
+    """er200 / sf200: DAGs whose mean degree (parents + children) lies in the family's
+    expected-degree range (2, 3), give or take sampling noise, with every node reachable."""
+    cfg = resolve_scm(f"{kind}200")
+    adjs = np.asarray(jax.jit(jax.vmap(lambda k: sample_family(k, cfg).adj))(
+        jax.random.split(jax.random.PRNGKey(0), 4)))
+    for adj in adjs:
+        assert adj.shape == (200, 200) and is_dag(adj)
+        assert 1.8 <= 2 * adj.sum() / 200 <= 3.2
+    if kind == "sf":  # preferential attachment: every node after the first has a parent
+        assert np.all(adjs.sum(1) + adjs.sum(2) > 0)
 
 
 def test_instantiate_fixed_spec_pads():

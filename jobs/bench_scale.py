@@ -1,0 +1,181 @@
+"""Scaling of the structure posterior: speed, memory and accuracy from d = 10 to 100.
+
+Per family and d: complete ``random_active`` runs (``--n-observational`` + ``--n-interventions``
+single-sample interventions, posterior after every sample) for ``--seeds`` seeds vmapped in one
+program; their wall time (compilation apart), runs per second and the posterior update time
+amortised over the run; peak RSS of the process so far; final F1/SHD of the posterior's graph
+and of GIES (``gies.fit_bic``) on the same rows, with GIES's time per fit. Where the exact DP
+runs (d <= ``--exact-check-max-d``), the same episodes with the order-MCMC posterior instead,
+and the mean absolute difference of its final edge marginals from the exact ones (random
+interventions do not depend on the posterior, so both see identical data). Where the MCMC
+posterior runs, its convergence figure: the mean over seeds of the largest edge-marginal
+difference between two chains after the last update (``chain_gap``).
+
+    python -m jobs.benchmark scale --dims 10,20 --families er
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def _run(cfg, d: int, keys, scms):
+    """Compile and run one batch of random_active episodes: (result, compile s, run s)."""
+    import jax
+
+    from causal_grpo.active_learning import Method, make_batch_runner, method_id
+
+    run = make_batch_runner(cfg, d)
+    mid = method_id(Method.RANDOM)
+    t0 = time.perf_counter()
+    compiled = run.lower(keys, scms, None, mid).compile()
+    t1 = time.perf_counter()
+    res = jax.block_until_ready(compiled(keys, scms, None, mid))
+    return res, t1 - t0, time.perf_counter() - t1
+
+
+def _chain_gap(cfg, d: int, n_obs: int, keys, buffer) -> np.ndarray:
+    """(S,) the MCMC chains' final disagreement (``chain_gap``) when the episodes' rows are fed
+    again as in the episode (observational rows at once, then one row per update)."""
+    import jax
+    import jax.numpy as jnp
+
+    from causal_grpo.surrogate_bayes import make_analytic_surrogate
+
+    sur = make_analytic_surrogate(cfg, d)
+
+    def one(key, values, intervened, valid):
+        s = sur.update(sur.init(key, jnp.ones((d,), bool)), values[:n_obs], intervened[:n_obs],
+                       valid[:n_obs])
+        rows = (values[n_obs:, None], intervened[n_obs:, None], valid[n_obs:, None])
+        s, _ = jax.lax.scan(lambda s, r: (sur.update(s, *r), None), s, rows)
+        return s.chain_gap
+
+    return np.asarray(jax.jit(jax.vmap(one))(keys, buffer.values, buffer.intervened, buffer.valid))
+
+
+def bench_scale(args) -> pd.DataFrame:
+    import jax.numpy as jnp
+
+    from causal_grpo import metrics as M
+    from causal_grpo.active_learning import EpisodeConfig
+    from causal_grpo.scm import stack_scms
+    from causal_grpo.scm_families import FamilyConfig, GraphKind
+    from causal_grpo.surrogate import SurrogateConfig
+    from causal_grpo.surrogate_bayes import AnalyticConfig, Score, check_fits
+    from causal_grpo.sweep import cell_scm_and_key
+    from jobs.benchmark import _gies_fit, _peak_rss_mb
+
+    chosen = {f: getattr(args, f) for f in ("max_indegree", "candidates", "chains", "mcmc_steps")
+              if getattr(args, f) is not None}
+    post = AnalyticConfig(**chosen, **({"score": Score(args.score)} if args.score else {}))
+    mcmc = dataclasses.replace(post, exact_max_d=0)
+
+    def episode(analytic):
+        return EpisodeConfig(n_observational=args.n_observational,
+                             n_interventions=args.n_interventions,
+                             surrogate=SurrogateConfig(analytic=analytic))
+
+    n_updates = args.n_interventions + 1
+    rows = []
+    for family in args.families:
+        for d in args.dims:
+            check_fits(post, d, args.seeds)
+            src = FamilyConfig(kind=GraphKind(family), d=d,
+                               expected_degree=tuple(args.degree))
+            pairs = [cell_scm_and_key(src, args.base_seed, s) for s in range(args.seeds)]
+            scms = stack_scms([p[0] for p in pairs])
+            keys = jnp.stack([p[1] for p in pairs])
+            res, compile_s, run_s = _run(episode(post), d, keys, scms)
+            row = {"family": family, "d": d, "seeds": args.seeds, "posterior": post.describe(d),
+                   "compile_s": compile_s, "s_per_run": run_s / args.seeds,
+                   "runs_per_s": args.seeds / run_s,
+                   "ms_per_update": 1e3 * run_s / (args.seeds * n_updates)}
+            # GIES (pure Python) takes minutes per fit from d ~ 50: it runs on the first
+            # --gies-seeds seeds up to --gies-max-d, and ours is also reported on those seeds.
+            n_gies = min(args.gies_seeds, args.seeds) if d <= args.gies_max_d else 0
+            ours, gies, t_gies = [], [], 0.0
+            for s in range(args.seeds):
+                adj = np.asarray(scms.adj[s])
+                ours.append(M.structure_metrics(adj, M.posterior_graph(res.final_probs[s])))
+                if s < n_gies:
+                    t0 = time.perf_counter()
+                    g = _gies_fit(np.asarray(res.buffer.values[s]),
+                                  np.asarray(res.buffer.intervened[s]))
+                    t_gies += time.perf_counter() - t0
+                    gies.append(M.structure_metrics(adj, g))
+            for name, vals in (("ours", ours), ("ours_on_gies_seeds", ours[:n_gies]),
+                               ("gies", gies)):
+                for m in ("f1", "shd"):
+                    row[f"{name}_{m}"] = float(np.mean([float(v[m]) for v in vals] or [np.nan]))
+            row["gies_seeds"] = n_gies
+            row["gies_s_per_fit"] = t_gies / n_gies if n_gies else float("nan")
+            row["mcmc_mae"] = row["mcmc_max_err"] = row["mcmc_f1"] = float("nan")
+            if post.exact(d) and d <= args.exact_check_max_d:
+                res_m, _, _ = _run(episode(mcmc), d, keys, scms)
+                if not np.array_equal(np.asarray(res_m.buffer.values), np.asarray(res.buffer.values)):
+                    raise AssertionError("exact and MCMC episodes saw different data")
+                diff = np.abs(np.asarray(res_m.final_probs) - np.asarray(res.final_probs))
+                off = ~np.eye(d, dtype=bool)
+                row["mcmc_mae"] = float(diff[:, off].mean())
+                row["mcmc_max_err"] = float(diff.max())
+                row["mcmc_f1"] = float(np.mean(np.asarray(res_m.record.f1)[:, -1]))
+            row["chain_gap"] = float("nan")
+            if not post.exact(d):
+                row["chain_gap"] = float(np.mean(_chain_gap(post, d, args.n_observational, keys,
+                                                            res.buffer)))
+            row["peak_rss_mb"] = _peak_rss_mb()
+            rows.append(row)
+            print(f"{family}{d}: {row['s_per_run']:.2f} s/run ({row['runs_per_s']:.2f} runs/s, "
+                  f"{row['ms_per_update']:.2f} ms/update, compile {compile_s:.0f} s), "
+                  f"F1 {row['ours_f1']:.3f} SHD {row['ours_shd']:.1f} | on {n_gies} seeds: "
+                  f"F1 {row['ours_on_gies_seeds_f1']:.3f} SHD {row['ours_on_gies_seeds_shd']:.1f}, "
+                  f"GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:.1f} "
+                  f"({row['gies_s_per_fit']:.1f} s/fit) | MCMC vs exact MAE {row['mcmc_mae']:.4f} "
+                  f"| chain gap {row['chain_gap']:.2f} | RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    df = pd.DataFrame(rows)
+    print()
+    print(f"posterior: {post.describe(post.exact_max_d)} up to d = {post.exact_max_d}, above "
+          f"it {post.describe(post.exact_max_d + 1)}; {args.seeds} seeds vmapped, "
+          f"{args.n_observational} + {args.n_interventions} samples")
+    print("| graph | s per run | ms per update | F1 | SHD | GIES seeds | F1 on them | GIES F1 "
+          "| SHD on them | GIES SHD | GIES s/fit | MCMC-exact MAE | chain gap | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for _, r in df.iterrows():
+        mae = "" if np.isnan(r["mcmc_mae"]) else f"{r['mcmc_mae']:.4f}"
+        print(f"| {r['family']}{r['d']} | {r['s_per_run']:.2f} | {r['ms_per_update']:.2f} "
+              f"| {r['ours_f1']:.3f} | {r['ours_shd']:.1f} | {r['gies_seeds']} "
+              f"| {r['ours_on_gies_seeds_f1']:.3f} | {r['gies_f1']:.3f} "
+              f"| {r['ours_on_gies_seeds_shd']:.1f} | {r['gies_shd']:.1f} "
+              f"| {r['gies_s_per_fit']:.1f} | {mae} | {r['chain_gap']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} |")
+    return df
+
+
+def add_parser(sub, comma_list, positive_int) -> None:
+    s = sub.add_parser("scale", help="posterior speed, memory and accuracy from d = 10 to 100")
+    ints = lambda t: [positive_int("--dims", 3)(x) for x in comma_list(t)]  # noqa: E731
+    s.add_argument("--dims", type=ints, default=[10, 15, 20, 30, 50, 100])
+    s.add_argument("--families", type=comma_list, default=["er", "sf"])
+    s.add_argument("--degree", type=lambda t: [float(x) for x in comma_list(t)], default=[2.0, 4.0],
+                   help="expected-degree range lo,hi (each graph draws its degree from it)")
+    s.add_argument("--seeds", type=positive_int("--seeds"), default=10)
+    s.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    s.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50)
+    s.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
+    s.add_argument("--gies-seeds", type=positive_int("--gies-seeds", 0), default=10,
+                   help="GIES fits per (family, d), on the first seeds")
+    s.add_argument("--gies-max-d", type=positive_int("--gies-max-d", 0), default=100,
+                   help="no GIES above this d (a fit takes minutes from d ~ 50)")
+    s.add_argument("--exact-check-max-d", type=positive_int("--exact-check-max-d", 0), default=14,
+                   help="largest d at which the MCMC posterior is also run against the exact DP")
+    # Posterior settings; unset ones take AnalyticConfig's defaults.
+    s.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=None)
+    s.add_argument("--score", choices=["bic", "bge"], default=None)
+    s.add_argument("--candidates", type=positive_int("--candidates"), default=None)
+    s.add_argument("--chains", type=positive_int("--chains"), default=None)
+    s.add_argument("--mcmc-steps", type=positive_int("--mcmc-steps"), default=None)
