@@ -6,7 +6,7 @@
 1. ``jobs.train_grpo`` with its defaults into ``grpo_runs/default`` (skipped when its
    ``final/`` checkpoint exists; an interrupted run resumes from its newest checkpoint).
 2. ``jobs.two_phase_training --compare`` (random_active, grpo_active, grpo_bootstrap, plus
-   uncertainty_active) on easy, medium, hard and held-out random ER graphs of 10 and 15
+   the uncertainty rule and the greedy plug-in chooser the policy starts from) on easy, medium, hard and held-out random ER graphs of 10 and 15
    variables, 30 seeds, 30 observational samples + 50 interventions, into ``phase2_results``.
 
 Both run on laptop-local Ray with ``--num-workers`` actors (default 2), or on the cluster named by
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== Phase 2: comparison")
     return two_phase_training.main([
         "--grpo-checkpoint", os.path.join(args.phase1_dir, "final"), "--compare",
-        "--methods", "uncertainty_active", "--scm-type", "easy,medium,hard,er10,er15",
+        "--methods", "uncertainty_active,plugin_active", "--scm-type", "easy,medium,hard,er10,er15",
         "--seeds", str(args.seeds), "--n-observational", "30", "--n-interventions", "50",
         # Batches of 10 seeds: a lookahead batch at d = 15 (about 0.2 s per decision) stays a
         # few minutes long, so work spreads over the workers and resumes in small steps.
