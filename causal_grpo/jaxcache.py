@@ -45,9 +45,10 @@ def enable_compilation_cache() -> str | None:
                 # JAX's default skips programs that compile in under a second: much of our
                 # start-up is many such programs besides the few large ones.
                 "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": 0,
-                # Least recently used entries go beyond this (JAX's default: no limit).
-                "jax_compilation_cache_max_size": 2 << 30}
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    # No size cap: JAX's least-recently-used eviction is not safe across processes (Ray workers
+    # and jobs sharing the directory warned of vanished entries), and our programs are small
+    # (a whole Phase-1 start-up is about 4 MB). Deleting the directory reclaims the space.
     # JAX reads these variables when it is imported: the CLIs stay fast (no jax import before
     # their flags are checked), and child processes inherit the setting.
     os.environ.update({name.upper(): str(value) for name, value in settings.items()})

@@ -16,6 +16,7 @@ Every subcommand takes ``--out FILE`` to also write its table as CSV.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import sys
@@ -336,26 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("gies", "phase2", "ceiling"):
         _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
-    if args.cmd == "gies":
-        df = bench_gies(args)
-    elif args.cmd == "phase2":
-        df = bench_phase2(args)
-    elif args.cmd == "ceiling":
-        df = bench_ceiling(args)
-    elif args.cmd == "posterior":
-        df = bench_posterior(args)
-    elif args.cmd == "eval":
-        from jobs.bench_eval import bench_eval
-        df = bench_eval(args)
-    elif args.cmd == "scale":
-        from jobs.bench_scale import bench_scale
-        df = bench_scale(args)
-    elif args.cmd == "phase1":
-        from jobs.bench_grpo import bench_phase1
-        df = bench_phase1(args)
-    else:
-        from jobs.bench_ray import bench_ray
-        df = bench_ray(args)
+    # Subcommand -> (module, function); the heavy modules are imported only when chosen.
+    runners = {"gies": (__name__, "bench_gies"), "phase2": (__name__, "bench_phase2"),
+               "ceiling": (__name__, "bench_ceiling"), "posterior": (__name__, "bench_posterior"),
+               "eval": ("jobs.bench_eval", "bench_eval"), "scale": ("jobs.bench_scale", "bench_scale"),
+               "phase1": ("jobs.bench_grpo", "bench_phase1"), "ray": ("jobs.bench_ray", "bench_ray")}
+    module, function = runners[args.cmd]
+    df = getattr(importlib.import_module(module), function)(args)
     if args.out:
         from causal_grpo import io
         io.write_atomic(args.out, lambda p: df.to_csv(p, index=False))
