@@ -295,7 +295,12 @@ class EpisodeConfig:
 
 
 class StepRecord(NamedTuple):
-    """Per-step metrics, each (T + 1,) for one episode (step 0 = after observational data)."""
+    """Per-step metrics, each (T + 1,) for one episode (step 0 = after observational data).
+
+    ``chain_gap`` is the posterior's own convergence figure (``Surrogate.chain_gap``: largest
+    edge-marginal disagreement between MCMC chains; 0 for the exact DP and the neural
+    surrogate), the others compare it with the truth.
+    """
 
     f1: Array
     shd: Array
@@ -305,6 +310,7 @@ class StepRecord(NamedTuple):
     parent_shd: Array
     expected_shd: Array
     auprc: Array
+    chain_gap: Array
     target_value: Array
     best_target: Array
     variable: Array
@@ -317,14 +323,16 @@ class EpisodeResult(NamedTuple):
     buffer: Buffer         # all data of the episode
 
 
-def _metrics(scm: SCM, probs: Array) -> dict:
+def _metrics(scm: SCM, surrogate: Surrogate, state: Any) -> dict:
+    probs = surrogate.edge_probs(state)
     pred = M.posterior_graph(probs, scm.var_mask)
     g = M.structure_metrics(scm.adj, pred, scm.var_mask)
     p = M.parent_metrics(scm.adj, pred, scm.target, scm.var_mask)
     return dict(f1=g["f1"], shd=g["shd"], precision=g["precision"], recall=g["recall"],
                 parent_f1=p["parent_f1"], parent_shd=p["parent_shd"],
                 expected_shd=M.expected_shd(scm.adj, probs, scm.var_mask),
-                auprc=M.average_precision(scm.adj, probs, scm.var_mask))
+                auprc=M.average_precision(scm.adj, probs, scm.var_mask),
+                chain_gap=surrogate.chain_gap(state))
 
 
 def cell_keys(key: Array) -> dict:
@@ -387,7 +395,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
     ks, x0, buffer, state, eps = start_episode(key, scm, surrogate, n0, cfg.capacity, T)
     noise_b = bootstrap_noise(ks["bootstrap"], d)
     best0 = jnp.min(x0[:, scm.target])
-    rec0 = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=jnp.mean(x0[:, scm.target]),
+    rec0 = dict(_metrics(scm, surrogate, state), target_value=jnp.mean(x0[:, scm.target]),
                 best_target=best0, variable=jnp.asarray(-1), value=jnp.asarray(0.0))
 
     def step(carry, t):
@@ -402,7 +410,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
         buffer = buffer.write(n0 + t, x, do_mask)
         state = surrogate.update(state, x[None], do_mask[None], jnp.ones((1,), bool))
         best = jnp.minimum(best, x[scm.target])
-        rec = dict(_metrics(scm, surrogate.edge_probs(state)), target_value=x[scm.target],
+        rec = dict(_metrics(scm, surrogate, state), target_value=x[scm.target],
                    best_target=best, variable=jnp.where(act.intervene, act.variable, -1),
                    value=jnp.where(act.intervene, value, 0.0))
         return (state, buffer, best), rec

@@ -87,6 +87,7 @@ def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
         "f1_auc_early": (after[after["step"] <= early].groupby(["scm", "method", "seed"], observed=True)["f1"].mean()
                          if T > 0 else g["f1"].first()),
         "best_target": g["best_target"].last(),
+        "final_chain_gap": g["chain_gap"].last(),
     }).dropna(how="all")
     out = out.reset_index()
     for col in ("scm", "method"):
@@ -148,7 +149,7 @@ def mean_ci(x: np.ndarray) -> tuple[float, float]:
 
 
 SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1",
-                   "final_auprc", "best_target")
+                   "final_auprc", "best_target", "final_chain_gap")
 
 
 def summary_frame(steps: pd.DataFrame) -> pd.DataFrame:
@@ -200,10 +201,17 @@ def _fmt(m: float, ci: float, digits: int = 3) -> str:
 
 def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
                    early_steps: int = EARLY_STEPS) -> str:
-    """A markdown comparison table per SCM (mean ± 95% CI; paired Δ vs the baseline)."""
+    """A markdown comparison table per SCM (mean ± 95% CI; paired Δ vs the baseline), headed
+    by the posterior in use when ``summary`` has a ``posterior`` column."""
     lines = []
     for scm, grp in summary.groupby("scm", sort=False):
         lines.append(f"### {scm}\n")
+        if "posterior" in grp:
+            line = f"posterior: {grp['posterior'].iloc[0]}"
+            gap = grp["final_chain_gap_mean"].max()
+            if gap > 0:
+                line += f"; chain gap after the last step {gap:.3f} (mean over seeds, worst method)"
+            lines.append(line + "\n")
         head = (f"| method | seeds | F1-AUC 1–{early_steps} | F1-AUC all | final F1 | final SHD "
                 f"| best target |")
         sep = "|---|---:|---:|---:|---:|---:|---:|"
@@ -357,7 +365,7 @@ def record_run(out_dir: str, settings: dict) -> None:
 
 
 def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, *,
-                         compare: bool = False, plots: bool = True,
+                         posterior: dict[str, str], compare: bool = False, plots: bool = True,
                          extra_config: dict | None = None) -> str:
     """Write every Phase-2 output file atomically; returns the markdown comparison table.
 
@@ -369,6 +377,8 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
       cfg: the :class:`causal_grpo.sweep.SweepConfig` that was run.
       sources: display name -> SCM source.
       batch_results: :class:`~causal_grpo.sweep.Batch` -> arrays of ``run_batch``.
+      posterior: SCM name -> the structure learner in use, in words (``summary.csv``'s
+        ``posterior`` column, the table, ``config.json`` and the result pickles).
       compare: also write ``comparison_results_<scm>.pkl``.
       plots: write ``plot_<scm>.png``.
       extra_config: merged into ``config.json``.
@@ -379,6 +389,7 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
                                                  list(cfg.methods).index(b.method), b.seeds[0]))
     steps = steps_frame(((b.scm, b.method.value, batch_results[b]) for b in order), names)
     summary = summary_frame(steps)
+    summary["posterior"] = [posterior[n] for n in summary["scm"]]
     baseline = "random_active"
     paired = paired_frame(steps, baseline) if baseline in steps["method"].unique() else None
     table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
@@ -394,7 +405,7 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
         io.write_atomic(out("paired.csv"), lambda p: paired.to_csv(p, index=False))
     io.write_text(out("comparison.md"), table + "\n")
 
-    config = sweep_settings(cfg, sources) | (extra_config or {})
+    config = sweep_settings(cfg, sources) | {"posterior": posterior} | (extra_config or {})
     io.write_json(out("config.json"), config)
 
     methods = [m.value for m in cfg.methods]
@@ -404,7 +415,7 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
         per_method = {m: method_metrics(steps, scm, m) for m in methods}
         base = {"scm": scm, "variables": list(names[scm]),
                 "target": (names[scm][src.target] if isinstance(src, SCMSpec) else "per seed"),
-                "config": config, "method": primary}
+                "posterior": posterior[scm], "config": config, "method": primary}
         result = base | per_method[primary] | {"methods": per_method}
         io.write_pickle(out(f"phase2_result_{scm}.pkl"), result)
         if compare:

@@ -5,6 +5,7 @@ A surrogate is a triple of pure functions over an explicit state (the optax patt
     state = surrogate.init(key, var_mask)
     state = surrogate.update(state, values, intervened, valid)   # add rows of data
     probs = surrogate.edge_probs(state)                          # (d, d), probs[i, j] = P(i -> j)
+    gap = surrogate.chain_gap(state)                             # () MCMC convergence figure
 
 ``values``/``intervened`` are (r, d) rows (``intervened[n, j]`` is True when X_j was set by
 ``do()`` in row n) and ``valid`` (r,) marks real rows, so a fixed-shape buffer can be passed
@@ -24,12 +25,22 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def no_chains(state: Any) -> Array:
+    """The ``chain_gap`` of a learner without sampling chains (exact DP, neural): 0."""
+    return jnp.zeros((), jnp.float32)
+
+
 class Surrogate(NamedTuple):
-    """Pure-function interface of a structure learner (see module docstring)."""
+    """Pure-function interface of a structure learner (see module docstring).
+
+    ``chain_gap``: () the largest edge-marginal disagreement between MCMC chains after the
+    last update, in [0, 1] (how far from converged a sampled posterior is); 0 without chains.
+    """
 
     init: Callable[[Array, Array], Any]
     update: Callable[[Any, Array, Array, Array], Any]
     edge_probs: Callable[[Any], Array]
+    chain_gap: Callable[[Any], Array] = no_chains
 
 
 class SurrogateKind(enum.Enum):

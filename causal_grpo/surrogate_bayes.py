@@ -460,7 +460,7 @@ def make_analytic_surrogate(cfg: AnalyticConfig, d: int) -> Surrogate:
         from causal_grpo import posterior_mcmc as mc
         return Surrogate(init=functools.partial(mc.init_state, cfg, d),
                          update=functools.partial(mc.update_state, cfg),
-                         edge_probs=lambda s: s.edge_probs)
+                         edge_probs=lambda s: s.edge_probs, chain_gap=lambda s: s.chain_gap)
     tab = build_tables(d, cfg.max_indegree)
 
     def init(key: Array, var_mask: Array) -> AnalyticState:

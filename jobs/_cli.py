@@ -146,7 +146,7 @@ HOST_BYTES_PER_STEP = 1000
 # XLA holds a few copies of a scan's carry (buffer, step records) while a batch runs.
 DEVICE_COPIES = 4
 # Fields of active_learning.StepRecord (imported lazily; a test keeps the two equal).
-RECORD_FIELDS = 12
+RECORD_FIELDS = 13
 
 
 def phase2_memory_bytes(d: int, batch: int, n_observational: int, n_interventions: int,

@@ -7,10 +7,13 @@ Writes to ``--output-dir`` (each file atomically; finished batches are cached un
 ``cells/`` so an interrupted run resumes where it stopped; rerunning the same command into it
 resumes, a command with other settings is refused):
 
-* ``steps.csv``    one row per (scm, method, seed, step); step 0 = after observational data
-* ``summary.csv``  per (scm, method): mean and 95% CI of F1-AUC, final F1/SHD, best target
+* ``steps.csv``    one row per (scm, method, seed, step); step 0 = after observational data;
+                   ``chain_gap``: the MCMC posterior's largest edge-marginal disagreement
+                   between chains (0 for the exact posterior and the neural surrogate)
+* ``summary.csv``  per (scm, method): mean and 95% CI of F1-AUC, final F1/SHD, best target,
+                   final chain gap; ``posterior``: the structure learner in use, in words
 * ``paired.csv``   each method minus ``random_active`` on the same seeds (diff, win rate, p)
-* ``comparison.md`` the printed comparison table
+* ``comparison.md`` the printed comparison table, each SCM's headed by its posterior
 * ``phase2_result_<scm>.pkl`` the seed document's result structure per SCM
 * ``comparison_results_<scm>.pkl`` (with ``--compare``) all methods' structures + tables
 * ``plot_<scm>.png`` F1 and SHD against step with 95% bands
@@ -198,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         kind=SurrogateKind(args.surrogate), analytic=None if neural else analytic,
         neural=NeuralConfig(learning_rate=args.learning_rate) if neural else None)
     posterior = {}
-    if not neural:
-        for name, src in sources.items():
-            d = src.padded if isinstance(src, FamilyConfig) else src.d
+    for name, src in sources.items():
+        d = src.padded if isinstance(src, FamilyConfig) else src.d
+        if neural:
+            posterior[name] = f"neural surrogate, learning rate {args.learning_rate:g}"
+        else:
             check_fits(analytic, d, min(args.batch_size, args.seeds))
             posterior[name] = analytic.describe(d)
     cfg = SweepConfig(
@@ -222,11 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                         address=args.address, gpus_per_worker=args.gpus_per_worker,
                         progress=not args.quiet, settings=settings)
     table = write_phase2_outputs(
-        args.output_dir, cfg, sources, results, compare=args.compare, plots=not args.no_plots,
+        args.output_dir, cfg, sources, results, posterior=posterior, compare=args.compare,
+        plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
-                      "grpo_checkpoint": args.grpo_checkpoint, "posterior": posterior})
-    for name, text in posterior.items():
-        print(f"posterior ({name}): {text}")
+                      "grpo_checkpoint": args.grpo_checkpoint})
     print(table)
     print(f"results written to {os.path.abspath(args.output_dir)}")
     return 0

@@ -224,9 +224,9 @@ def test_memory_estimate_hand_computed():
     from causal_grpo.active_learning import StepRecord
 
     assert _cli.RECORD_FIELDS == len(StepRecord._fields)
-    # rows 14, steps 5: a seed holds 14 * 5 * 5 B of data and 5 * 12 * 4 B of records;
+    # rows 14, steps 5: a seed holds 14 * 5 * 5 B of data and 5 * 13 * 4 B of records;
     # 4 copies x 2 seeds, plus 6 cells x 5 steps x 1000 B of results.
-    assert _cli.phase2_memory_bytes(5, 2, 10, 4, 6) == 4 * 2 * (350 + 240) + 30_000
+    assert _cli.phase2_memory_bytes(5, 2, 10, 4, 6) == 4 * 2 * (350 + 260) + 30_000
 
 
 def test_available_memory_is_plausible():

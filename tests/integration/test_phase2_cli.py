@@ -54,6 +54,12 @@ def test_outputs_and_their_contents(run_dir):
     assert set(result["methods"]) == {"random_active", "uncertainty_active"}
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["episode"]["n_interventions"] == 4
+    # easy (5 variables) is under the exact DP's limit: named so, and no chains to disagree.
+    name = "exact DP over orders, BIC, in-degree <= 4"
+    assert cfg["posterior"] == {"easy": name} and result["posterior"] == name
+    assert summary["posterior"].tolist() == [name, name]
+    assert (steps["chain_gap"] == 0).all() and (summary["final_chain_gap_mean"] == 0).all()
+    assert f"### easy\n\nposterior: {name}\n\n| method |" in (run_dir / "comparison.md").read_text()
 
 
 def hand_f1_shd(probs, adj):

@@ -29,7 +29,9 @@ def random_scm_json(path, d, seed=0):
 
 
 @pytest.mark.parametrize("d", [37, 100])
-def test_large_json_runs_end_to_end(tmp_path, d):
+def test_large_json_runs_end_to_end(tmp_path, capsys, d):
+    """The outputs name the MCMC posterior (config.json, summary.csv, the printed table) and
+    carry its chain gap per step (steps.csv) and after the last step (summary.csv)."""
     scm = random_scm_json(tmp_path / f"net{d}.json", d)
     out = tmp_path / "out"
     argv = ["--scm-type", scm, "--methods", "random_active", "--seeds", "2",
@@ -39,9 +41,17 @@ def test_large_json_runs_end_to_end(tmp_path, d):
     steps = pd.read_csv(out / "steps.csv")
     assert len(steps) == 2 * 6 and steps["f1"].between(0, 1).all()
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["posterior"][f"net{d}"].startswith(
-        "order MCMC over candidate parent sets, BGE, in-degree <= 2, K = 10 candidates")
+    name = ("order MCMC over candidate parent sets, BGE, in-degree <= 2, K = 10 candidates, "
+            "4 chains x 200 steps per update")
+    assert cfg["posterior"] == {f"net{d}": name}
     assert cfg["episode"]["surrogate"]["analytic"]["max_indegree"] == 2
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["posterior"].tolist() == [name]
+    assert f"posterior: {name}; chain gap after the last step" in capsys.readouterr().out
+    gap = steps["chain_gap"]
+    assert np.isfinite(gap).all() and gap.between(0, 1).all() and gap.max() > 0
+    last = steps[steps["step"] == 5]["chain_gap"].mean()
+    assert summary["final_chain_gap_mean"].tolist() == pytest.approx([last])
 
 
 def test_impossible_size_one_line_exit_2(tmp_path):

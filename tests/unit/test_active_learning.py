@@ -109,6 +109,32 @@ def test_scan_matches_a_plain_python_loop():
         assert int(res.record.variable[t + 1]) == int(act.variable)
     np.testing.assert_allclose(np.asarray(res.record.f1), f1s, atol=1e-6)
     np.testing.assert_allclose(np.asarray(res.final_probs), np.asarray(sur.edge_probs(state)), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(res.record.chain_gap), np.zeros(6))   # exact DP
+
+
+def test_chain_gap_per_step_is_the_mcmc_states_after_each_update():
+    """The record carries the order-MCMC state's chain gap of every step: replaying the
+    episode's buffer row by row into a fresh surrogate (same key) gives the same figures."""
+    from causal_grpo.surrogate_bayes import AnalyticConfig
+
+    scm = easy().to_scm()
+    mcmc = AnalyticConfig(exact_max_d=3, candidates=3, chains=3, mcmc_steps=40)
+    cfg = AL.EpisodeConfig(n_observational=10, n_interventions=6,
+                           surrogate=SurrogateConfig(analytic=mcmc))
+    sur = make_surrogate(cfg.surrogate, 5, 16)
+    key = jax.random.PRNGKey(11)
+    res = jax.jit(lambda k: AL.run_episode(k, scm, cfg, sur, AL.random_selector))(key)
+
+    buf = res.buffer
+    state = sur.update(sur.init(AL.cell_keys(key)["surrogate"], scm.var_mask), buf.values[:10],
+                       buf.intervened[:10], jnp.ones(10, bool))
+    gaps = [float(sur.chain_gap(state))]
+    for n in range(10, 16):
+        state = sur.update(state, buf.values[n:n + 1], buf.intervened[n:n + 1], jnp.ones(1, bool))
+        gaps.append(float(sur.chain_gap(state)))
+    got = np.asarray(res.record.chain_gap)
+    np.testing.assert_allclose(got, gaps, atol=1e-5)
+    assert ((got >= 0) & (got <= 1)).all() and got.max() > 0   # 3 short chains disagree
 
 
 def test_analytic_surrogate_learns_medium_from_interventions():

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from causal_grpo.results import (EARLY_STEPS, f1_auc, holm, mean_ci, paired_frame, paired_p,
-                                 per_seed)
+from causal_grpo.results import (EARLY_STEPS, f1_auc, holm, markdown_table, mean_ci,
+                                 paired_frame, paired_p, per_seed, summary_frame)
 
 
 def steps_of(curves: dict) -> pd.DataFrame:
@@ -17,7 +17,7 @@ def steps_of(curves: dict) -> pd.DataFrame:
         for t, (f, s) in enumerate(zip(f1, shd)):
             rows.append({"scm": scm, "method": method, "seed": seed, "step": t, "f1": f,
                          "shd": s, "parent_f1": f / 2, "best_target": -float(t),
-                         "auprc": 1 - f})
+                         "auprc": 1 - f, "chain_gap": 0.5 / (t + 1)})
     return pd.DataFrame(rows)
 
 
@@ -43,7 +43,7 @@ def test_per_seed_early_and_full_auc_by_hand():
     assert ps["f1_auc"] == pytest.approx((0.1 * EARLY_STEPS + 2.0) / T)
     assert ps["initial_f1"] == 0.0 and ps["final_f1"] == 1.0 and ps["final_shd"] == 0
     assert ps["final_parent_f1"] == 0.5 and ps["best_target"] == -T
-    assert ps["final_auprc"] == 0.0
+    assert ps["final_auprc"] == 0.0 and ps["final_chain_gap"] == pytest.approx(0.5 / (T + 1))
     # Fewer steps than EARLY_STEPS: the early window is the whole episode.
     short = per_seed(steps_of({("s", "m", 0): ([0.3, 0.5, 0.9], [2, 1, 0])})).iloc[0]
     assert short["f1_auc_early"] == pytest.approx(0.7) and short["f1_auc"] == pytest.approx(0.7)
@@ -147,3 +147,25 @@ def test_holm_controls_what_bonferroni_controls_and_never_less():
     p = np.random.default_rng(1).random(20) ** 3
     adj = holm(p)
     assert np.all(adj >= p) and np.all(adj <= np.minimum(1, len(p) * p) + 1e-15)
+
+
+# --------------------------------------------------------------------------- tables
+
+def test_summary_chain_gap_is_the_seed_mean_of_the_last_step_and_the_table_names_the_posterior():
+    curves = {("big", "m", s): ([0.1, 0.2, 0.3 + s / 10], [3, 2, 1]) for s in range(3)}
+    curves[("small", "m", 0)] = ([0.5, 0.6], [1, 0])
+    steps = steps_of(curves)
+    steps.loc[steps["scm"] == "big", "chain_gap"] = steps["seed"] * 0.1 + steps["step"] / 100
+    steps.loc[steps["scm"] == "small", "chain_gap"] = 0.0
+    summary = summary_frame(steps).set_index("scm")
+    # last step 2: gaps 0.02, 0.12, 0.22 over seeds 0..2
+    assert summary.loc["big", "final_chain_gap_mean"] == pytest.approx(0.12)
+    assert summary.loc["small", "final_chain_gap_mean"] == 0.0
+
+    summary["posterior"] = summary.index.map({"big": "order MCMC, K = 10", "small": "exact DP"})
+    md = markdown_table(summary.reset_index()).splitlines()
+    big, small = md.index("### big"), md.index("### small")
+    assert md[big + 2] == ("posterior: order MCMC, K = 10; chain gap after the last step 0.120 "
+                           "(mean over seeds, worst method)")
+    assert md[big + 4].startswith("| method |")
+    assert md[small + 2] == "posterior: exact DP"          # no chains, no gap to report
