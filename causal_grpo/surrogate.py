@@ -30,6 +30,9 @@ class Surrogate(NamedTuple):
     init: Callable[[Array, Array], Any]
     update: Callable[[Any, Array, Array, Array], Any]
     edge_probs: Callable[[Any], Array]
+    # A cheaper stand-in for many one-row what-if updates from a state (the lookahead's):
+    # state -> (surrogate, its state). None: the surrogate's own update is cheap enough.
+    what_if: Callable[[Any], tuple["Surrogate", Any]] | None = None
 
 
 class SurrogateKind(enum.Enum):
