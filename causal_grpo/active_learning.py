@@ -188,10 +188,11 @@ def lookahead_gains(key: Array, obs: Observation, surrogate: Surrogate, state: A
                     eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array) -> Array:
     """:func:`expected_gains` at bounded cost: of all variables with the surrogate itself, or,
     when it has a cheaper what-if stand-in (``Surrogate.what_if``), of the
-    :data:`LOOKAHEAD_SHORTLIST` variables of :func:`shortlist` with it (others ``-inf``)."""
+    :data:`LOOKAHEAD_SHORTLIST` variables of :func:`shortlist` with it, started from
+    ``obs.probs`` (others ``-inf``)."""
     if surrogate.what_if is None:
         return expected_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
-    cheap, cheap_state = surrogate.what_if(state)
+    cheap, cheap_state = surrogate.what_if(state, obs.probs)
     return expected_gains(key, obs, cheap, cheap_state, sim, eps_shift, ref_adj, n_draws, grid,
                           shortlist(obs, LOOKAHEAD_SHORTLIST))
 

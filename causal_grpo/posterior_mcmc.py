@@ -227,14 +227,28 @@ def _reweighted_edges(alpha: Array, cand: Array, orders: Array, log_w0: Array) -
     return _scatter_edges(jnp.einsum("o,odk->dk", r, e), cand)
 
 
-def what_if_state(cfg: AnalyticConfig, state: McmcState) -> WhatIfState:
-    """The what-if posterior of ``state``: its candidates, and orders collected every
-    ``WHAT_IF_THIN`` of ``WHAT_IF_STEPS`` further steps of its chains (cost: chains x 32 steps,
-    about a sixth of an update at the default 200 steps)."""
+def order_of(probs: Array) -> Array:
+    """(d,) an order that edge probabilities ``probs`` (d, d) suggest: by expected in-degree
+    minus expected out-degree, sources first."""
+    return jnp.argsort(probs.sum(0) - probs.sum(1)).astype(jnp.int32)
+
+
+def what_if_state(cfg: AnalyticConfig, state: McmcState, probs: Array) -> WhatIfState:
+    """The what-if posterior of ``state``'s data: its candidates, and orders collected every
+    ``WHAT_IF_THIN`` of ``WHAT_IF_STEPS`` steps of its number of chains, all started at
+    :func:`order_of` ``probs`` (cost: chains x 32 steps, a sixth of an update at the default
+    200 steps).
+
+    ``probs`` is the caller's best belief, e.g. the episode posterior's marginals: a state
+    refitted from scratch (random orders, one update's steps) mixes far worse at d = 100
+    (final F1 0.54 against 0.69 for the carried chains on er100, 4 seeds), while chains started
+    at ``order_of`` the carried marginals match them (F1 0.69, edge MAE 0.003).
+    """
     alpha = _alpha(state.stats, state.var_mask, state.cand, cfg)
     run = functools.partial(_chain, alpha=alpha, cand=state.cand, steps=WHAT_IF_STEPS)
     keys = jax.random.split(jax.random.fold_in(state.key, 1), state.orders.shape[0])
-    visited = jax.vmap(run)(keys, state.orders)[2][:, WHAT_IF_THIN - 1::WHAT_IF_THIN]
+    start = jnp.broadcast_to(order_of(probs), state.orders.shape)
+    visited = jax.vmap(run)(keys, start)[2][:, WHAT_IF_THIN - 1::WHAT_IF_THIN]
     orders = visited.reshape(-1, visited.shape[-1])
     log_w0 = jax.vmap(_log_weight, (0, None, None))(orders, alpha, state.cand)
     return WhatIfState(state.stats, state.var_mask, state.cand, orders, log_w0, alpha,

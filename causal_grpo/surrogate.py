@@ -31,8 +31,9 @@ class Surrogate(NamedTuple):
     update: Callable[[Any, Array, Array, Array], Any]
     edge_probs: Callable[[Any], Array]
     # A cheaper stand-in for many one-row what-if updates from a state (the lookahead's):
-    # state -> (surrogate, its state). None: the surrogate's own update is cheap enough.
-    what_if: Callable[[Any], tuple["Surrogate", Any]] | None = None
+    # (state, (d, d) edge probabilities to start from) -> (surrogate, its state).
+    # None: the surrogate's own update is cheap enough.
+    what_if: Callable[[Any, Array], tuple["Surrogate", Any]] | None = None
 
 
 class SurrogateKind(enum.Enum):

@@ -462,14 +462,16 @@ def make_analytic_surrogate(cfg: AnalyticConfig, d: int) -> Surrogate:
     check_fits(cfg, d)
     if not cfg.exact(d):
         from causal_grpo import posterior_mcmc as mc
-        what_if = Surrogate(init=lambda key, m: mc.what_if_state(cfg,
-                                                                 mc.init_state(cfg, d, key, m)),
-                            update=functools.partial(mc.what_if_update, cfg),
+        def fresh(key: Array, var_mask: Array) -> "mc.WhatIfState":
+            return mc.what_if_state(cfg, mc.init_state(cfg, d, key, var_mask),
+                                    jnp.zeros((d, d), jnp.float32))
+
+        what_if = Surrogate(init=fresh, update=functools.partial(mc.what_if_update, cfg),
                             edge_probs=lambda s: s.edge_probs)
         return Surrogate(init=functools.partial(mc.init_state, cfg, d),
                          update=functools.partial(mc.update_state, cfg),
                          edge_probs=lambda s: s.edge_probs,
-                         what_if=lambda s: (what_if, mc.what_if_state(cfg, s)))
+                         what_if=lambda s, p: (what_if, mc.what_if_state(cfg, s, p)))
     tab = build_tables(d, cfg.max_indegree)
 
     def init(key: Array, var_mask: Array) -> AnalyticState:

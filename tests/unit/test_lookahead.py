@@ -51,7 +51,7 @@ def test_shortlist_covering_every_variable_is_the_full_lookahead(cfg):
     ok = np.asarray(AL.allowed_variables(obs))
     listed = np.asarray(AL.shortlist(obs, scm.d))
     assert set(listed[:ok.sum()].tolist()) == set(np.flatnonzero(ok).tolist())
-    cheap, cheap_state = (sur, state) if sur.what_if is None else sur.what_if(state)
+    cheap, cheap_state = (sur, state) if sur.what_if is None else sur.what_if(state, obs.probs)
     full = AL.expected_gains(key, obs, cheap, cheap_state, sim, shift, ref, 2, grid)
     short = AL.expected_gains(key, obs, cheap, cheap_state, sim, shift, ref, 2, grid,
                               AL.shortlist(obs, scm.d))
@@ -108,7 +108,7 @@ def test_what_if_update_is_importance_reweighting_of_the_order_sample():
     scm = medium().to_scm()
     d = scm.d
     sur, state, obs = _posterior(scm, cfg, n=15)
-    _, w = sur.what_if(state)
+    _, w = sur.what_if(state, obs.probs)
     cand = np.asarray(w.cand)
     j = 2
     do = np.arange(d) == j
@@ -191,3 +191,11 @@ def test_large_d_selectors_have_fixed_shapes_under_vmap_and_pick_from_the_shortl
         assert off.sum() == ok.sum() - AL.LOOKAHEAD_SHORTLIST
         assert np.all(zs[off] == zs[ok].min()) and zs[listed].max() > zs[ok].min()
         assert np.all(zs[~ok] == 0)
+
+
+def test_order_of_puts_likely_sources_first():
+    """A chain 2 -> 0 -> 1 and an unrelated 3: expected in- minus out-degree is -1 for 2, 0 for
+    0 and 3 (ties keep index order), +1 for 1."""
+    p = np.zeros((4, 4), np.float32)
+    p[2, 0] = p[0, 1] = 1.0
+    assert np.asarray(mc.order_of(jnp.asarray(p))).tolist() == [2, 0, 3, 1]
