@@ -285,7 +285,11 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
         buf = obs.buffer
         state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values,
                                  buf.intervened, buf.valid)
-        sim, shift, ref = plugin_simulator(surrogate.edge_probs(state), buf, scm)
+        # Above the exact posterior's size the refitted chains mix worse than the episode's
+        # (obs.probs, the posterior's features): plug in those; the what-if posterior reads
+        # only the refit's statistics and candidates, so its chains are compiled away.
+        probs = surrogate.edge_probs(state) if surrogate.what_if is None else obs.probs
+        sim, shift, ref = plugin_simulator(probs, buf, scm)
         return _best_expected_gain(key, obs, surrogate, state, sim, shift, ref, n_draws, n_values)
 
     return select
