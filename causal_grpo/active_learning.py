@@ -218,7 +218,8 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
     surrogate with each, and picks the candidate with the largest mean drop in expected SHD
     against the *true* graph. No policy trained on that one-step reward can beat it in
     expectation, so it bounds what Phase 1 can learn (``python -m jobs.benchmark ceiling``).
-    The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates.
+    The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates,
+    or of a shortlist of variables above the exact posterior's size (:func:`lookahead_gains`).
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:

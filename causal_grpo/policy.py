@@ -103,8 +103,10 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
 
 
 def refit_posterior(key: Array, obs: Observation) -> tuple[Surrogate, Any]:
-    """The exact posterior of ``obs.buffer`` (what a selector that sees only the observation
-    uses for the lookahead)."""
+    """The posterior of ``obs.buffer`` under the default ``AnalyticConfig`` (what a selector
+    that sees only the observation uses for the lookahead): the exact one up to exact_max_d,
+    above it order MCMC, of which the lookahead's what-if posterior reads only the statistics
+    and candidates (``active_learning.lookahead_gains``)."""
     sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
     buf = obs.buffer
     return sur, sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
@@ -146,8 +148,8 @@ def act(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False,
                          lookahead_draws: LookaheadDraws = 1) -> Selector:
     """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi
-    through :func:`act`; the lookahead refits the exact posterior to ``obs.buffer`` (the
-    selector sees only the observation)."""
+    through :func:`act`; the lookahead refits the posterior to ``obs.buffer`` (the selector
+    sees only the observation, :func:`refit_posterior`)."""
     resolve_lookahead_draws(lookahead_draws, 2)   # refuse a bad value now, not inside jit
 
     def select(key: Array, obs: Observation, params: Any) -> Action:
