@@ -110,13 +110,17 @@ def round_robin_selector(key: Array, obs: Observation, params: Any = None) -> Ac
     return Action(j, v, jnp.asarray(0.0), jnp.asarray(True))
 
 
+def edge_entropy(obs: Observation) -> Array:
+    """(d,) total pair entropy of the edges touching each variable (padding pairs left out)."""
+    pair = obs.var_mask[:, None] & obs.var_mask[None, :]
+    return jnp.sum(jnp.where(pair, M.pair_entropy(obs.probs), 0.0), axis=1)
+
+
 def uncertainty_selector(key: Array, obs: Observation, params: Any = None) -> Action:
     """The variable touching the most edge entropy (ties at random), value at low or high."""
     k1, k2 = jax.random.split(key)
     allowed = allowed_variables(obs)
-    pair = obs.var_mask[:, None] & obs.var_mask[None, :]
-    score = jnp.sum(jnp.where(pair, M.pair_entropy(obs.probs), 0.0), axis=1)
-    score = score + 1e-6 * jax.random.uniform(k1, score.shape)
+    score = edge_entropy(obs) + 1e-6 * jax.random.uniform(k1, obs.var_mask.shape)
     j = jnp.argmax(jnp.where(allowed, score, -jnp.inf))
     v = jnp.where(jax.random.bernoulli(k2, 0.5), obs.high, obs.low)
     return Action(j, v, jnp.asarray(0.0), jnp.asarray(True))
@@ -137,13 +141,15 @@ def make_oracle_selector(true_adj: Array) -> Selector:
 
 
 def expected_gains(key: Array, obs: Observation, surrogate: Surrogate, state: Any, sim: SCM,
-                   eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array) -> Array:
+                   eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array,
+                   candidates: Array | None = None) -> Array:
     """(d, V) mean drop in expected SHD against ``ref_adj`` of ``do(X_j = grid[v])``.
 
     Outcomes come from ``sim`` with exogenous noise ``eps + eps_shift`` (a shift of eps is an
     intercept: ``sim.noise_std * eps_shift``); the ``n_draws`` noise draws are shared by all
-    candidates, so the gains are paired. Entries of variables that may not be chosen (the
-    target, padding) are ``-inf``. Cost: d * V * n_draws surrogate updates.
+    candidates, so the gains are paired. ``candidates`` (m,) restricts the work to those
+    variables (default: all d). Entries of variables that may not be chosen (the target,
+    padding) or are not candidates are ``-inf``. Cost: (d or m) * V * n_draws surrogate updates.
     """
     d = sim.d
     before = M.expected_shd(ref_adj, surrogate.edge_probs(state), obs.var_mask)
@@ -159,8 +165,36 @@ def expected_gains(key: Array, obs: Observation, surrogate: Surrogate, state: An
 
         return jax.vmap(one)(eps).mean()
 
-    g = jax.vmap(lambda j: jax.vmap(lambda v: gain(j, v))(grid))(jnp.arange(d))
+    js = jnp.arange(d) if candidates is None else candidates
+    g = jax.vmap(lambda j: jax.vmap(lambda v: gain(j, v))(grid))(js)
+    if candidates is not None:
+        g = jnp.full((d, grid.shape[0]), -jnp.inf, g.dtype).at[candidates].set(g)
     return jnp.where(allowed_variables(obs)[:, None], g, -jnp.inf)
+
+
+# Variables whose lookahead is computed when the surrogate's own updates are too dear for 2d
+# of them per decision (``Surrogate.what_if``: the order-MCMC posterior above exact_max_d).
+LOOKAHEAD_SHORTLIST = 8
+
+
+def shortlist(obs: Observation, m: int) -> Array:
+    """(min(m, d),) the allowed variables touching the most edge entropy (:func:`edge_entropy`),
+    most first; with fewer than m allowed, disallowed ones fill the end."""
+    score = jnp.where(allowed_variables(obs), edge_entropy(obs), -jnp.inf)
+    return jax.lax.top_k(score, min(m, score.shape[0]))[1]
+
+
+def lookahead_gains(key: Array, obs: Observation, surrogate: Surrogate, state: Any, sim: SCM,
+                    eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array) -> Array:
+    """:func:`expected_gains` at bounded cost: of all variables with the surrogate itself, or,
+    when it has a cheaper what-if stand-in (``Surrogate.what_if``), of the
+    :data:`LOOKAHEAD_SHORTLIST` variables of :func:`shortlist` with it, started from
+    ``obs.probs`` (others ``-inf``)."""
+    if surrogate.what_if is None:
+        return expected_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
+    cheap, cheap_state = surrogate.what_if(state, obs.probs)
+    return expected_gains(key, obs, cheap, cheap_state, sim, eps_shift, ref_adj, n_draws, grid,
+                          shortlist(obs, LOOKAHEAD_SHORTLIST))
 
 
 def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
@@ -169,7 +203,7 @@ def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, stat
     """The candidate of :func:`expected_gains` (values spread evenly over the range) with the
     largest mean gain."""
     grid = jnp.linspace(obs.low, obs.high, n_values)
-    g = expected_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
+    g = lookahead_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
     i = jnp.argmax(g.reshape(-1))
     return Action((i // n_values).astype(jnp.int32), grid[i % n_values].astype(jnp.float32),
                   jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
@@ -184,7 +218,8 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
     surrogate with each, and picks the candidate with the largest mean drop in expected SHD
     against the *true* graph. No policy trained on that one-step reward can beat it in
     expectation, so it bounds what Phase 1 can learn (``python -m jobs.benchmark ceiling``).
-    The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates.
+    The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates,
+    or of a shortlist of variables above the exact posterior's size (:func:`lookahead_gains`).
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
@@ -251,7 +286,11 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
         buf = obs.buffer
         state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values,
                                  buf.intervened, buf.valid)
-        sim, shift, ref = plugin_simulator(surrogate.edge_probs(state), buf, scm)
+        # Above the exact posterior's size the refitted chains mix worse than the episode's
+        # (obs.probs, the posterior's features): plug in those; the what-if posterior reads
+        # only the refit's statistics and candidates, so its chains are compiled away.
+        probs = surrogate.edge_probs(state) if surrogate.what_if is None else obs.probs
+        sim, shift, ref = plugin_simulator(probs, buf, scm)
         return _best_expected_gain(key, obs, surrogate, state, sim, shift, ref, n_draws, n_values)
 
     return select

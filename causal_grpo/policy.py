@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-from causal_grpo.active_learning import (Action, Observation, Selector, expected_gains,
-                                         plugin_simulator)
+from causal_grpo.active_learning import (Action, Observation, Selector, allowed_variables,
+                                         lookahead_gains, plugin_simulator)
 from causal_grpo.errors import UserError
 from causal_grpo.networks import (PolicyConfig, PolicyInput, PolicyOutput, bin_values, make_policy,
                                   sample_action)
@@ -67,22 +67,28 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     the data on the point estimate of ``obs.probs`` (the features' graph: the posterior's, or
     the bootstrap graph for ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with
     each, and the gain is the mean drop in expected SHD against that point estimate
-    (``active_learning.expected_gains``).
-    Gains are z-scored over the allowed candidates (0 for the target and padding), so the scale
-    is the same at every state. Cost: 2 d ``draws`` posterior updates. Reads nothing true.
+    (``active_learning.lookahead_gains``).
+    Gains are z-scored over the candidates computed (0 for the target and padding), so the
+    scale is the same at every state. Cost: 2 d ``draws`` posterior updates; above the exact
+    posterior's size, 2 m ``draws`` what-if updates of a shortlist of m variables
+    (``active_learning.shortlist``), and the other variables get the shortlist's lowest
+    z-score, so the lookahead speaks only for the shortlist. Reads nothing true.
     """
     d = obs.var_mask.shape[-1]
     shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target, obs.var_mask,
                  obs.low, obs.high)
     sim, shift, ref = plugin_simulator(obs.probs, obs.buffer, shapes)
-    g = expected_gains(key, obs, surrogate, state, sim, shift, ref, draws,
-                       jnp.stack([obs.low, obs.high]))
+    g = lookahead_gains(key, obs, surrogate, state, sim, shift, ref, draws,
+                        jnp.stack([obs.low, obs.high]))
     ok = jnp.isfinite(g)
     n = jnp.maximum(ok.sum(), 1)
     g0 = jnp.where(ok, g, 0.0)
     mean = g0.sum() / n
     std = jnp.sqrt(jnp.where(ok, (g0 - mean) ** 2, 0.0).sum() / n)
-    return jnp.where(ok & (std > 1e-9), (g0 - mean) / jnp.maximum(std, 1e-9), 0.0)
+    z = jnp.where(ok & (std > 1e-9), (g0 - mean) / jnp.maximum(std, 1e-9), 0.0)
+    low = jnp.min(jnp.where(ok, z, jnp.inf))
+    unlisted = allowed_variables(obs)[:, None] & ~ok
+    return jnp.where(unlisted, jnp.where(jnp.isfinite(low), low, 0.0), z)
 
 
 def lookahead_key(select_key: Array) -> Array:
@@ -97,8 +103,10 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
 
 
 def refit_posterior(key: Array, obs: Observation) -> tuple[Surrogate, Any]:
-    """The exact posterior of ``obs.buffer`` (what a selector that sees only the observation
-    uses for the lookahead)."""
+    """The posterior of ``obs.buffer`` under the default ``AnalyticConfig`` (what a selector
+    that sees only the observation uses for the lookahead): the exact one up to exact_max_d,
+    above it order MCMC, of which the lookahead's what-if posterior reads only the statistics
+    and candidates (``active_learning.lookahead_gains``)."""
     sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
     buf = obs.buffer
     return sur, sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
@@ -140,8 +148,8 @@ def act(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False,
                          lookahead_draws: LookaheadDraws = 1) -> Selector:
     """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi
-    through :func:`act`; the lookahead refits the exact posterior to ``obs.buffer`` (the
-    selector sees only the observation)."""
+    through :func:`act`; the lookahead refits the posterior to ``obs.buffer`` (the selector
+    sees only the observation, :func:`refit_posterior`)."""
     resolve_lookahead_draws(lookahead_draws, 2)   # refuse a bad value now, not inside jit
 
     def select(key: Array, obs: Observation, params: Any) -> Action:

@@ -41,6 +41,10 @@ class Surrogate(NamedTuple):
     update: Callable[[Any, Array, Array, Array], Any]
     edge_probs: Callable[[Any], Array]
     chain_gap: Callable[[Any], Array] = no_chains
+    # A cheaper stand-in for many one-row what-if updates from a state (the lookahead's):
+    # (state, (d, d) edge probabilities to start from) -> (surrogate, its state).
+    # None: the surrogate's own update is cheap enough.
+    what_if: Callable[[Any, Array], tuple["Surrogate", Any]] | None = None
 
 
 class SurrogateKind(enum.Enum):

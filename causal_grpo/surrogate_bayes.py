@@ -240,17 +240,21 @@ def _chol_schur(a: Array, b: Array, c: Array, k: int) -> tuple[Array, Array]:
 
 
 def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: float,
-               score: Score) -> Array:
+               score: Score, nodes: Array | None = None) -> Array:
     """(d, P) local scores (log prior included) of the parent sets ``idx``; -inf if disallowed.
 
     idx: (d, P, k) global parent indices of set p of node i, k >= 1, padded with d (a filler
     that adds nothing to the fit or to log det); size: (P,) or (d, P) number of real parents.
+    With ``nodes`` (A,), only those nodes are scored: idx (A, P, k), result (A, P).
     Disallowed: a set with a padding variable, and any non-empty set of a padding node.
     """
-    d, k = idx.shape[0], idx.shape[-1]
+    d, k = stats.n.shape[0], idx.shape[-1]
+    own = jnp.arange(d) if nodes is None else nodes
+    if nodes is not None:
+        stats = Stats(stats.n[nodes], stats.mean[nodes], stats.m2[nodes])
+    rows = jnp.arange(own.shape[0])
     n = jnp.maximum(stats.n, 1.0)
     cov = stats.m2 / n[:, None, None]                                 # (d, d, d) MLE per node
-    ar = jnp.arange(d)
     if score is Score.BGE:
         # Standardise by node i's rows; the prior mean is the sample mean, so R = t I + S_N.
         sd = jnp.sqrt(jnp.maximum(jnp.diagonal(cov, axis1=1, axis2=2), 1e-12))  # (d, d)
@@ -259,14 +263,14 @@ def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: 
     else:
         mat = cov
     matp = jnp.pad(mat, ((0, 0), (0, 1), (0, 1))).at[:, d, d].set(1.0)
-    node = ar[:, None, None]
+    node = rows[:, None, None]
     a = matp[node[..., None], idx[..., :, None], idx[..., None, :]]   # (d, P, k, k)
     # Filler rows/columns of the identity, else two fillers would make a singular block.
     a = jnp.where((idx[..., :, None] == d) | (idx[..., None, :] == d), jnp.eye(k), a)
     diag = jnp.diagonal(a, axis1=-2, axis2=-1)
     a = a + jnp.eye(k) * (1e-6 * diag[..., :, None] + 1e-9)
-    b = matp[node, idx, ar[:, None, None]]                            # (d, P, k)
-    c = mat[ar, ar, ar][:, None]                                      # (d, 1)
+    b = matp[node, idx, own[:, None, None]]                           # (d, P, k)
+    c = mat[rows, own, own][:, None]                                  # (d, 1)
     res, logdet = _chol_schur(a, b, c, k)
     res = jnp.maximum(res, 1e-6 * c + 1e-12)
     size = jnp.broadcast_to(jnp.asarray(size, jnp.float32), idx.shape[:2])
@@ -287,7 +291,7 @@ def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: 
     val = val - (gammaln(m + 1.0) - gammaln(size + 1.0) - gammaln(m - size + 1.0))
     real = jnp.concatenate([var_mask, jnp.ones((1,), bool)])
     uses_pad = jnp.any(~real[idx], axis=-1)
-    allowed = ~uses_pad & (var_mask[:, None] | (size == 0))
+    allowed = ~uses_pad & (var_mask[own][:, None] | (size == 0))
     return jnp.where(allowed, val, -jnp.inf)
 
 
@@ -458,9 +462,16 @@ def make_analytic_surrogate(cfg: AnalyticConfig, d: int) -> Surrogate:
     check_fits(cfg, d)
     if not cfg.exact(d):
         from causal_grpo import posterior_mcmc as mc
+        def fresh(key: Array, var_mask: Array) -> "mc.WhatIfState":
+            return mc.what_if_state(cfg, mc.init_state(cfg, d, key, var_mask),
+                                    jnp.zeros((d, d), jnp.float32))
+
+        what_if = Surrogate(init=fresh, update=functools.partial(mc.what_if_update, cfg),
+                            edge_probs=lambda s: s.edge_probs)
         return Surrogate(init=functools.partial(mc.init_state, cfg, d),
                          update=functools.partial(mc.update_state, cfg),
-                         edge_probs=lambda s: s.edge_probs, chain_gap=lambda s: s.chain_gap)
+                         edge_probs=lambda s: s.edge_probs, chain_gap=lambda s: s.chain_gap,
+                         what_if=lambda s, p: (what_if, mc.what_if_state(cfg, s, p)))
     tab = build_tables(d, cfg.max_indegree)
 
     def init(key: Array, var_mask: Array) -> AnalyticState:

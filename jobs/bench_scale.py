@@ -9,7 +9,11 @@ runs (d <= ``--exact-check-max-d``), the same episodes with the order-MCMC poste
 and the mean absolute difference of its final edge marginals from the exact ones (random
 interventions do not depend on the posterior, so both see identical data). Where the MCMC
 posterior runs, its convergence figure: the mean over seeds of the largest edge-marginal
-difference between two chains after the last update (``chain_gap``).
+difference between two chains after the last update (``chain_gap``). With ``--decisions``,
+the time of one ``grpo_active`` decision (policy forward pass and its lookahead input, the
+default architecture's program; untrained weights cost what trained ones do) and of one
+``plugin_active`` decision, at "auto" lookahead draws, amortised over the seeds vmapped, on the
+observations after the episodes' last step, with the 1-minute load average while measured.
 
     python -m jobs.benchmark scale --dims 10,20 --families er
 """
@@ -56,6 +60,40 @@ def _chain_gap(cfg, d: int, n_obs: int, keys, buffer) -> np.ndarray:
         return s.chain_gap
 
     return np.asarray(jax.jit(jax.vmap(one))(keys, buffer.values, buffer.intervened, buffer.valid))
+
+
+def _decision_ms(post, d: int, keys, scms, buffer, probs, reps: int = 3) -> dict:
+    """Amortised ms per ``grpo_active`` and per ``plugin_active`` decision (see module doc)."""
+    import os
+
+    import jax
+    import jax.numpy as jnp
+
+    from causal_grpo.active_learning import make_plugin_selector, observe
+    from causal_grpo.phase1 import Phase1Config, init_params
+    from causal_grpo.policy import make_policy_selector, resolve_lookahead_draws
+    from causal_grpo.surrogate_bayes import make_analytic_surrogate
+
+    pcfg = Phase1Config()
+    params = init_params(pcfg)
+    obs = jax.vmap(lambda scm, buf, p: observe(scm, buf, jnp.asarray(0), p))(scms, buffer, probs)
+    n = keys.shape[0]
+    out = {}
+    for name, select in (
+            ("grpo", make_policy_selector(pcfg.policy, lookahead_draws="auto")),
+            ("plugin", make_plugin_selector(make_analytic_surrogate(post, d),
+                                            resolve_lookahead_draws("auto", d)))):
+        run = jax.jit(jax.vmap(select, in_axes=(0, 0, None)))
+        jax.block_until_ready(run(keys, obs, params))
+        times = []
+        for r in range(reps):
+            ks = jax.vmap(lambda k: jax.random.fold_in(k, r + 1))(keys)
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(ks, obs, params))
+            times.append(time.perf_counter() - t0)
+        out[f"ms_per_{name}_decision"] = 1e3 * min(times) / n
+    out["load_1min"] = os.getloadavg()[0]
+    return out
 
 
 def bench_scale(args) -> pd.DataFrame:
@@ -128,6 +166,10 @@ def bench_scale(args) -> pd.DataFrame:
             if not post.exact(d):
                 row["chain_gap"] = float(np.mean(_chain_gap(post, d, args.n_observational, keys,
                                                             res.buffer)))
+            row["ms_per_grpo_decision"] = row["ms_per_plugin_decision"] = float("nan")
+            row["load_1min"] = float("nan")
+            if args.decisions:
+                row |= _decision_ms(post, d, keys, scms, res.buffer, res.final_probs)
             row["peak_rss_mb"] = _peak_rss_mb()
             rows.append(row)
             print(f"{family}{d}: {row['s_per_run']:.2f} s/run ({row['runs_per_s']:.2f} runs/s, "
@@ -136,15 +178,18 @@ def bench_scale(args) -> pd.DataFrame:
                   f"F1 {row['ours_on_gies_seeds_f1']:.3f} SHD {row['ours_on_gies_seeds_shd']:.1f}, "
                   f"GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:.1f} "
                   f"({row['gies_s_per_fit']:.1f} s/fit) | MCMC vs exact MAE {row['mcmc_mae']:.4f} "
-                  f"| chain gap {row['chain_gap']:.2f} | RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                  f"| chain gap {row['chain_gap']:.2f} | decision ms: grpo "
+                  f"{row['ms_per_grpo_decision']:.1f}, plugin {row['ms_per_plugin_decision']:.1f} "
+                  f"(load {row['load_1min']:.1f}) | RSS {row['peak_rss_mb']:.0f} MB", flush=True)
     df = pd.DataFrame(rows)
     print()
     print(f"posterior: {post.describe(post.exact_max_d)} up to d = {post.exact_max_d}, above "
           f"it {post.describe(post.exact_max_d + 1)}; {args.seeds} seeds vmapped, "
           f"{args.n_observational} + {args.n_interventions} samples")
     print("| graph | s per run | ms per update | F1 | SHD | GIES seeds | F1 on them | GIES F1 "
-          "| SHD on them | GIES SHD | GIES s/fit | MCMC-exact MAE | chain gap | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| SHD on them | GIES SHD | GIES s/fit | MCMC-exact MAE | chain gap "
+          "| ms per grpo decision | ms per plugin decision | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for _, r in df.iterrows():
         mae = "" if np.isnan(r["mcmc_mae"]) else f"{r['mcmc_mae']:.4f}"
         print(f"| {r['family']}{r['d']} | {r['s_per_run']:.2f} | {r['ms_per_update']:.2f} "
@@ -152,6 +197,7 @@ def bench_scale(args) -> pd.DataFrame:
               f"| {r['ours_on_gies_seeds_f1']:.3f} | {r['gies_f1']:.3f} "
               f"| {r['ours_on_gies_seeds_shd']:.1f} | {r['gies_shd']:.1f} "
               f"| {r['gies_s_per_fit']:.1f} | {mae} | {r['chain_gap']:.2f} "
+              f"| {r['ms_per_grpo_decision']:.1f} | {r['ms_per_plugin_decision']:.1f} "
               f"| {r['peak_rss_mb']:.0f} |")
     return df
 
@@ -179,3 +225,5 @@ def add_parser(sub, comma_list, positive_int) -> None:
     s.add_argument("--candidates", type=positive_int("--candidates"), default=None)
     s.add_argument("--chains", type=positive_int("--chains"), default=None)
     s.add_argument("--mcmc-steps", type=positive_int("--mcmc-steps"), default=None)
+    s.add_argument("--decisions", action="store_true",
+                   help="also time one grpo_active and one plugin_active decision per d")
