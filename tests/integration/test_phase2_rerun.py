@@ -115,11 +115,12 @@ def test_a_corrupt_cell_is_named_moved_aside_and_recomputed(done, computed, caps
     assert (done / "steps.csv").read_bytes() == steps
 
 
-# 10 batches of 64 vmapped seeds, each a few hundred ms (compiling once is most of a run's
-# time): long enough to interrupt between two of them.
-SLOW = ["--scm-type", "er5", "--methods", "random_active", "--seeds", "640", "--batch-size", "64",
+# 20 batches of 64 vmapped seeds, each a few hundred ms: with the compilation cache warm a
+# resumed run computes its batches back to back, and with 10 a clean-clone CI run once saw
+# one finish before its signal.
+SLOW = ["--scm-type", "er5", "--methods", "random_active", "--seeds", "1280", "--batch-size", "64",
         "--n-observational", "10", "--n-interventions", "40", "--quiet", "--no-plots"]
-N_SLOW = 10
+N_SLOW = 20
 
 
 def cells_in(out):
@@ -130,7 +131,10 @@ def start_then(out, sig, more_than: int):
     """Start the CLI, send ``sig`` once more than ``more_than`` cells exist; returns exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *SLOW,
                              "--output-dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # A runner started in the background (`cmd &`) ignores SIGINT, and
+                            # so would the child: Python installs its handler only if not.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while len(cells_in(out)) <= more_than:
         assert proc.poll() is None, f"ended before the signal: {proc.stderr.read()[-2000:]}"
