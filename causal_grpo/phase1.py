@@ -43,8 +43,10 @@ from causal_grpo.policy import act, make_policy_selector
 from causal_grpo.results import f1_auc, paired_p
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
 from causal_grpo.scm import SCM, propagate
-from causal_grpo.scm_families import FamilyConfig, GraphKind, resolve_scm, sample_family
+from causal_grpo.scm_families import (PROTOCOLS, GraphKind, family_config, resolve_scm,
+                                      sample_family)
 from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
+from causal_grpo.surrogate import SurrogateConfig
 from causal_grpo.sweep import cell_batch
 
 Array = jax.Array
@@ -92,6 +94,31 @@ def curriculum_for(max_variables: int = 15, episodes: int | None = None) -> tupl
         stages = [dataclasses.replace(s, iterations=max(1, round(s.iterations * scale)))
                   for s in stages]
     return tuple(stages)
+
+
+def with_family_protocol(cfg: "Phase1Config", max_variables: int, episodes: int | None,
+                         given: frozenset[str] = frozenset()) -> "Phase1Config":
+    """``cfg`` trained in its family's own protocol, where the family has one (``dense``: 50
+    observational samples, 10 interventions in [-1, 1], every parent set scored, so SCMs of
+    at most 10 variables), with the held-out check on the same family at d = 8. Fields named
+    in ``given`` (``n_observational``, ``steps_per_episode``, ``max_variables``) were set by
+    the user and are kept; a given ``max_variables`` beyond the protocol is refused."""
+    from causal_grpo.errors import UserError
+    proto = PROTOCOLS.get(cfg.graph_kind)
+    if proto is None:
+        return dataclasses.replace(cfg, curriculum=curriculum_for(max_variables, episodes))
+    top = proto.all_parent_sets_max_d
+    if "max_variables" in given and max_variables > top:
+        raise UserError(f"--scm-family {cfg.graph_kind.value} trains on at most {top} variables "
+                        f"(its protocol scores every parent set), got --max-variables {max_variables}")
+    return dataclasses.replace(
+        cfg, curriculum=curriculum_for(min(max_variables, top), episodes),
+        n_observational=(cfg.n_observational if "n_observational" in given
+                         else proto.n_observational),
+        steps_per_episode=(cfg.steps_per_episode if "steps_per_episode" in given
+                           else proto.n_interventions),
+        surrogate=dataclasses.replace(cfg.surrogate, max_indegree=top - 1),
+        eval_scm=f"{cfg.graph_kind.value}8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +183,9 @@ class Phase1Config:
 def sample_stage_scm(key: Array, stage: Stage, cfg: Phase1Config) -> SCM:
     """One SCM of the stage: size uniform over ``stage.sizes``, padded to ``stage.d_pad``."""
     k_size, k_scm = jax.random.split(key)
-    fams = [FamilyConfig(kind=cfg.graph_kind, d=d, d_pad=stage.d_pad,
-                         expected_degree=cfg.expected_degree, weight_range=cfg.weight_range,
-                         noise_range=cfg.noise_range) for d in stage.sizes]
+    fams = [family_config(cfg.graph_kind, d, stage.d_pad, expected_degree=cfg.expected_degree,
+                          weight_range=cfg.weight_range, noise_range=cfg.noise_range)
+            for d in stage.sizes]
     idx = jax.random.randint(k_size, (), 0, len(fams))
     return jax.lax.switch(idx, [lambda k, f=f: sample_family(k, f) for f in fams], k_scm)
 
@@ -272,7 +299,8 @@ class Evaluator:
 
     def __init__(self, cfg: Phase1Config):
         self.episode = EpisodeConfig(n_observational=cfg.n_observational,
-                                     n_interventions=cfg.eval_steps)
+                                     n_interventions=cfg.eval_steps,
+                                     surrogate=SurrogateConfig(analytic=cfg.surrogate))
         self.scms, self.keys = cell_batch(resolve_scm(cfg.eval_scm), 1_000_003 + cfg.seed,
                                           range(cfg.eval_seeds))
         d = self.scms.adj.shape[-1]

@@ -71,19 +71,24 @@ def build_parser() -> ArgumentParser:
                                 f" (default {getattr(default, 'value', default)})")
         metavar = ("{" + ",".join(m.value for m in opt.type) + "}"
                    if issubclass(opt.type, enum.Enum) else opt.flag[2:].upper().replace("-", "_"))
-        p.add_argument(opt.flag, dest=dest, type=_arg_type(opt), default=default,
+        # None marks "not given": a family's protocol may then set the value.
+        p.add_argument(opt.flag, dest=dest, type=_arg_type(opt), default=None,
                        help=help_text, metavar=metavar)
     return p
 
 
 def config_from_args(args: argparse.Namespace):
-    """``(RunOptions, Phase1Config)`` from parsed flags."""
-    from causal_grpo.phase1 import Phase1Config, curriculum_for
-    run = RunOptions(**{dest: getattr(args, dest) for dest, path, _, _ in _declared()
-                        if path is None})
-    values = {path: getattr(args, dest) for dest, path, _, _ in _declared() if path is not None}
-    cfg = options.with_values(Phase1Config(curriculum=curriculum_for(run.max_variables,
-                                                                     run.episodes)), values)
+    """``(RunOptions, Phase1Config)`` from parsed flags (``--scm-family dense``: its protocol
+    where a flag does not say otherwise)."""
+    from causal_grpo.phase1 import Phase1Config, with_family_protocol
+    given = {dest: getattr(args, dest) for dest, _, _, _ in _declared()
+             if getattr(args, dest) is not None}
+    run = RunOptions(**{dest: given[dest] for dest, path, _, _ in _declared()
+                        if path is None and dest in given})
+    values = {path: given[dest] for dest, path, _, _ in _declared()
+              if path is not None and dest in given}
+    cfg = with_family_protocol(options.with_values(Phase1Config(), values), run.max_variables,
+                               run.episodes, frozenset(given))
     cfg.validate()
     return run, cfg
 

@@ -83,3 +83,36 @@ def test_a_config_built_in_code_is_checked_against_the_same_bounds():
     with pytest.raises(UserError, match="--seed must be an integer"):
         Phase1Config(seed=0.5).validate()
     Phase1Config().validate()
+
+
+def test_the_dense_family_trains_in_its_own_protocol(tmp_path):
+    import jax
+
+    from causal_grpo.phase1 import sample_stage_scm
+    parse = train_grpo.build_parser().parse_args
+    _, cfg = train_grpo.config_from_args(parse(["--scm-family", "dense"]))
+    # 50 observational samples + 10 interventions in [-1, 1], every parent set scored, SCMs
+    # of at most 10 variables, the held-out check on the same family.
+    assert (cfg.n_observational, cfg.steps_per_episode, cfg.surrogate.max_indegree,
+            cfg.eval_scm) == (50, 10, 9, "dense8")
+    assert max(s.d_pad for s in cfg.curriculum) == 10
+    scm = sample_stage_scm(jax.random.PRNGKey(0), cfg.curriculum[-1], cfg)
+    assert (float(scm.low), float(scm.high)) == (-1.0, 1.0)
+    # A flag that is given wins over the protocol; other families keep the defaults.
+    _, cfg = train_grpo.config_from_args(parse(["--scm-family", "dense",
+                                                "--n-observational", "30"]))
+    assert (cfg.n_observational, cfg.steps_per_episode) == (30, 10)
+    _, er = train_grpo.config_from_args(parse(["--scm-family", "er"]))
+    assert (er.n_observational, er.surrogate.max_indegree, er.eval_scm) == (30, 4, "er8")
+    scm = sample_stage_scm(jax.random.PRNGKey(0), er.curriculum[-1], er)
+    assert (float(scm.low), float(scm.high)) == (-2.0, 2.0)
+
+
+def test_a_dense_run_beyond_its_protocol_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(out), "--scm-family", "dense",
+                         "--max-variables", "12"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "at most 10 variables" in err[0], err
+    assert not out.exists()
