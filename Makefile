@@ -18,9 +18,10 @@ install: $(STAMP)
 main: $(STAMP)
 	$(PY) -m jobs.main
 
-# Test suite (CI runs exactly this).
+# Test suite (CI runs exactly this). Two processes: compiling, which dominates the suite, uses
+# one core per process; the tests that start Ray run in one of them (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) phase2_results grpo_runs

@@ -14,3 +14,12 @@ os.environ["CAUSAL_GRPO_JAX_CACHE"] = _JAX_CACHE
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_JAX_CACHE, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (`make test` runs two processes) every test that starts Ray runs in
+    # one process, one after another: local clusters on one machine share ports and /tmp/ray.
+    import pytest
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -25,8 +25,9 @@ def _posterior(scm, cfg, n=40, capacity=60):
     x0 = sample_n(jax.random.PRNGKey(0), scm, n)
     buf = Buffer.empty(capacity, d)
     buf = Buffer(buf.values.at[:n].set(x0), buf.intervened, buf.valid.at[:n].set(True))
-    state = sur.update(sur.init(jax.random.PRNGKey(1), scm.var_mask), buf.values,
-                       buf.intervened, buf.valid)
+    # Under one jit: eager calls would compile every primitive of the MCMC separately.
+    state = jax.jit(lambda: sur.update(sur.init(jax.random.PRNGKey(1), scm.var_mask),
+                                       buf.values, buf.intervened, buf.valid))()
     return sur, state, AL.observe(scm, buf, jnp.asarray(0), sur.edge_probs(state))
 
 
