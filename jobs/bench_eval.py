@@ -263,8 +263,21 @@ def _p(x: float) -> str:
     return "—" if x != x else f"{x:.3g}"
 
 
+def verdict(pooled) -> list[str]:
+    """One line per reference: on how many SCMs the trained policy beats it in every run."""
+    n = pooled["scm"].nunique()
+    out = []
+    for ref, g in pooled.groupby("reference", sort=False):
+        won = g.loc[g["holds_every_run"], "scm"].tolist()
+        out.append(f"- trained policy > {ref}: {len(won)} of {n} SCMs in every run"
+                   + (f" ({', '.join(won)})" if won else ""))
+    return out
+
+
 def markdown(methods, paired, pooled, dense, last: int) -> str:
-    lines = [f"## F1-AUC over steps 1–{last} and acting cost\n",
+    lines = [f"## Verdict (one-sided paired t-test on F1-AUC 1–{last}, Holm across SCMs, "
+             f"p < {ALPHA})\n"] + verdict(pooled) + [
+             "", f"## F1-AUC over steps 1–{last} and acting cost\n",
              f"| scm | method | seeds | F1-AUC 1–{last} | updates / decision |",
              "|---|---|---:|---:|---:|"]
     for _, r in methods.iterrows():

@@ -116,6 +116,10 @@ def test_eval_end_to_end(evaluated, capsys):
         sel = paired[(paired.scm == row.scm) & (paired.reference == row.reference)]
         assert row.runs == 2 and row.diff_mean == pytest.approx(sel["diff"].mean())
         assert row.holds_every_run == bool(sel["holds"].all())
+    # The verdict counts, per reference, the SCMs where the claim holds in every run.
+    for ref, g in pooled.groupby("reference"):
+        won = int(g["holds_every_run"].sum())
+        assert f"- trained policy > {ref}: {won} of 2 SCMs in every run" in printed
 
     # Acting cost: 1 refit + 2 (d - 1) K updates with K = 8 at d = 5; none for the rest.
     methods = pd.read_csv(out / "methods.csv")
