@@ -19,9 +19,10 @@ main: $(STAMP)
 	$(PY) -m jobs.main
 
 # Test suite (CI runs exactly this). Two processes: compiling, which dominates the suite, uses
-# one core per process; the tests that start Ray run in one of them (tests/conftest.py).
+# one core per process; the tests that start Ray run one after another in one of them
+# (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 clean:
 	rm -rf $(VENV) phase2_results grpo_runs

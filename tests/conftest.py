@@ -18,10 +18,23 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
-@pytest.hookimpl(tryfirst=True)     # before xdist reads the groups
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test` runs two processes) the tests that start Ray (all in
+    tests/cluster/) run in one process, one after another: local clusters on one machine
+    share ports and /tmp/ray. Every other test is scheduled on its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if nodeid.startswith("tests/cluster/") else nodeid
+
+    return RayTestsTogether(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (`make test` runs two processes) every test that starts Ray runs in
-    # one process, one after another: local clusters on one machine share ports and /tmp/ray.
-    for item in items:
-        if item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    # The scheduler above finds Ray tests by their directory: keep every one there.
+    stray = [i.nodeid for i in items if i.get_closest_marker("ray")
+             and not i.nodeid.startswith("tests/cluster/")]
+    if stray:
+        raise pytest.UsageError(f"tests marked 'ray' must live in tests/cluster/: {stray[:3]}")
