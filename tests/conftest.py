@@ -22,12 +22,13 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (`make test` runs two processes) the tests that start Ray (all in
     tests/cluster/) run in one process, one after another: local clusters on one machine
-    share ports and /tmp/ray. Every other test is scheduled on its own."""
+    share ports and /tmp/ray. Other tests are scheduled by module, so that a module's
+    fixtures (a trained policy, a finished sweep) are built once."""
     from xdist.scheduler import LoadScopeScheduling
 
     class RayTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "ray" if nodeid.startswith("tests/cluster/") else nodeid
+            return "ray" if nodeid.startswith("tests/cluster/") else nodeid.split("::")[0]
 
     return RayTestsTogether(config, log)
 

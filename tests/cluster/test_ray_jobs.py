@@ -4,8 +4,10 @@ bad cluster input, and the cluster-launcher config."""
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pandas as pd
@@ -74,7 +76,9 @@ def test_killed_driver_resumes_without_recomputing(tmp_path):
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     port, dash = free_port(), free_port()
-    tmp = tmp_path_factory.mktemp("rayhead")
+    # Short: Ray's socket paths under it must stay within AF_UNIX's 107 bytes (pytest-xdist's
+    # base temp directory alone takes about 40).
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2",
                         "--include-dashboard=true", f"--dashboard-port={dash}",
                         "--dashboard-host=127.0.0.1", "--disable-usage-stats",
@@ -85,6 +89,7 @@ def ray_head(tmp_path_factory):
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
     finally:
         subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_ray_job_submit_runs_the_phase2_job(ray_head, tmp_path):
