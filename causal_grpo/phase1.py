@@ -304,7 +304,8 @@ class Evaluator:
         self.scms, self.keys = cell_batch(resolve_scm(cfg.eval_scm), 1_000_003 + cfg.seed,
                                           range(cfg.eval_seeds))
         d = self.scms.adj.shape[-1]
-        self.policy_run = make_batch_runner(self.episode, d, make_policy_selector(cfg.policy))
+        self.policy_run = make_batch_runner(self.episode, d, make_policy_selector(
+            cfg.policy, analytic=cfg.surrogate))
         base = make_batch_runner(self.episode, d)
         self.random_auc = f1_auc(base(self.keys, self.scms, None, method_id(Method.RANDOM)).record.f1)
 

@@ -102,12 +102,13 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
                        obs.target, obs.var_mask, obs.probs)
 
 
-def refit_posterior(key: Array, obs: Observation) -> tuple[Surrogate, Any]:
-    """The posterior of ``obs.buffer`` under the default ``AnalyticConfig`` (what a selector
-    that sees only the observation uses for the lookahead): the exact one up to exact_max_d,
-    above it order MCMC, of which the lookahead's what-if posterior reads only the statistics
-    and candidates (``active_learning.lookahead_gains``)."""
-    sur = make_analytic_surrogate(AnalyticConfig(), obs.var_mask.shape[-1])
+def refit_posterior(key: Array, obs: Observation,
+                    analytic: AnalyticConfig | None = None) -> tuple[Surrogate, Any]:
+    """The posterior of ``obs.buffer`` under ``analytic`` (default ``AnalyticConfig()``; what a
+    selector that sees only the observation uses for the lookahead): the exact one up to
+    exact_max_d, above it order MCMC, of which the lookahead's what-if posterior reads only the
+    statistics and candidates (``active_learning.lookahead_gains``)."""
+    sur = make_analytic_surrogate(analytic or AnalyticConfig(), obs.var_mask.shape[-1])
     buf = obs.buffer
     return sur, sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
 
@@ -146,14 +147,17 @@ def act(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
 
 
 def make_policy_selector(cfg: PolicyConfig, greedy: bool = False,
-                         lookahead_draws: LookaheadDraws = 1) -> Selector:
+                         lookahead_draws: LookaheadDraws = 1,
+                         analytic: AnalyticConfig | None = None) -> Selector:
     """A pure selector ``(key, obs, params) -> Action`` that samples (or takes the mode of) pi
     through :func:`act`; the lookahead refits the posterior to ``obs.buffer`` (the selector
-    sees only the observation, :func:`refit_posterior`)."""
+    sees only the observation, :func:`refit_posterior`) under ``analytic``, the episode's
+    posterior settings (e.g. every parent set on ``dense<d>``), as Phase 1 trained it."""
     resolve_lookahead_draws(lookahead_draws, 2)   # refuse a bad value now, not inside jit
 
     def select(key: Array, obs: Observation, params: Any) -> Action:
-        _, j, b, lp = act(key, obs, params, cfg, None, lookahead_draws, greedy)
+        posterior = refit_posterior(key, obs, analytic) if cfg.lookahead else None
+        _, j, b, lp = act(key, obs, params, cfg, posterior, lookahead_draws, greedy)
         v = bin_values(obs.low, obs.high, cfg.n_bins)[b]
         return Action(j.astype(jnp.int32), v.astype(jnp.float32), lp, jnp.asarray(True))
 

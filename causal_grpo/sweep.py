@@ -25,7 +25,7 @@ import numpy as np
 from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
                                          make_plugin_selector, method_id)
-from causal_grpo.policy import PolicyHandle, resolve_lookahead_draws
+from causal_grpo.policy import PolicyHandle, make_policy_selector, resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
 from causal_grpo.version import code_version
@@ -106,7 +106,12 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
                    (policy.config, policy.greedy, policy.lookahead_draws))
     key = (episode, d, program)
     if key not in _RUNNERS:
-        _RUNNERS[key] = make_batch_runner(episode, d, policy.selector if method.needs_policy else None)
+        selector = policy.selector if method.needs_policy else None
+        if method.needs_policy and policy.config is not None:
+            # The lookahead refits the posterior with the episode's settings (in-degree, score).
+            selector = make_policy_selector(policy.config, policy.greedy, policy.lookahead_draws,
+                                            episode.surrogate.analytic)
+        _RUNNERS[key] = make_batch_runner(episode, d, selector)
     return _RUNNERS[key]
 
 
