@@ -116,31 +116,44 @@ def test_the_protocol_reaches_the_episode_unless_flags_say_otherwise():
     assert ep.n_observational == 40 and ep.surrogate.analytic.max_indegree == 9
 
 
-def test_the_policys_lookahead_refits_with_the_episodes_in_degree():
-    """On dense6 (in-degree up to 5 scored) the Phase-2 policy selector's lookahead reads the
-    posterior of the episode's settings, as Phase 1 trained it, not the default in-degree 4."""
+def test_the_policys_lookahead_refits_with_the_episodes_in_degree(monkeypatch):
+    """On dense6 (every parent set: in-degree 5) the Phase-2 policy selector refits the
+    posterior for its lookahead with the episode's settings, as Phase 1 trained it, not the
+    default in-degree 4: the sweep builds the selector with them and the selector refits so."""
     import jax.numpy as jnp
 
     from causal_grpo import active_learning as AL
+    from causal_grpo import policy as pol
+    from causal_grpo import sweep
     from causal_grpo.features import Buffer
-    from causal_grpo.networks import sample_action
     from causal_grpo.phase1 import Phase1Config, init_params
-    from causal_grpo.policy import make_policy_selector, policy_output, refit_posterior
-    from causal_grpo.scm import sample_n
-    from causal_grpo.surrogate_bayes import AnalyticConfig
+    from causal_grpo.surrogate import SurrogateConfig
+    from jobs.two_phase_training import episode_config
 
-    scm = sample_family(jax.random.PRNGKey(3), resolve_scm("dense6"))
-    n = 20
-    buf = Buffer.empty(n, 6)
-    buf = Buffer(buf.values.at[:].set(sample_n(jax.random.PRNGKey(4), scm, n)), buf.intervened,
-                 buf.valid.at[:].set(True))
-    obs = AL.observe(scm, buf, jnp.asarray(0), jnp.zeros((6, 6)))
+    class Refit(Exception):
+        pass
+
+    seen = []
+
+    def refit(key, obs, analytic=None):      # record the settings, skip the compute
+        seen.append(analytic)
+        raise Refit
+
+    monkeypatch.setattr(pol, "refit_posterior", refit)
+    episode = episode_config({"dense6": resolve_scm("dense6")}, None, None, SurrogateConfig())
+    assert episode.surrogate.analytic.max_indegree == 5
     cfg = Phase1Config()
-    params, key = init_params(cfg), jax.random.PRNGKey(5)
-    k5 = AnalyticConfig(max_indegree=5)
-    picked = make_policy_selector(cfg.policy, analytic=k5)(key, obs, params)
-    inp5, out5 = policy_output(key, obs, params, cfg.policy, refit_posterior(key, obs, k5))
-    inp4, _ = policy_output(key, obs, params, cfg.policy, refit_posterior(key, obs))
-    j, _, lp = sample_action(key, out5)
-    assert int(picked.variable) == int(j) and float(picked.log_prob) == float(lp)
-    assert not np.allclose(np.asarray(inp5.features), np.asarray(inp4.features))
+    handle = pol.PolicyHandle(pol.make_policy_selector(cfg.policy), init_params(cfg), "x",
+                              cfg.policy)
+    built = []
+    real = sweep.make_batch_runner
+    monkeypatch.setattr(sweep, "make_batch_runner",
+                        lambda ep, d, selector=None: built.append(selector) or real(ep, d, selector))
+    sweep._RUNNERS.clear()
+    sweep._runner(episode, AL.Method.GRPO_ACTIVE, 6, handle)
+    scm = sample_family(jax.random.PRNGKey(3), resolve_scm("dense6"))
+    obs = AL.observe(scm, Buffer.empty(4, 6), jnp.asarray(0), jnp.zeros((6, 6)))
+    with pytest.raises(Refit):
+        built[-1](jax.random.PRNGKey(0), obs, handle.params)
+    assert seen == [episode.surrogate.analytic]
+    sweep._RUNNERS.clear()
