@@ -255,7 +255,8 @@ def read_config(path: str) -> dict:
 
 
 def load_grpo_policy(path: str) -> LoadedPolicy:
-    """Load a policy from a checkpoint directory or its ``policy_params.pkl``.
+    """Load a policy from a checkpoint directory, its ``policy_params.pkl``, or a Phase-1
+    output directory (its ``final/``).
 
     Raises :class:`CheckpointError` (one line, naming the problem) for a missing directory or
     file, a truncated or corrupt file, a pickle that holds anything but plain builtins, an
@@ -263,10 +264,14 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
     or parameters that do not fit the architecture.
     """
     path = os.fspath(path)
+    if (os.path.isdir(path) and not os.path.exists(os.path.join(path, PARAMS_FILE))
+            and os.path.exists(os.path.join(path, "final", PARAMS_FILE))):
+        path = os.path.join(path, "final")     # a Phase-1 output directory: its trained policy
     if os.path.isdir(path):
         pkl, cfg_path = os.path.join(path, PARAMS_FILE), os.path.join(path, CONFIG_FILE)
         if not os.path.exists(pkl):
-            raise CheckpointError(f"no {PARAMS_FILE} in checkpoint directory {path}")
+            raise CheckpointError(f"no {PARAMS_FILE} in checkpoint directory {path} (nor in "
+                                  f"its final/: a Phase-1 run that has not finished?)")
     elif os.path.exists(path):
         pkl, cfg_path = path, os.path.join(os.path.dirname(path), CONFIG_FILE)
     else:

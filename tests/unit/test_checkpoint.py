@@ -85,6 +85,19 @@ def test_save_load_act_round_trip_gives_identical_actions(ckpt):
         assert float(a.log_prob) == pytest.approx(float(b.log_prob), abs=1e-6)
 
 
+def test_a_phase1_output_directory_loads_its_final_policy(ckpt, tmp_path):
+    """``--grpo-checkpoint RUN`` means RUN/final, the trained policy, not RUN/step_0."""
+    path, _ = ckpt
+    run = tmp_path / "run"
+    run.mkdir()
+    os.rename(path, run / "final")
+    C.save_checkpoint(str(run / "step_0"), random_params(seed=1), CFG, {}, {})
+    assert C.load_grpo_policy(str(run)).digest == C.load_grpo_policy(str(run / "final")).digest
+    os.rename(run / "final", run / "unfinished")
+    with pytest.raises(C.CheckpointError, match="nor in its final/"):
+        C.load_grpo_policy(str(run))
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, ("touch EXPLOITED_MARKER",))
