@@ -10,7 +10,9 @@ run the sweep and in whatever order. Each finished batch is written atomically t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -86,7 +88,12 @@ def cell_batch(src: ScmSource, base_seed: int, seeds: Sequence[int]) -> tuple[SC
     return stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
 
 
-_RUNNERS: dict = {}
+# Compiled programs kept alive at once, least recently used dropped first. XLA's CPU code for
+# one large program holds thousands of memory mappings (about 6,000 for a lookahead policy at
+# d = 10) and Linux allows 65,530 per process by default: an evaluation that kept every
+# program crashed in LLVM ("Cannot allocate memory") after about ten.
+MAX_PROGRAMS = 4
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()
 
 
 def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle | None):
@@ -95,23 +102,29 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
     policies, or several runs, share it)."""
     if method is Method.PLUGIN:
         key = (episode, d, method.value)
-        if key not in _RUNNERS:
-            surrogate = make_surrogate(episode.surrogate, d, episode.capacity)
-            draws = resolve_lookahead_draws(episode.lookahead_draws, d)
-            _RUNNERS[key] = make_batch_runner(episode, d, make_plugin_selector(surrogate, draws))
+    else:
+        program = None
+        if method.needs_policy:
+            program = (policy.digest if policy.config is None else
+                       (policy.config, policy.greedy, policy.lookahead_draws))
+        key = (episode, d, program)
+    if key in _RUNNERS:
+        _RUNNERS.move_to_end(key)
         return _RUNNERS[key]
-    program = None
-    if method.needs_policy:
-        program = (policy.digest if policy.config is None else
-                   (policy.config, policy.greedy, policy.lookahead_draws))
-    key = (episode, d, program)
-    if key not in _RUNNERS:
+    while len(_RUNNERS) >= MAX_PROGRAMS:
+        _RUNNERS.popitem(last=False)
+    gc.collect()                        # frees the dropped programs' executables now
+    if method is Method.PLUGIN:
+        surrogate = make_surrogate(episode.surrogate, d, episode.capacity)
+        draws = resolve_lookahead_draws(episode.lookahead_draws, d)
+        selector = make_plugin_selector(surrogate, draws)
+    else:
         selector = policy.selector if method.needs_policy else None
         if method.needs_policy and policy.config is not None:
             # The lookahead refits the posterior with the episode's settings (in-degree, score).
             selector = make_policy_selector(policy.config, policy.greedy, policy.lookahead_draws,
                                             episode.surrogate.analytic)
-        _RUNNERS[key] = make_batch_runner(episode, d, selector)
+    _RUNNERS[key] = make_batch_runner(episode, d, selector)
     return _RUNNERS[key]
 
 
