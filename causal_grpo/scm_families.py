@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import math
 import os
@@ -264,6 +265,25 @@ def _with_target_and_padding(adj: Array, w: Array, noise: Array, k_tgt: Array,
     )
 
 
+_GRAPH_KINDS = (GraphKind.ER, GraphKind.SCALE_FREE, GraphKind.CHAIN, GraphKind.FORK,
+                GraphKind.COLLIDER)
+
+
+def _graph_builders(d: int, degree: Array) -> list:
+    def shaped(kind):
+        return lambda k: _shape_adj(kind, k, d)[0]
+    return [lambda k: _er_adj(k, d, degree), lambda k: _sf_adj(k, d, degree),
+            shaped(GraphKind.CHAIN), shaped(GraphKind.FORK), shaped(GraphKind.COLLIDER)]
+
+
+# Jitted once per d: called eagerly (a cell's SCM is drawn outside jit), a switch over fresh
+# closures compiles anew at every call, and each compiled program keeps hundreds of memory
+# mappings (a 50-seed evaluation of mixed10 crashed in LLVM for want of them).
+@functools.partial(jax.jit, static_argnums=3)
+def _mixed_adj(which: Array, key: Array, degree: Array, d: int) -> Array:
+    return jax.lax.switch(which, _graph_builders(d, degree), key)
+
+
 def sample_family(key: Array, cfg: FamilyConfig) -> SCM:
     """Draw one SCM from the family (pure JAX, static shapes; vmappable over keys)."""
     if cfg.kind is GraphKind.DENSE:
@@ -273,24 +293,11 @@ def sample_family(key: Array, cfg: FamilyConfig) -> SCM:
     degree = jax.random.uniform(k_deg, (), minval=cfg.expected_degree[0],
                                 maxval=cfg.expected_degree[1])
 
-    def er(k):
-        return _er_adj(k, d, degree)
-
-    def sf(k):
-        return _sf_adj(k, d, degree)
-
-    def shaped(kind):
-        return lambda k: _shape_adj(kind, k, d)[0]
-
-    kinds = [GraphKind.ER, GraphKind.SCALE_FREE, GraphKind.CHAIN, GraphKind.FORK,
-             GraphKind.COLLIDER]
-    builders = [er, sf, shaped(GraphKind.CHAIN), shaped(GraphKind.FORK),
-                shaped(GraphKind.COLLIDER)]
     if cfg.kind is GraphKind.MIXED:
-        which = jax.random.randint(k_kind, (), 0, len(builders))
-        adj = jax.lax.switch(which, builders, k_graph)
+        which = jax.random.randint(k_kind, (), 0, len(_GRAPH_KINDS))
+        adj = _mixed_adj(which, k_graph, degree, d)
     else:
-        adj = builders[kinds.index(cfg.kind)](k_graph)
+        adj = _graph_builders(d, degree)[_GRAPH_KINDS.index(cfg.kind)](k_graph)
 
     # Guarantee at least one edge so the target can have a parent.
     has_edge = adj.sum() > 0

@@ -39,3 +39,22 @@ def test_a_dropped_program_recompiles_to_the_same_results():
     again = sweep.run_batch(batch, cfg, None, sources)
     for k in first:
         np.testing.assert_array_equal(first[k], again[k])
+
+
+def test_drawing_mixed_family_cells_compiles_once():
+    """A cell's SCM is drawn outside jit; for ``mixed<d>`` the graph-kind switch compiled anew
+    at every draw, each program keeping memory mappings until the process ran out."""
+    import os
+
+    from causal_grpo.sweep import cell_scm_and_key
+
+    def maps() -> int:
+        with open(f"/proc/{os.getpid()}/maps") as f:
+            return sum(1 for _ in f)
+
+    src = resolve_scm("mixed9")
+    cell_scm_and_key(src, 0, 0)
+    before = maps()
+    for seed in range(1, 21):
+        cell_scm_and_key(src, 0, seed)
+    assert maps() - before < 200, f"{maps() - before} new memory mappings for 20 draws"
