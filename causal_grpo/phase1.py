@@ -34,7 +34,7 @@ import numpy as np
 
 from causal_grpo import grpo
 from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner, method_id,
-                                         observe, random_selector, start_episode)
+                                         observe, start_episode)
 from causal_grpo.features import BootstrapConfig, bootstrap_noise, bootstrap_probs
 from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy
@@ -238,20 +238,10 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
 
         # Every candidate of the group under the same exogenous noise (common random numbers).
         xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
-        one = jnp.ones((1,), bool)
-        new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], one))(xs, masks)
-        later = new
-        for h in range(cfg.reward.horizon - 1):
-            # The same random intervention and noise for every candidate: the group still
-            # differs only by its action.
-            k_h = jax.random.fold_in(jax.random.fold_in(k_select, 1_000_003), h)
-            a = random_selector(k_h, obs)
-            m_h = jax.nn.one_hot(a.variable, d, dtype=bool)
-            x_h = propagate(scm, jax.random.normal(jax.random.fold_in(k_h, 1), (d,)), m_h,
-                            jnp.where(m_h, a.value, 0.0))
-            later = jax.vmap(lambda s: sur.update(s, x_h[None], m_h[None], one))(later)
+        new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
+            xs, masks)
         r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
-                                                       scm.var_mask))(later)
+                                                       scm.var_mask))(new)
         r_target = target_reward(xs[:, scm.target], t_mean, t_std)
         r = total_reward(cfg.reward, r_struct, r_target)
         adv = grpo.group_advantages(r)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from causal_grpo.metrics import expected_shd
-from causal_grpo.options import option
 
 Array = jax.Array
 
@@ -32,11 +31,6 @@ class RewardConfig:
 
     structure_weight: float = 1.0
     target_weight: float = 0.0
-    # H > 1: the structure term is the drop in expected SHD after the candidate *and* H - 1
-    # random single-sample interventions shared by the whole group, crediting a choice by
-    # what it leaves for later data rather than by its one-step gain alone.
-    horizon: int = option(1, "--reward-horizon", "steps over which the structure reward is "
-                          "measured (1 = the candidate's own sample)", low=1, high=10)
 
 
 def structure_reward(true_adj: Array, probs_before: Array, probs_after: Array,
