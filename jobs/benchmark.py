@@ -32,18 +32,20 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _gies_fit(values, intervened):
+def _gies_fit(values, intervened, pooled: bool = False):
     """GIES (BIC) on the same rows, grouped into environments by intervention target: exactly
-    ``gies.fit_bic``'s result, with its path enumeration replaced (``jobs._gies_fast``)."""
+    ``gies.fit_bic``'s result, with its path enumeration replaced (``jobs._gies_fast``); with
+    ``pooled``, each node's score on all its non-intervened rows centred once, as pcalg does."""
     import numpy as np
 
-    from jobs._gies_fast import fit_bic
+    from jobs._gies_fast import fit_bic, fit_bic_pooled
 
     groups: dict[tuple, list] = {}
     for x, m in zip(values, intervened):
         groups.setdefault(tuple(np.flatnonzero(m)), []).append(x)
     keys = sorted(groups)
-    est, _ = fit_bic([np.asarray(groups[k]) for k in keys], [list(k) for k in keys])
+    fit = fit_bic_pooled if pooled else fit_bic
+    est, _ = fit([np.asarray(groups[k]) for k in keys], [list(k) for k in keys])
     return (est != 0).astype(int)
 
 
