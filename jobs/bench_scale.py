@@ -142,11 +142,11 @@ def bench_scale(args) -> pd.DataFrame:
                 adj = np.asarray(scms.adj[s])
                 ours.append(M.structure_metrics(adj, M.posterior_graph(res.final_probs[s])))
                 if s < n_gies:
-                    rows = np.asarray(res.buffer.values[s]), np.asarray(res.buffer.intervened[s])
+                    data = np.asarray(res.buffer.values[s]), np.asarray(res.buffer.intervened[s])
                     t0 = time.perf_counter()
-                    gies.append(M.structure_metrics(adj, _gies_fit(*rows)))
+                    gies.append(M.structure_metrics(adj, _gies_fit(*data)))
                     t_gies += time.perf_counter() - t0
-                    pooled.append(M.structure_metrics(adj, _gies_fit(*rows, pooled=True)))
+                    pooled.append(M.structure_metrics(adj, _gies_fit(*data, pooled=True)))
             for name, vals in (("ours", ours), ("ours_on_gies_seeds", ours[:n_gies]),
                                ("gies", gies), ("gies_pooled", pooled)):
                 for m in ("f1", "shd"):
