@@ -111,9 +111,14 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
     if key in _RUNNERS:
         _RUNNERS.move_to_end(key)
         return _RUNNERS[key]
-    while len(_RUNNERS) >= MAX_PROGRAMS:
-        _RUNNERS.popitem(last=False)
-    gc.collect()                        # frees the dropped programs' executables now
+    if len(_RUNNERS) >= MAX_PROGRAMS:
+        while len(_RUNNERS) >= MAX_PROGRAMS:
+            _RUNNERS.popitem(last=False)
+        # Dropping a program leaves a few hundred mappings in JAX's inner caches; clearing
+        # them keeps a long sweep that cycles through many programs bounded (the kept ones
+        # reload from the persistent compilation cache).
+        gc.collect()
+        jax.clear_caches()
     if method is Method.PLUGIN:
         surrogate = make_surrogate(episode.surrogate, d, episode.capacity)
         draws = resolve_lookahead_draws(episode.lookahead_draws, d)
