@@ -90,9 +90,9 @@ def cell_batch(src: ScmSource, base_seed: int, seeds: Sequence[int]) -> tuple[SC
 
 # Compiled programs kept alive at once, least recently used dropped first. XLA's CPU code for
 # one large program holds thousands of memory mappings (about 7,000 for the lookahead policy
-# at d = 12) and Linux allows 65,530 per process by default: an evaluation over many SCM
-# sizes that kept every program would fail in LLVM ("Cannot allocate memory").
-MAX_PROGRAMS = 4
+# at d = 12) and Linux allows 65,530 per process by default. Eight covers an evaluation's
+# policy sweeps over its seven non-dense SCMs without recompiling.
+MAX_PROGRAMS = 8
 _RUNNERS: collections.OrderedDict = collections.OrderedDict()
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import gc
 import weakref
 
-import numpy as np
-
 from causal_grpo import sweep
 from causal_grpo.active_learning import EpisodeConfig, Method
 from causal_grpo.scm_families import resolve_scm
@@ -17,28 +15,14 @@ EPISODE = EpisodeConfig(n_observational=5, n_interventions=3)
 
 def test_least_recently_used_programs_are_dropped_and_freed():
     sweep._RUNNERS.clear()
-    refs = {d: weakref.ref(sweep._runner(EPISODE, Method.RANDOM, d, None)) for d in (3, 4, 5, 6)}
+    dims = range(3, 3 + sweep.MAX_PROGRAMS)
+    refs = {d: weakref.ref(sweep._runner(EPISODE, Method.RANDOM, d, None)) for d in dims}
     assert sweep._runner(EPISODE, Method.RANDOM, 3, None) is refs[3]()   # reused, now newest
-    sweep._runner(EPISODE, Method.RANDOM, 7, None)                        # evicts d = 4
+    sweep._runner(EPISODE, Method.RANDOM, 3 + sweep.MAX_PROGRAMS, None)   # evicts d = 4
     gc.collect()
     assert len(sweep._RUNNERS) == sweep.MAX_PROGRAMS
     assert refs[4]() is None, "a dropped program is still referenced"
-    assert all(refs[d]() is not None for d in (3, 5, 6))
-
-
-def test_a_dropped_program_recompiles_to_the_same_results():
-    sweep._RUNNERS.clear()
-    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, batch_size=2,
-                            episode=EPISODE)
-    sources = {"er4": resolve_scm("er4")}
-    (batch,) = sweep.plan_batches(cfg)
-    first = sweep.run_batch(batch, cfg, None, sources)
-    for d in range(5, 5 + sweep.MAX_PROGRAMS):
-        sweep._runner(EPISODE, Method.RANDOM, d, None)
-    assert not any(k[1] == 4 for k in sweep._RUNNERS)
-    again = sweep.run_batch(batch, cfg, None, sources)
-    for k in first:
-        np.testing.assert_array_equal(first[k], again[k])
+    assert all(refs[d]() is not None for d in dims if d != 4)
 
 
 def test_drawing_mixed_family_cells_compiles_once():
