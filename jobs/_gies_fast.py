@@ -105,6 +105,18 @@ def forward_step(A, cache, debug=0):
     return score, main.insert(x, y, T, A, cache.interv)
 
 
+def _subsets(T0, p):
+    """The package's table of candidate sets: one row per subset of ``T0`` (columns 0..p-1),
+    the empty set first, and a last column "condition 2 already holds" (False)."""
+    import gies.utils as utils
+
+    if len(T0) == 0:
+        return np.zeros((1, p + 1), dtype=bool)
+    subsets = np.zeros((2 ** len(T0), p + 1), dtype=bool)
+    subsets[:, T0] = utils.cartesian([np.array([False, True])] * len(T0), dtype=bool)
+    return subsets
+
+
 def score_valid_insert_operators(x, y, A, cache, debug=0, g=None):
     """``gies.main.score_valid_insert_operators`` with condition 2 by reachability."""
     import gies.utils as utils
@@ -114,11 +126,7 @@ def score_valid_insert_operators(x, y, A, cache, debug=0, g=None):
     if A[x, y] != 0 or A[y, x] != 0:
         raise ValueError("x=%d and y=%d are already connected" % (x, y))
     T0 = sorted(g.ne(y) - g.adj(x))
-    if len(T0) == 0:
-        subsets = np.zeros((1, p + 1), dtype=bool)
-    else:
-        subsets = np.zeros((2 ** len(T0), p + 1), dtype=bool)
-        subsets[:, T0] = utils.cartesian([np.array([False, True])] * len(T0), dtype=bool)
+    subsets = _subsets(T0, p)
     valid_operators = []
     while len(subsets) > 0:
         T = np.where(subsets[0, :-1])[0]
@@ -151,11 +159,7 @@ def score_valid_turn_operators_dir(x, y, A, cache, debug=0):
 
     p = len(A)
     T0 = sorted(utils.neighbors(y, A) - utils.adj(x, A))
-    if len(T0) == 0:
-        subsets = np.zeros((1, p + 1), dtype=bool)
-    else:
-        subsets = np.zeros((2 ** len(T0), p + 1), dtype=bool)
-        subsets[:, T0] = utils.cartesian([np.array([False, True])] * len(T0), dtype=bool)
+    subsets = _subsets(T0, p)
     valid_operators = []
     while len(subsets) > 0:
         T = np.where(subsets[0, :-1])[0]
