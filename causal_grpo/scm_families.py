@@ -278,7 +278,7 @@ def _graph_builders(d: int, degree: Array) -> list:
 
 # Jitted once per d: called eagerly (a cell's SCM is drawn outside jit), a switch over fresh
 # closures compiles anew at every call, and each compiled program keeps hundreds of memory
-# mappings (a 50-seed evaluation of mixed10 crashed in LLVM for want of them).
+# mappings that a long sweep would exhaust.
 @functools.partial(jax.jit, static_argnums=3)
 def _mixed_adj(which: Array, key: Array, degree: Array, d: int) -> Array:
     return jax.lax.switch(which, _graph_builders(d, degree), key)

@@ -112,8 +112,7 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
         _RUNNERS.move_to_end(key)
         return _RUNNERS[key]
     if len(_RUNNERS) >= MAX_PROGRAMS:
-        while len(_RUNNERS) >= MAX_PROGRAMS:
-            _RUNNERS.popitem(last=False)
+        _RUNNERS.popitem(last=False)
         # Dropping a program leaves a few hundred mappings in JAX's inner caches; clearing
         # them keeps a long sweep that cycles through many programs bounded (the kept ones
         # reload from the persistent compilation cache).
