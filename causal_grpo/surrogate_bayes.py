@@ -73,6 +73,8 @@ class AnalyticConfig:
         subsets of size <= min(k, K) of them).
       chains: order-MCMC chains, carried from one update to the next.
       mcmc_steps: proposals per chain and update; the second half is averaged.
+      burn_in: proposals per chain of the first update with data (the chains start at random
+        orders).
     """
 
     # k = 4 over 3 in `python -m jobs.benchmark scale` (er10 F1 0.952 vs 0.893, er30 0.844 vs
@@ -84,9 +86,10 @@ class AnalyticConfig:
     candidates: int = 10
     chains: int = 4
     mcmc_steps: int = 200
+    burn_in: int = 2000
 
     def __post_init__(self) -> None:
-        for name in ("max_indegree", "candidates", "chains", "mcmc_steps"):
+        for name in ("max_indegree", "candidates", "chains", "mcmc_steps", "burn_in"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnalyticConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -100,7 +103,8 @@ class AnalyticConfig:
             return f"exact DP over orders, {self.score.value.upper()}, in-degree <= {k}"
         return (f"order MCMC over candidate parent sets, {self.score.value.upper()}, in-degree "
                 f"<= {min(k, self.candidates)}, K = {min(self.candidates, d - 1)} candidates, "
-                f"{self.chains} chains x {self.mcmc_steps} steps per update")
+                f"{self.chains} chains x {self.mcmc_steps} steps per update "
+                f"({self.burn_in} at the first)")
 
 
 # --------------------------------------------------------------------------- static tables

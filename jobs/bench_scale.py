@@ -109,8 +109,8 @@ def bench_scale(args) -> pd.DataFrame:
     from causal_grpo.sweep import cell_scm_and_key
     from jobs.benchmark import _gies_fit, _peak_rss_mb
 
-    chosen = {f: getattr(args, f) for f in ("max_indegree", "candidates", "chains", "mcmc_steps")
-              if getattr(args, f) is not None}
+    knobs = ("max_indegree", "candidates", "chains", "mcmc_steps", "burn_in")
+    chosen = {f: getattr(args, f) for f in knobs if getattr(args, f) is not None}
     post = AnalyticConfig(**chosen, **({"score": Score(args.score)} if args.score else {}))
     mcmc = dataclasses.replace(post, exact_max_d=0)
 
@@ -227,5 +227,7 @@ def add_parser(sub, comma_list, positive_int) -> None:
     s.add_argument("--candidates", type=positive_int("--candidates"), default=None)
     s.add_argument("--chains", type=positive_int("--chains"), default=None)
     s.add_argument("--mcmc-steps", type=positive_int("--mcmc-steps"), default=None)
+    s.add_argument("--burn-in", type=positive_int("--burn-in"), default=None,
+                   help="MCMC steps per chain of the first update with data")
     s.add_argument("--decisions", action="store_true",
                    help="also time one grpo_active and one plugin_active decision per d")
