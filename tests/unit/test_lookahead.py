@@ -66,18 +66,26 @@ def test_shortlist_covering_every_variable_is_the_full_lookahead(cfg):
                                    atol=1e-6)
 
 
-def test_shortlist_is_the_top_edge_entropy_allowed_variables():
+def test_shortlist_is_the_top_orientation_entropy_allowed_variables():
+    """By hand: per pair, P(adjacent) times the binary entropy of the direction given it."""
     scm = medium().to_scm()
     _, _, obs = _posterior(scm, AnalyticConfig())
-    probs = np.asarray(obs.probs)
-    ent = np.zeros(scm.d)
+    probs = np.asarray(obs.probs, np.float64)
+    score = np.zeros(scm.d)
     for i, j in itertools.permutations(range(scm.d), 2):
-        p = np.array([probs[i, j], probs[j, i], 1 - probs[i, j] - probs[j, i]])
-        p = p[p > 0]
-        ent[i] += -(p * np.log(p)).sum()
+        adj = probs[i, j] + probs[j, i]
+        if adj > 0:
+            r = np.array([probs[i, j], probs[j, i]]) / adj
+            r = r[r > 0]
+            score[i] += adj * -(r * np.log(r)).sum()
+    np.testing.assert_allclose(np.asarray(AL.orientation_entropy(obs)), score, atol=1e-4)
+    score[int(scm.target)] = -np.inf
+    want = np.argsort(-score, kind="stable")[:3]
+    assert np.asarray(AL.shortlist(obs, 3)).tolist() == want.tolist()
+    # Not the total edge entropy's ranking on this state (the test can tell the two apart).
+    ent = np.asarray(AL.edge_entropy(obs)).copy()
     ent[int(scm.target)] = -np.inf
-    want = np.argsort(-ent, kind="stable")[:2]
-    assert np.asarray(AL.shortlist(obs, 2)).tolist() == want.tolist()
+    assert np.argsort(-ent, kind="stable")[:3].tolist() != want.tolist()
 
 
 def _brute_edges(scores, cand, order):
