@@ -42,6 +42,11 @@ class McmcState(NamedTuple):
     cand: Array            # (d, K) candidate parents of each node; d = no candidate
     chain_gap: Array       # () largest edge-marginal difference between two chains
     key: Array
+    # True until an update has brought rows: the next update burns the chains in. A constant
+    # wherever the state is (init True, update False on constant rows), so under vmap and
+    # scan the choice stays a real branch and a refit whose chains are unused compiles them
+    # away.
+    fresh: Array
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,17 +113,16 @@ def _order_edges(order: Array, alpha: Array, cand: Array) -> Array:
     return jnp.where((u[:, None] & bits) != 0, jnp.clip(p, 0.0, 1.0), 0.0)
 
 
-def _chain(key: Array, order: Array, alpha: Array, cand: Array, steps: Array | int
-           ) -> tuple[Array, Array]:
-    """One chain: ``steps`` MH proposals from ``order`` (a traced count may differ between
-    vmapped chains: the loop runs the largest, the others idle); (final order, (d, K) edge
-    average over the second half)."""
+def _chain(key: Array, order: Array, alpha: Array, cand: Array, steps: int
+           ) -> tuple[Array, Array, Array]:
+    """One chain: ``steps`` MH proposals from ``order``; (final order, (d, K) edge average over
+    the second half, (steps, d) the order after each step)."""
     d = cand.shape[0]
-    half = steps // 2
 
-    def step(t, carry):
+    def step(carry, xs):
         o, cur, acc = carry
-        k1, k2, k3, k4 = jax.random.split(jax.random.fold_in(key, t), 4)
+        k, keep = xs
+        k1, k2, k3, k4 = jax.random.split(k, 4)
         i = jax.random.randint(k1, (), 0, d)
         j = jnp.where(jax.random.bernoulli(k3, 0.5), jnp.minimum(i + 1, d - 1),
                       jax.random.randint(k2, (), 0, d))
@@ -127,12 +131,13 @@ def _chain(key: Array, order: Array, alpha: Array, cand: Array, steps: Array | i
         accept = jnp.log(jax.random.uniform(k4)) < new - cur
         o = jnp.where(accept, prop, o)
         cur = jnp.where(accept, new, cur)
-        acc = acc + jnp.where(t >= half, _order_edges(o, alpha, cand), 0.0)
-        return o, cur, acc
+        acc = acc + jnp.where(keep, _order_edges(o, alpha, cand), 0.0)
+        return (o, cur, acc), o
 
+    keep = jnp.arange(steps) >= steps // 2
     init = (order, _log_weight(order, alpha, cand), jnp.zeros(cand.shape, jnp.float32))
-    order, _, acc = jax.lax.fori_loop(0, steps, step, init)
-    return order, acc / jnp.maximum(steps - half, 1)
+    (order, _, acc), visited = jax.lax.scan(step, init, (jax.random.split(key, steps), keep))
+    return order, acc / (steps - steps // 2), visited
 
 
 def _alpha(stats: Stats, var_mask: Array, cand: Array, cfg: AnalyticConfig,
@@ -158,14 +163,14 @@ def _scatter_edges(e: Array, cand: Array) -> Array:
 
 
 def mcmc_posterior(key: Array, stats: Stats, var_mask: Array, orders: Array, cfg: AnalyticConfig,
-                   steps: Array | int) -> tuple[Array, Array, Array, Array]:
+                   steps: int) -> tuple[Array, Array, Array, Array]:
     """One update of the chains on ``stats``, ``steps`` proposals each: (edge probs (d, d),
     orders (C, d), cand (d, K), chain_gap ())."""
     K = min(cfg.candidates, var_mask.shape[0] - 1)
     cand = select_candidates(stats, var_mask, K)
     alpha = _alpha(stats, var_mask, cand, cfg)
     run = functools.partial(_chain, alpha=alpha, cand=cand, steps=steps)
-    orders, e = jax.vmap(run)(jax.random.split(key, orders.shape[0]), orders)  # e: (C, d, K)
+    orders, e, _ = jax.vmap(run)(jax.random.split(key, orders.shape[0]), orders)  # e: (C, d, K)
     gap = jnp.max(jnp.max(e, 0) - jnp.min(e, 0))
     return _scatter_edges(e.mean(0), cand), orders, cand, gap
 
@@ -177,19 +182,21 @@ def init_state(cfg: AnalyticConfig, d: int, key: Array, var_mask: Array) -> Mcmc
     K = min(cfg.candidates, d - 1)
     return McmcState(empty_stats(d), var_mask.astype(bool), jnp.zeros((d, d), jnp.float32),
                      orders.astype(jnp.int32), jnp.full((d, K), d, jnp.int32),
-                     jnp.zeros((), jnp.float32), k_state)
+                     jnp.zeros((), jnp.float32), k_state, jnp.asarray(True))
 
 
 def update_state(cfg: AnalyticConfig, state: McmcState, values: Array, intervened: Array,
                  valid: Array) -> McmcState:
-    # Chains that have seen no data start at random orders: the first update with data burns
-    # them in (cfg.burn_in steps), the later ones only follow the posterior as rows arrive.
-    steps = jnp.where(jnp.sum(state.stats.n) == 0, cfg.burn_in, cfg.mcmc_steps)
     stats = add_rows(state.stats, values, intervened, valid)
     key, sub = jax.random.split(state.key)
-    probs, orders, cand, gap = mcmc_posterior(sub, stats, state.var_mask, state.orders, cfg,
-                                              steps)
-    return McmcState(stats, state.var_mask, probs, orders, cand, gap, key)
+
+    def run(steps):
+        return lambda: mcmc_posterior(sub, stats, state.var_mask, state.orders, cfg, steps)
+
+    # The chains start at random orders: the first update with rows runs cfg.burn_in steps.
+    probs, orders, cand, gap = jax.lax.cond(state.fresh, run(cfg.burn_in), run(cfg.mcmc_steps))
+    return McmcState(stats, state.var_mask, probs, orders, cand, gap, key,
+                     state.fresh & ~jnp.any(valid))
 
 
 # --------------------------------------------------------------------------- what-if updates
@@ -249,16 +256,11 @@ def what_if_state(cfg: AnalyticConfig, state: McmcState, probs: Array) -> WhatIf
     at ``order_of`` the carried marginals match them (F1 0.69, edge MAE 0.003).
     """
     alpha = _alpha(state.stats, state.var_mask, state.cand, cfg)
-
-    def collect(key: Array, start: Array) -> Array:       # (32 / 8, d) every 8th order
-        def block(o, k):
-            o = _chain(k, o, alpha, state.cand, WHAT_IF_THIN)[0]
-            return o, o
-        return jax.lax.scan(block, start, jax.random.split(key, WHAT_IF_STEPS // WHAT_IF_THIN))[1]
-
+    run = functools.partial(_chain, alpha=alpha, cand=state.cand, steps=WHAT_IF_STEPS)
     keys = jax.random.split(jax.random.fold_in(state.key, 1), state.orders.shape[0])
     start = jnp.broadcast_to(order_of(probs), state.orders.shape)
-    orders = jax.vmap(collect)(keys, start).reshape(-1, state.orders.shape[-1])
+    visited = jax.vmap(run)(keys, start)[2][:, WHAT_IF_THIN - 1::WHAT_IF_THIN]
+    orders = visited.reshape(-1, visited.shape[-1])
     log_w0 = jax.vmap(_log_weight, (0, None, None))(orders, alpha, state.cand)
     return WhatIfState(state.stats, state.var_mask, state.cand, orders, log_w0, alpha,
                        _reweighted_edges(alpha, state.cand, orders, log_w0))

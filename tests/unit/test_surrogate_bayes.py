@@ -505,9 +505,9 @@ def test_mcmc_chains_are_carried_between_updates():
 
 
 def test_mcmc_first_update_with_data_burns_in():
-    """The first update with data runs burn_in steps per chain, later ones mcmc_steps: both are
-    the chains run by hand with those counts; vmapped chains with different counts each stop
-    at their own."""
+    """The first update with rows runs burn_in steps per chain, later ones mcmc_steps: both are
+    the chains run by hand with those counts. Vmapped over seeds, the flag stays one unbatched
+    value, so the episode's updates branch instead of computing both counts."""
     d = 12
     x, iv = er_data(d, 40, 4)
     cfg = AnalyticConfig(exact_max_d=0, mcmc_steps=7, burn_in=60)
@@ -516,6 +516,7 @@ def test_mcmc_first_update_with_data_burns_in():
     s0 = mc.init_state(cfg, d, jax.random.PRNGKey(0), mask)
     s1 = update(s0, x[:20], iv[:20], ones)
     s2 = update(s1, x[20:], iv[20:], ones)
+    assert bool(s0.fresh) and not bool(s1.fresh) and not bool(s2.fresh)
     for before, after, steps, rows in ((s0, s1, 60, slice(0, 20)), (s1, s2, 7, slice(20, 40))):
         stats = _add_rows(before.stats, x[rows], iv[rows], ones)
         sub = jax.random.split(before.key)[1]
@@ -524,15 +525,19 @@ def test_mcmc_first_update_with_data_burns_in():
         np.testing.assert_array_equal(np.asarray(after.orders), np.asarray(orders))
     other = mc.mcmc_posterior(jax.random.split(s0.key)[1], s1.stats, mask, s0.orders, cfg, 7)
     assert not np.array_equal(np.asarray(other[1]), np.asarray(s1.orders))
+    # An update without a valid row leaves the chains to be burnt in by the next.
+    assert bool(update(s0, x[:1], iv[:1], jnp.zeros(1, bool)).fresh)
 
-    alpha = mc._alpha(s1.stats, mask, s1.cand, cfg)
-    keys, starts = jax.random.split(jax.random.PRNGKey(1)), s1.orders[:2]
-    counts = jnp.array([5, 40])
-    batched = jax.vmap(mc._chain, (0, 0, None, None, 0))(keys, starts, alpha, s1.cand, counts)
-    for c in range(2):
-        one = mc._chain(keys[c], starts[c], alpha, s1.cand, int(counts[c]))
-        for b, o in zip(batched, one):
-            np.testing.assert_allclose(np.asarray(b[c]), np.asarray(o), atol=1e-6)
+    def episode(key, xs, ivs):
+        s = update(mc.init_state(cfg, d, key, mask), xs[:20], ivs[:20], ones)
+        return update(s, xs[20:21], ivs[20:21], ones[:1])
+
+    # A batched predicate would turn each cond into both branches and a select.
+    keys = jax.random.split(jax.random.PRNGKey(1), 3)
+    plain = str(jax.make_jaxpr(episode)(keys[0], x, iv)).count("cond[")
+    assert plain >= 2
+    batched = jax.make_jaxpr(jax.vmap(episode))(keys, jnp.stack([x] * 3), jnp.stack([iv] * 3))
+    assert str(batched).count("cond[") == plain
 
 
 def test_mcmc_vmap_over_seeds_equals_one_at_a_time():
