@@ -6,6 +6,7 @@ from typing import Iterator
 
 import jax
 import numpy as np
+import ray
 
 from causal_grpo.sweep import Batch, PolicyHandle, SweepConfig, run_batch
 from cluster.pool import ActorGroup, Worker, worker_actor
@@ -15,9 +16,13 @@ from cluster.pool import ActorGroup, Worker, worker_actor
 class SweepWorker(Worker):
     """Holds compiled Phase-2 programs; runs one batch of cells per call."""
 
-    def __init__(self, cfg: SweepConfig, sources: dict, policy_data):
+    def __init__(self, cfg: SweepConfig, sources: dict, policy_data, num_workers: int = 1):
         super().__init__()
         self.cfg, self.sources = cfg, sources
+        # Each worker takes one CPU, so at most this node's CPUs of them share its memory.
+        node = ray.get_runtime_context().get_node_id()
+        cpus = next((n["Resources"].get("CPU", 1) for n in ray.nodes() if n["NodeID"] == node), 1)
+        self.memory_share = max(1, min(num_workers, int(cpus)))
         self.policy = None
         if policy_data is not None:
             from causal_grpo.policy import make_policy_selector
@@ -27,7 +32,7 @@ class SweepWorker(Worker):
                                        draws)
 
     def run(self, batch: Batch) -> dict:
-        return run_batch(batch, self.cfg, self.policy, self.sources)
+        return run_batch(batch, self.cfg, self.policy, self.sources, self.memory_share)
 
 
 class SweepPool(ActorGroup):
@@ -40,7 +45,7 @@ class SweepPool(ActorGroup):
         if policy is not None:
             policy_data = (jax.device_get(policy.params), policy.digest, policy.config,
                            policy.greedy, policy.lookahead_draws)
-        payload = (cfg, sources, policy_data)
+        payload = (cfg, sources, policy_data, num_workers)
         super().__init__(SweepWorker, lambda: payload, num_workers, address, gpus_per_worker,
                          **pool_kwargs)
 

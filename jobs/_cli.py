@@ -40,7 +40,10 @@ def user_errors_exit_2(prog: str) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
-                fail(prog, str(e))
+                # Raised in a Ray worker, it arrives as RayTaskError(UserError), whose text is
+                # the remote traceback; the message is its cause's.
+                cause = getattr(e, "cause", None)
+                fail(prog, str(cause if isinstance(cause, UserError) else e))
             except RunFailure as e:
                 sys.stderr.write(f"{prog}: {' '.join(str(e).split())}\n")
                 raise SystemExit(1)

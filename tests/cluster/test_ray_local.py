@@ -4,6 +4,7 @@ Pools are module-scoped: an actor compiles its programs once and serves several 
 is also how the jobs use them.
 """
 
+import dataclasses
 import os
 import signal
 import threading
@@ -61,6 +62,30 @@ def assert_same(results, reference):
 def test_sweep_on_one_worker_is_identical_to_in_process(local_ray, reference):
     with SweepPool(CFG, SOURCES, None, 1) as pool:
         assert_same(dict(pool.run(plan_batches(CFG))), reference)
+
+
+def test_workers_sharing_a_machine_share_its_memory(local_ray, monkeypatch):
+    """Two workers on this 2-CPU Ray each get half of the available memory: a batch that fits
+    the machine once but not twice is refused in the worker, one line, before it runs."""
+    from causal_grpo import io, sweep
+    from causal_grpo.errors import UserError
+    batch = plan_batches(CFG)[0]
+    cfg = dataclasses.replace(CFG, methods=(batch.method,))
+    sweep._RUNNERS.clear()
+    run_batch(batch, cfg, None, SOURCES)
+    exe = next(iter(next(iter(sweep._RUNNERS.values())).executables.values()))
+    m = exe.memory_analysis()
+    need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    with SweepPool(cfg, SOURCES, None, 2) as pool:
+        assert ray.get([a.__ray_call__.remote(lambda w: w.memory_share) for a in pool.actors]) \
+            == [2, 2]
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: int(1.5 * need))
+    sweep._RUNNERS.clear()
+    run_batch(batch, cfg, None, SOURCES, memory_share=1)          # fits alone
+    sweep._RUNNERS.clear()
+    with pytest.raises(UserError, match="for each of 2 workers .* lower --batch-size or "
+                                        "--num-workers"):
+        run_batch(batch, cfg, None, SOURCES, memory_share=2)
 
 
 def test_a_policy_sweep_on_one_worker_acts_as_in_process(local_ray):
@@ -131,11 +156,15 @@ class TestTwoWorkers:
 
 @worker_actor
 class Sleeper(Worker):
-    """Work of a chosen length, or a process that dies of its work (SIGKILL) every time."""
+    """Work of a chosen length, a process that dies of its work (SIGKILL) every time, or work
+    refused as bad input."""
 
     def run(self, item):
         if item == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
+        if item == "refuse":
+            from causal_grpo.errors import UserError
+            raise UserError("a batch of 9 seeds would need about 99 GB of memory")
         time.sleep(item)
         return item
 
@@ -179,6 +208,26 @@ def test_a_batch_that_kills_every_worker_stops_the_run_with_one_line(local_ray, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("job: batch <crash> lost its worker 3 times in a row "
                        "(last: ActorDiedError); stopping"), err
+
+
+def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
+    """A UserError raised inside an actor (e.g. a batch whose compiled program does not fit)
+    reaches the CLI as RayTaskError(UserError): one line, its own message, exit code 2."""
+    from jobs._cli import user_errors_exit_2
+    pool = _sleepers(1)
+
+    @user_errors_exit_2("job")
+    def job():
+        list(pool.map_unordered(lambda a, s: a.run.remote(s), ["refuse"]))
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            job()
+    finally:
+        pool.close()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "job: error: a batch of 9 seeds would need about 99 GB of memory"]
 
 
 TINY = P.Phase1Config(

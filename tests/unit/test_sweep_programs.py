@@ -42,3 +42,27 @@ def test_drawing_mixed_family_cells_compiles_once():
     for seed in range(1, 21):
         cell_scm_and_key(src, 0, seed)
     assert maps() - before < 200, f"{maps() - before} new memory mappings for 20 draws"
+
+
+def test_a_batch_whose_buffers_exceed_memory_is_refused_before_it_runs(monkeypatch):
+    """XLA's buffer assignment of the compiled batch is compared with the available memory
+    before anything runs; then the same program runs when memory suffices."""
+    import numpy as np
+    import pytest
+
+    from causal_grpo.errors import UserError
+
+    sweep._RUNNERS.clear()
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, batch_size=2,
+                            episode=EPISODE)
+    batch = sweep.plan_batches(cfg)[0]
+    program = sweep._runner(EPISODE, Method.RANDOM, 4, None)
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: 1000)
+    with pytest.raises(UserError, match=r"a batch of 2 seeds of random_active on er4 would "
+                                        r"need about .* and this machine has 1.0 kB available"):
+        sweep.run_batch(batch, cfg)
+    assert program.executables == {}      # refused programs are not kept, nor run
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: 10 ** 12)
+    out = sweep.run_batch(batch, cfg)
+    assert np.all(np.isfinite(out["f1"])) and len(program.executables) == 1
+
