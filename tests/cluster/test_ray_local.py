@@ -64,30 +64,6 @@ def test_sweep_on_one_worker_is_identical_to_in_process(local_ray, reference):
         assert_same(dict(pool.run(plan_batches(CFG))), reference)
 
 
-def test_workers_sharing_a_machine_share_its_memory(local_ray, monkeypatch):
-    """Two workers on this 2-CPU Ray each get half of the available memory: a batch that fits
-    the machine once but not twice is refused in the worker, one line, before it runs."""
-    from causal_grpo import io, sweep
-    from causal_grpo.errors import UserError
-    batch = plan_batches(CFG)[0]
-    cfg = dataclasses.replace(CFG, methods=(batch.method,))
-    sweep._RUNNERS.clear()
-    run_batch(batch, cfg, None, SOURCES)
-    exe = next(iter(next(iter(sweep._RUNNERS.values())).executables.values()))
-    m = exe.memory_analysis()
-    need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-    with SweepPool(cfg, SOURCES, None, 2) as pool:
-        assert ray.get([a.__ray_call__.remote(lambda w: w.memory_share) for a in pool.actors]) \
-            == [2, 2]
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: int(1.5 * need))
-    sweep._RUNNERS.clear()
-    run_batch(batch, cfg, None, SOURCES, memory_share=1)          # fits alone
-    sweep._RUNNERS.clear()
-    with pytest.raises(UserError, match="for each of 2 workers .* lower --batch-size or "
-                                        "--num-workers"):
-        run_batch(batch, cfg, None, SOURCES, memory_share=2)
-
-
 def test_a_policy_sweep_on_one_worker_acts_as_in_process(local_ray):
     """The policy (default architecture, lookahead with 2 draws when acting) travels to the
     actor as plain data and is rebuilt there: same actions as in-process."""
@@ -111,6 +87,28 @@ def test_a_policy_sweep_on_one_worker_acts_as_in_process(local_ray):
 
 class TestTwoWorkers:
     """Tests sharing one warm 2-actor pool (torn down before the Phase-1 pools start)."""
+
+    def test_workers_sharing_a_machine_share_its_memory(self, pool2, monkeypatch):
+        """Each of two workers on this 2-CPU Ray counts itself one of 2 sharing the memory, and
+        with that share a batch that fits the machine once but not twice is refused."""
+        from causal_grpo import io, sweep
+        from causal_grpo.errors import UserError
+        batch = plan_batches(CFG)[0]
+        cfg = dataclasses.replace(CFG, methods=(batch.method,))
+        sweep._RUNNERS.clear()
+        run_batch(batch, cfg, None, SOURCES)
+        exe = next(iter(next(iter(sweep._RUNNERS.values())).executables.values()))
+        m = exe.memory_analysis()
+        need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+        shares = [a.__ray_call__.remote(lambda w: w.memory_share) for a in pool2.actors]
+        assert ray.get(shares) == [2, 2]
+        monkeypatch.setattr(io, "available_memory_bytes", lambda: int(1.5 * need))
+        sweep._RUNNERS.clear()
+        run_batch(batch, cfg, None, SOURCES, memory_share=1)          # fits alone
+        sweep._RUNNERS.clear()
+        with pytest.raises(UserError, match="for each of 2 workers .* lower --batch-size or "
+                                            "--num-workers"):
+            run_batch(batch, cfg, None, SOURCES, memory_share=2)
 
     def test_sweep_on_two_workers_is_identical_to_in_process(self, pool2, reference):
         assert_same(dict(pool2.run(plan_batches(CFG))), reference)
