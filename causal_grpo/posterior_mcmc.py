@@ -11,7 +11,8 @@ the candidates by one zeta transform, so scoring an order is d*K lookups.
 
 Several chains (vmapped) run Metropolis-Hastings on orders (adjacent or random
 transpositions). The chains' orders are part of the state and carried from one update to the
-next. Edge marginals are Rao-Blackwellised per visited order,
+next; the first update with data runs ``burn_in`` steps instead of ``mcmc_steps``. Edge
+marginals are Rao-Blackwellised per visited order,
 ``P(c -> i | order) = 1 - alpha_i(U_i \\ c) / alpha_i(U_i)`` for c in U_i (the sets inside U_i
 without c are the sets inside U_i \\ c), averaged over the second half of each chain's steps
 and over chains. ``chain_gap``, the largest difference of an edge marginal between two
