@@ -203,7 +203,7 @@ def update_state(cfg: AnalyticConfig, state: McmcState, values: Array, intervene
 # --------------------------------------------------------------------------- what-if updates
 #
 # The lookahead asks "what would the posterior be after this one more row?" for many rows. A
-# full update (candidate selection, rescoring every node, 4 chains x 200 steps) costs ~25 ms
+# full update (candidate selection, rescoring every node, 4 chains x 1000 steps) costs ~28 ms
 # at d = 100, so the what-if posterior keeps the candidate sets fixed and, instead of new MCMC
 # steps, reweights a fixed sample of orders from the current posterior by importance
 # sampling: order o's weight after the row is W_new(o) / W_now(o), and the edge marginals are
@@ -248,8 +248,8 @@ def order_of(probs: Array) -> Array:
 def what_if_state(cfg: AnalyticConfig, state: McmcState, probs: Array) -> WhatIfState:
     """The what-if posterior of ``state``'s data: its candidates, and orders collected every
     ``WHAT_IF_THIN`` of ``WHAT_IF_STEPS`` steps of its number of chains, all started at
-    :func:`order_of` ``probs`` (cost: chains x 32 steps, a sixth of an update at the default
-    200 steps).
+    :func:`order_of` ``probs`` (cost: chains x 32 steps, a thirtieth of an update's chain steps at
+    the default 1000).
 
     ``probs`` is the caller's best belief, e.g. the episode posterior's marginals: a state
     refitted from scratch (random orders, one update's steps) mixes far worse at d = 100

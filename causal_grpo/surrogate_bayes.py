@@ -78,14 +78,17 @@ class AnalyticConfig:
     """
 
     # k = 4 over 3 in `python -m jobs.benchmark scale` (er10 F1 0.952 vs 0.893, er30 0.844 vs
-    # 0.813, er50 0.768 vs 0.742, sf30 0.855 vs 0.848; 10 seeds, 30 + 50 samples).
+    # 0.813, er50 0.768 vs 0.742, sf30 0.855 vs 0.848; 10 seeds, 30 + 50 samples). 1000 steps
+    # over 200 on validation seeds: lower MCMC error against the exact DP at d = 12/14, higher
+    # final F1 on 5 of 6 graphs at d = 20-100, at ~1.4 s instead of ~0.9 s per run at d = 100
+    # (docs/BENCHMARKS.md).
     max_indegree: int = 4
     exact_max_d: int = 16
     penalty: float = 1.0
     score: Score = Score.BIC
     candidates: int = 10
     chains: int = 4
-    mcmc_steps: int = 200
+    mcmc_steps: int = 1000
     burn_in: int = 2000
 
     def __post_init__(self) -> None:

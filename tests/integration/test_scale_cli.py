@@ -42,7 +42,7 @@ def test_large_json_runs_end_to_end(tmp_path, capsys, d):
     assert len(steps) == 2 * 6 and steps["f1"].between(0, 1).all()
     cfg = json.loads((out / "config.json").read_text())
     name = ("order MCMC over candidate parent sets, BGE, in-degree <= 2, K = 10 candidates, "
-            "4 chains x 200 steps per update (2000 at the first)")
+            "4 chains x 1000 steps per update (2000 at the first)")
     assert cfg["posterior"] == {f"net{d}": name}
     assert cfg["episode"]["surrogate"]["analytic"]["max_indegree"] == 2
     summary = pd.read_csv(out / "summary.csv")
