@@ -22,6 +22,7 @@ import resource
 import sys
 import time
 
+from causal_grpo.errors import UserError
 from jobs._cli import (ArgumentParser, comma_list, list_of, phase2_memory_bytes, positive_float,
                        positive_int, refuse_oversized, seed_int, user_errors_exit_2)
 
@@ -157,7 +158,6 @@ def bench_ceiling(args) -> "pd.DataFrame":
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
-    from causal_grpo.errors import UserError
     from causal_grpo.results import f1_auc, paired_p
     from causal_grpo.scm_families import resolve_scm
     from causal_grpo.sweep import cell_batch, cell_scm_and_key
@@ -238,7 +238,6 @@ def bench_posterior(args) -> "pd.DataFrame":
     import pandas as pd
 
     from causal_grpo import surrogate_bayes as B
-    from causal_grpo.errors import UserError
 
     exact_max = B.AnalyticConfig().exact_max_d
     bad = [d for d in args.d if not 2 <= d <= exact_max]
@@ -338,6 +337,11 @@ def _check_memory(args) -> None:
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:        # a table that cannot be written is refused now, not after the run
+        from causal_grpo import io
+        io.ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out} is a directory; give a file name")
     if args.cmd in ("gies", "phase2", "ceiling"):
         _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
@@ -349,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     module, function = runners[args.cmd]
     df = getattr(importlib.import_module(module), function)(args)
     if args.out:
-        from causal_grpo import io
         io.write_atomic(args.out, lambda p: df.to_csv(p, index=False))
     return 0
 

@@ -307,3 +307,13 @@ def test_float_flags_accept_their_range():
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
 
+
+def test_benchmark_out_that_cannot_be_written_is_refused_before_the_run(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for out, needle in [(blocker / "t.csv", "cannot create output directory"),
+                        (tmp_path, "is a directory")]:
+        line = refused(capsys, tmp_path, "scale", "--dims", "100", "--out", str(out),
+                       main=benchmark.main, output=False)
+        assert needle in line, line
+
