@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: main test install clean
+.PHONY: main test results install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,19 @@ main: $(STAMP)
 # (tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2
+
+# Every results table of the README, from scratch, in the README's order (about 2 h 50 min on
+# 2 cores). Finished trainings and Phase-2 batches are kept, so rerunning resumes; the scale
+# benchmark reruns in full. The commands are the README's (tests/unit/test_readme.py).
+results: $(STAMP)
+	set -e; for s in 0 1 2; do $(PY) -m jobs.train_grpo --seed $$s --output-dir runs/seed$$s; done
+	$(PY) -m jobs.train_grpo --scm-family dense --output-dir runs/dense
+	$(PY) -m jobs.benchmark eval --grpo-checkpoint runs/seed0 runs/seed1 runs/seed2 \
+	    --protocol-checkpoint runs/dense --output-dir runs/eval
+	$(PY) -m jobs.benchmark scale --dims 10,14,20,30,50,100 --out runs/scale.csv
+	set -e; for s in 0 1 2; do $(PY) -m jobs.two_phase_training --compare --methods uncertainty_active \
+	    --scm-type er50,sf100 --seeds 30 --batch-size 15 --grpo-checkpoint runs/seed$$s \
+	    --num-workers 2 --output-dir runs/phase2_scale_seed$$s; done
 
 clean:
 	rm -rf $(VENV) phase2_results grpo_runs
