@@ -24,7 +24,7 @@ main: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
-# Every results table of the README, from scratch, in the README's order (about 2 h 50 min on
+# Every results table of the README, from scratch, in the README's order (about 3 h on
 # 2 cores). Finished trainings and Phase-2 batches are kept, so rerunning resumes; the scale
 # benchmark reruns in full. The commands are the README's (tests/unit/test_readme.py).
 results: $(STAMP)
