@@ -316,4 +316,3 @@ def test_benchmark_out_that_cannot_be_written_is_refused_before_the_run(capsys, 
         line = refused(capsys, tmp_path, "scale", "--dims", "100", "--out", str(out),
                        main=benchmark.main, output=False)
         assert needle in line, line
-
