@@ -144,7 +144,8 @@ def bench_phase2(args) -> "pd.DataFrame":
 def bench_ceiling(args) -> "pd.DataFrame":
     """How much can the choice of intervention gain over steps 1..T at all?
 
-    Runs, on the same cells as the Phase-2 sweep (base seed 0): random, max-uncertainty, the
+    Runs, on the same cells as the Phase-2 sweep (``--base-seed``, default 0, as the sweep's;
+    the evaluation's 2,000,000,000 gives its cells): random, max-uncertainty, the
     expected-gain oracle (best one-step chooser for the Phase-1 reward, knowing the true SCM),
     the same chooser on a plug-in SCM fitted to the data (no truth) and, with
     ``--grpo-checkpoint``, the trained policy; prints F1-AUC over steps 1..T and the
@@ -177,7 +178,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                             "run only up to 12")
     rows = []
     for name in args.scms:
-        scms, keys = cell_batch(resolve_scm(name), 0, range(args.seeds))
+        scms, keys = cell_batch(resolve_scm(name), args.base_seed, range(args.seeds))
         d = scms.adj.shape[-1]
         builtin = make_batch_runner(cfg, d)
         f1 = {m.value: builtin(keys, scms, None, method_id(m)).record.f1
@@ -295,6 +296,7 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--draws", type=positive_int("--draws"), default=16)
     c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
+    c.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
 
     e = sub.add_parser("posterior", help="where an exact posterior update's time goes")
     e.add_argument("--d", type=list_of(positive_int("--d")), default=[5, 8, 10, 12, 15])
