@@ -168,6 +168,24 @@ def test_ceiling_benchmark_refuses_graphs_too_big_for_its_references():
     assert len(lines) == 1 and "15 variables" in lines[0], r.stderr
 
 
+def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path):
+    # The references' rows must be the Phase-2 sweep's own cells (the README compares them with
+    # the frozen evaluation's); with the base seed dropped, er6 would draw other graphs.
+    common = ["--seeds", "3", "--n-observational", "10", "--n-interventions", "4"]
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ceiling", "--scms", "er6",
+                        "--draws", "1", "--base-seed", "77", "--out", str(tmp_path / "c.csv"),
+                        *common], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    ceiling = pd.read_csv(tmp_path / "c.csv").set_index("method")["f1_auc"]
+    assert two_phase_training.main(["--scm-type", "er6", "--methods",
+                                    "random_active,uncertainty_active", "--base-seed", "77",
+                                    "--quiet", "--output-dir", str(tmp_path / "p2"), *common]) == 0
+    steps = pd.read_csv(tmp_path / "p2" / "steps.csv")
+    auc = steps[steps.step >= 1].groupby(["method", "seed"]).f1.mean().groupby("method").mean()
+    for m in ("random_active", "uncertainty_active"):
+        assert ceiling[m] == pytest.approx(auc[m], abs=1e-6)
+
+
 def test_posterior_benchmark_writes_its_table_and_refuses_sizes_without_the_exact_dp(tmp_path):
     out = tmp_path / "post.csv"
     r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "posterior", "--d", "4,6",
