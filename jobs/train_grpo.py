@@ -1,4 +1,6 @@
-"""Phase 1: train the GRPO intervention policy with bootstrap features.
+"""Phase 1: train the GRPO intervention policy on a curriculum of random SCMs.
+
+Each training episode reads the posterior's features or bootstrap ones, half and half.
 
     python -m jobs.train_grpo --output-dir grpo_runs/default
 
