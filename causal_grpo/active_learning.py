@@ -282,6 +282,12 @@ def plugin_simulator(probs: Array, buffer: Buffer, template: SCM) -> tuple[SCM, 
     return sim, intercept / sim.noise_std, graph
 
 
+def lookahead_key(select_key: Array) -> Array:
+    """The lookahead's key, derived from the key a selector acts with: the policy's lookahead
+    input (both phases) and ``plugin_active`` draw the same outcomes from it."""
+    return jax.random.fold_in(select_key, 1)
+
+
 def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
                               n_values: int = 2) -> Selector:
     """The expected-gain chooser without the truth: a data-only reference.
@@ -293,6 +299,12 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
     range; nothing true is read (a test swaps in a wrong SCM and gets the same choices). A
     cyclic point estimate (rare: pairs are decided one by one) is simulated by the same d
     fixed-point sweeps as a DAG, so only approximately.
+
+    Keys as the policy's (``policy.refit_posterior`` from ``key``, outcomes from
+    :func:`lookahead_key`), so on the same cell it makes exactly the choices of the untrained
+    policy's mode (its learned logits start at 0), and a paired comparison with the policy is
+    not diluted by the two drawing different outcomes (which alone moved F1-AUC 1-10 by up to
+    0.025 over 50 validation seeds; docs/EXPERIMENTS.md).
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
@@ -304,7 +316,8 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
         # only the refit's statistics and candidates, so its chains are compiled away.
         probs = surrogate.edge_probs(state) if surrogate.what_if is None else obs.probs
         sim, shift, ref = plugin_simulator(probs, buf, scm)
-        return _best_expected_gain(key, obs, surrogate, state, sim, shift, ref, n_draws, n_values)
+        return _best_expected_gain(lookahead_key(key), obs, surrogate, state, sim, shift, ref,
+                                   n_draws, n_values)
 
     return select
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from causal_grpo.active_learning import (Action, Observation, Selector, allowed_variables,
-                                         lookahead_gains, plugin_simulator)
+                                         lookahead_gains, lookahead_key, plugin_simulator)
 from causal_grpo.errors import UserError
 from causal_grpo.networks import (PolicyConfig, PolicyInput, PolicyOutput, bin_values, make_policy,
                                   sample_action)
@@ -89,11 +89,6 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     low = jnp.min(jnp.where(ok, z, jnp.inf))
     unlisted = allowed_variables(obs)[:, None] & ~ok
     return jnp.where(unlisted, jnp.where(jnp.isfinite(low), low, 0.0), z)
-
-
-def lookahead_key(select_key: Array) -> Array:
-    """The lookahead's key, derived from the key the policy acts with (both phases alike)."""
-    return jax.random.fold_in(select_key, 1)
 
 
 def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInput:

@@ -233,8 +233,9 @@ def test_plugin_gain_selector_reads_no_truth():
 
 @pytest.mark.parametrize("draws", [1, 4])
 def test_lookahead_features_are_the_plugin_choosers_gains_z_scored(draws):
-    """The policy's lookahead input ranks candidates as the data-only plug-in chooser (with
-    as many draws, both ends) does, is zero on the target and padding, and is z-scored."""
+    """The policy's lookahead input (drawn from the acting key's ``lookahead_key``) ranks
+    candidates as the data-only plug-in chooser (as many draws, both ends, same acting key)
+    does, is zero on the target and padding, and is z-scored."""
     from causal_grpo.policy import lookahead_features
     scm = medium().to_scm()
     sur, buf, obs = _after_observational(scm)
@@ -245,7 +246,7 @@ def test_lookahead_features_are_the_plugin_choosers_gains_z_scored(draws):
     ok = np.asarray(AL.allowed_variables(obs))
     for k in range(3):
         key = jax.random.PRNGKey(k)
-        z = np.asarray(look(key))
+        z = np.asarray(look(AL.lookahead_key(key)))
         assert z.shape == (scm.d, 2)
         assert np.all(z[~ok] == 0)
         assert abs(z[ok].mean()) < 1e-4 and z[ok].std() == pytest.approx(1.0, abs=1e-3)

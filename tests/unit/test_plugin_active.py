@@ -37,6 +37,31 @@ def test_plugin_active_is_the_plugin_chooser_at_auto_draws():
     assert set(np.unique(got["value"][:, 1:])) <= {-2.0, 2.0}
 
 
+def test_the_untrained_policys_mode_is_plugin_active():
+    """The policy starts as the plug-in chooser: its learned logits are 0 at initialisation and
+    its lookahead input comes from the same key, so acting on its mode it makes exactly
+    ``plugin_active``'s choices on the same cells (what makes the trained policy's paired
+    comparison with the chooser measure what training changed, not outcome-draw noise)."""
+    from causal_grpo.phase1 import Phase1Config, init_params
+    from causal_grpo.policy import make_policy_selector
+    episode = AL.EpisodeConfig(n_observational=20, n_interventions=4, lookahead_draws="auto")
+    cfg = SweepConfig(scms=("easy",), methods=(AL.Method.PLUGIN,), seeds=3, episode=episode,
+                      base_seed=6000, batch_size=3)
+    got = run_batch(Batch("easy", AL.Method.PLUGIN, (0, 1, 2)), cfg)
+
+    src = resolve_scm("easy")
+    pairs = [cell_scm_and_key(src, 6000, s) for s in (0, 1, 2)]
+    scms, keys = stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+    p1 = Phase1Config()
+    mode = make_policy_selector(p1.policy, greedy=True, lookahead_draws="auto")
+    run = AL.make_batch_runner(episode, 5, mode)
+    want = run(keys, scms, init_params(p1), AL.method_id(AL.Method.GRPO_ACTIVE)).record
+    np.testing.assert_array_equal(got["variable"], np.asarray(want.variable))
+    np.testing.assert_allclose(got["value"], np.asarray(want.value))
+    np.testing.assert_allclose(got["f1"], np.asarray(want.f1))
+    assert len(np.unique(got["variable"][:, 1:])) > 1
+
+
 def test_method_ids_and_auprc_in_the_record():
     assert AL.method_id(AL.Method.PLUGIN) == 0 and not AL.Method.PLUGIN.needs_policy
     assert "auprc" in AL.StepRecord._fields
