@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 
 from causal_grpo import active_learning as AL
 from causal_grpo.policy import auto_lookahead_draws
-from causal_grpo.scm import stack_scms
 from causal_grpo.scm_families import resolve_scm
-from causal_grpo.sweep import Batch, SweepConfig, cell_scm_and_key, run_batch
+from causal_grpo.sweep import Batch, SweepConfig, cell_batch, run_batch
 
 
 def test_plugin_active_is_the_plugin_chooser_at_auto_draws():
@@ -24,8 +22,7 @@ def test_plugin_active_is_the_plugin_chooser_at_auto_draws():
     got = run_batch(Batch("easy", AL.Method.PLUGIN, (0, 1)), cfg)
 
     src = resolve_scm("easy")
-    pairs = [cell_scm_and_key(src, 5000, s) for s in (0, 1)]
-    scms, keys = stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+    scms, keys = cell_batch(src, 5000, (0, 1))
     assert auto_lookahead_draws(5) == 8
     chooser = functools.partial(AL.make_plugin_gain_selector, n_draws=8)
     want = AL.make_reference_runner(episode, 5, chooser)(keys, scms).record
@@ -49,9 +46,7 @@ def test_the_untrained_policys_mode_is_plugin_active():
                       base_seed=6000, batch_size=3)
     got = run_batch(Batch("easy", AL.Method.PLUGIN, (0, 1, 2)), cfg)
 
-    src = resolve_scm("easy")
-    pairs = [cell_scm_and_key(src, 6000, s) for s in (0, 1, 2)]
-    scms, keys = stack_scms([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
+    scms, keys = cell_batch(resolve_scm("easy"), 6000, (0, 1, 2))
     p1 = Phase1Config()
     mode = make_policy_selector(p1.policy, greedy=True, lookahead_draws="auto")
     run = AL.make_batch_runner(episode, 5, mode)
