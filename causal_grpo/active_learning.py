@@ -327,9 +327,7 @@ def make_plugin_selector(surrogate: Surrogate, n_draws: int, n_values: int = 2) 
     from the observation, so one selector serves every cell (its ``scm`` lent nothing else)."""
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
-        d = obs.var_mask.shape[-1]
-        shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target,
-                     obs.var_mask, obs.low, obs.high)
+        shapes = SCM.without_graph(obs.target, obs.var_mask, obs.low, obs.high)
         return make_plugin_gain_selector(shapes, surrogate, n_draws, n_values)(key, obs)
 
     return select

@@ -74,9 +74,7 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     (``active_learning.shortlist``), and the other variables get the shortlist's lowest
     z-score, so the lookahead speaks only for the shortlist. Reads nothing true.
     """
-    d = obs.var_mask.shape[-1]
-    shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), obs.target, obs.var_mask,
-                 obs.low, obs.high)
+    shapes = SCM.without_graph(obs.target, obs.var_mask, obs.low, obs.high)
     sim, shift, ref = plugin_simulator(obs.probs, obs.buffer, shapes)
     g = lookahead_gains(key, obs, surrogate, state, sim, shift, ref, draws,
                         jnp.stack([obs.low, obs.high]))

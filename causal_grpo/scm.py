@@ -54,6 +54,15 @@ class SCM(NamedTuple):
         """Padded number of variables (static)."""
         return self.adj.shape[-1]
 
+    @classmethod
+    def without_graph(cls, target: Array, var_mask: Array, low: Array, high: Array) -> "SCM":
+        """An SCM of the right shapes with no edges and unit noise: what a data-only selector
+        may be handed (target, mask and range), so it cannot read the graph by mistake."""
+        d = var_mask.shape[-1]
+        return cls(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), jnp.asarray(target),
+                   jnp.asarray(var_mask, bool), jnp.asarray(low, jnp.float32),
+                   jnp.asarray(high, jnp.float32))
+
 
 class SCMError(UserError):
     """Invalid SCM specification (the message names the problem)."""

@@ -75,9 +75,7 @@ class GRPOInterventionFn:
         self.low, self.high, self.capacity = lo, hi, capacity
         sur = make_analytic_surrogate(AnalyticConfig(), d)
         mask = jnp.ones((d,), bool)
-        # What observe() reads of an SCM: target, mask and range; nothing of the graph.
-        shapes = SCM(jnp.zeros((d, d)), jnp.zeros((d, d)), jnp.ones((d,)), jnp.asarray(target),
-                     mask, jnp.float32(lo), jnp.float32(hi))
+        shapes = SCM.without_graph(target, mask, lo, hi)     # all that observe() reads
         self._state = sur.init(jax.random.PRNGKey(seed), mask)
         self._buffer = Buffer.empty(capacity, d)
         self._count = 0
