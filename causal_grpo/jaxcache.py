@@ -1,4 +1,14 @@
-"""JAX's persistent compilation cache, in a per-user directory.
+"""How every process of ours sets JAX up: the same CPU numerics everywhere, and JAX's
+persistent compilation cache in a per-user directory.
+
+Numerics: with multi-threaded Eigen, XLA's CPU matrix products split their sums across the
+threads, so their last bits depend on the thread count, and a near-tie choice then went one way
+in a process and the other in a Ray worker (run single-threaded there so that N workers share N
+cores): 2 of 600 cells of a frozen-evaluation slice differed. :func:`pin_cpu_numerics` gives
+every process the workers' setting; a cell's numbers then do not depend on where it ran, and
+the speed of an in-process run did not change (XLA's own loops stay parallel).
+
+Cache:
 
 Compiling our programs takes minutes on a small machine (every Phase-1 stage, every Phase-2
 SCM size x method); with the cache a second run, a resumed run and the second Ray worker on a
@@ -15,6 +25,15 @@ import sys
 import warnings
 
 ENV_VAR = "CAUSAL_GRPO_JAX_CACHE"
+CPU_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+def pin_cpu_numerics(environ: "os._Environ | dict" = os.environ) -> None:
+    """Add :data:`CPU_XLA_FLAG` to ``XLA_FLAGS`` (other flags kept). XLA reads them when JAX's
+    backend starts, so call it before the first computation (the CLIs do, first thing)."""
+    flags = environ.get("XLA_FLAGS", "").split()
+    if not any(f.startswith("--xla_cpu_multi_thread_eigen") for f in flags):
+        environ["XLA_FLAGS"] = " ".join(flags + [CPU_XLA_FLAG])
 
 
 def cache_dir() -> str | None:

@@ -20,10 +20,10 @@ import socket
 from urllib.parse import urlparse
 
 from causal_grpo.errors import UserError
+from causal_grpo.jaxcache import CPU_XLA_FLAG
 
-CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0",
-           # One XLA thread pool per actor process; N actors on N cores share cores fairly.
-           "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+# XLA_FLAGS: as in the driver (jaxcache.pin_cpu_numerics), and N actors on N cores share them.
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "XLA_FLAGS": CPU_XLA_FLAG,
            "TQDM_DISABLE": "1"}
 
 

@@ -35,7 +35,8 @@ def user_errors_exit_2(prog: str) -> Callable:
             for stream in (sys.stdout, sys.stderr):
                 if not stream.isatty() and hasattr(stream, "reconfigure"):
                     stream.reconfigure(line_buffering=True)
-            from causal_grpo.jaxcache import enable_compilation_cache
+            from causal_grpo.jaxcache import enable_compilation_cache, pin_cpu_numerics
+            pin_cpu_numerics()
             enable_compilation_cache()
             try:
                 return fn(*args, **kwargs)

@@ -4,6 +4,10 @@ import tempfile
 
 import pytest
 
+from causal_grpo.jaxcache import pin_cpu_numerics
+
+# The CLIs' and the Ray workers' CPU numerics, set before any JAX computation of the session.
+pin_cpu_numerics()
 # Tests run on the CPU and must not grab a GPU or phone home.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
