@@ -521,7 +521,9 @@ def test_mcmc_first_update_with_data_burns_in():
         stats = _add_rows(before.stats, x[rows], iv[rows], ones)
         sub = jax.random.split(before.key)[1]
         probs, orders, _, _ = mc.mcmc_posterior(sub, stats, mask, before.orders, cfg, steps)
-        np.testing.assert_allclose(np.asarray(after.edge_probs), np.asarray(probs), atol=1e-6)
+        # Jitted vs op by op: the same chains (orders equal exactly), marginals summed in
+        # another order (1.02e-6 apart under single-threaded Eigen).
+        np.testing.assert_allclose(np.asarray(after.edge_probs), np.asarray(probs), atol=1e-5)
         np.testing.assert_array_equal(np.asarray(after.orders), np.asarray(orders))
     other = mc.mcmc_posterior(jax.random.split(s0.key)[1], s1.stats, mask, s0.orders, cfg, 7)
     assert not np.array_equal(np.asarray(other[1]), np.asarray(s1.orders))
