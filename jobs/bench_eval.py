@@ -24,7 +24,7 @@ Writes to ``OUT`` (cells are cached under ``OUT/cells``: a rerun resumes): ``ste
 row per scm, method, run, seed, step: F1, SHD with reversal = 1, AUPRC, ...), ``per_seed.csv``
 (F1-AUC 1-10), ``methods.csv`` (mean, CI and cost per method), ``paired.csv`` (per run),
 ``pooled.csv`` (across runs), ``dense.csv`` (F1/SHD/AUPRC after 0, 1, 5, 10 interventions),
-``eval.md`` (the printed tables) and ``config.json``.
+``eval.md`` (the printed tables, the summary README quotes first) and ``config.json``.
 """
 
 from __future__ import annotations
@@ -274,10 +274,62 @@ def verdict(pooled) -> list[str]:
     return out
 
 
+SHORT = {"random_active": "random", "observational": "observ.", "uncertainty_active": "uncertainty",
+         "plugin_active": "plug-in", UNTRAINED: "untrained", TRAINED: "trained",
+         PROTOCOL_POLICY: "trained on the protocol"}
+SUMMARY_REFS = ("plugin_active", UNTRAINED, "uncertainty_active")
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "−")
+
+
+def summary(methods, pooled, dense, last: int) -> list[str]:
+    """README's tables: per SCM each method's F1-AUC (the policies' mean over runs, the trained
+    one's range of run means) and the trained policy minus the strongest references, ✓ where
+    Holm p < ALPHA in every run; per dense SCM each method's F1 after 1, 5 and 10 interventions
+    and SHD and AUPRC after the last, averaged over runs."""
+    runs = int(pooled["runs"].max())
+    cols = REFERENCES + (UNTRAINED,)
+    lines = [f"## Summary: F1-AUC over steps 1–{last}, trained policy minus the strongest "
+             f"references (mean of {runs} runs; ✓: Holm p < {ALPHA} in every run)\n",
+             "| scm | " + " | ".join(SHORT[m] for m in cols) + f" | trained ({runs} runs) | "
+             + " | ".join(f"− {SHORT[r]}" for r in SUMMARY_REFS) + " |",
+             "|---|" + "---:|" * (len(cols) + 1 + len(SUMMARY_REFS))]
+    for scm in dict.fromkeys(methods["scm"]):
+        mean = methods[methods.scm == scm].groupby("method")["f1_auc_mean"].mean()
+        trained = methods[(methods.scm == scm) & (methods.method == TRAINED)]["f1_auc_mean"]
+        cells = [f"{mean[m]:.3f}" for m in cols]
+        cells.append(f"{trained.mean():.3f} ({trained.min():.3f}–{trained.max():.3f})")
+        for ref in SUMMARY_REFS:
+            row = pooled[(pooled.scm == scm) & (pooled.reference == ref)].iloc[0]
+            cells.append(_signed(row["diff_mean"]) + (" ✓" if row["holds_every_run"] else ""))
+        lines.append(f"| {scm} | " + " | ".join(cells) + " |")
+    for scm, g in dense.groupby("scm", sort=False):
+        at = g.groupby(["method", "step"], sort=False)[["f1_mean", "shd_mean", "auprc_mean"]].mean()
+        steps = sorted(s for s in DENSE_STEPS if s > 0 and s in set(g["step"]))
+        if not steps:
+            continue
+        start = at.xs(0, level="step")
+        lines += ["", f"{scm}: all methods start from F1 {start['f1_mean'].mean():.3f}, SHD "
+                      f"{start['shd_mean'].mean():.1f}, AUPRC {start['auprc_mean'].mean():.3f} "
+                      "(policies: mean of runs)\n",
+                  "| method | " + " | ".join(f"F1 after {s}" for s in steps)
+                  + f" | SHD after {steps[-1]} | AUPRC after {steps[-1]} |",
+                  "|---|" + "---:|" * (len(steps) + 2)]
+        for method in dict.fromkeys(g["method"]):
+            r = at.loc[method]
+            lines.append(f"| {SHORT[method]} | " + " | ".join(f"{r.loc[s, 'f1_mean']:.3f}"
+                                                          for s in steps)
+                         + f" | {r.loc[steps[-1], 'shd_mean']:.1f} | "
+                         f"{r.loc[steps[-1], 'auprc_mean']:.3f} |")
+    return lines + [""]
+
+
 def markdown(methods, paired, pooled, dense, last: int) -> str:
     lines = [f"## Verdict (one-sided paired t-test on F1-AUC 1–{last}, Holm across SCMs, "
-             f"p < {ALPHA})\n"] + verdict(pooled) + [
-             "", f"## F1-AUC over steps 1–{last} and acting cost\n",
+             f"p < {ALPHA})\n"] + verdict(pooled) + [""] + summary(methods, pooled, dense, last) + [
+             f"## F1-AUC over steps 1–{last} and acting cost\n",
              f"| scm | method | seeds | F1-AUC 1–{last} | updates / decision |",
              "|---|---|---:|---:|---:|"]
     for _, r in methods.iterrows():

@@ -130,8 +130,32 @@ def test_eval_end_to_end(evaluated, capsys):
     assert (plug["trained_updates"] == 65).all() and (plug["reference_updates"] == 65).all()
     assert (pooled[pooled.reference == "observational"]["reference_updates"] == 0).all()
 
+    # Summary, README's table: references as they are, policies as the mean of the run means,
+    # the trained policy's range of run means, the pooled differences with ✓ where they hold.
+    for scm in ("easy", "dense5"):
+        mean = methods[methods.scm == scm].groupby("method")["f1_auc_mean"].mean()
+        runs = methods[(methods.scm == scm) & (methods.method == "trained_policy")]["f1_auc_mean"]
+        cells = [f"{mean[m]:.3f}" for m in ("random_active", "observational",
+                                             "uncertainty_active", "plugin_active",
+                                             "untrained_policy")]
+        cells.append(f"{runs.mean():.3f} ({runs.min():.3f}–{runs.max():.3f})")
+        for ref in ("plugin_active", "untrained_policy", "uncertainty_active"):
+            row = pooled[(pooled.scm == scm) & (pooled.reference == ref)].iloc[0]
+            cells.append(f"{row.diff_mean:+.3f}".replace("-", "−")
+                         + (" ✓" if row.holds_every_run else ""))
+        assert f"| {scm} | {' | '.join(cells)} |" in printed, (scm, cells)
+
     # Dense table: steps 0 and 1 (5 and 10 lie beyond 3 interventions) for every method.
     dense = pd.read_csv(out / "dense.csv")
+    # ... and its summary: after 1 intervention, policies averaged over runs.
+    after = dense[dense.step == 1].groupby("method")[["f1_mean", "shd_mean", "auprc_mean"]].mean()
+    for method, short in (("plugin_active", "plug-in"), ("trained_policy", "trained"),
+                          ("protocol_policy", "trained on the protocol")):
+        r = after.loc[method]
+        assert (f"| {short} | {r.f1_mean:.3f} | {r.shd_mean:.1f} | {r.auprc_mean:.3f} |"
+                in printed), method
+    start = dense[dense.step == 0]["f1_mean"].mean()
+    assert f"dense5: all methods start from F1 {start:.3f}" in printed
     assert set(dense["scm"]) == {"dense5"} and set(dense["step"]) == {0, 1}
     assert set(dense["method"]) == METHODS | {"protocol_policy"}
     assert "Dense protocol" in printed
