@@ -195,6 +195,42 @@ def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",
     return pd.DataFrame(rows)
 
 
+POLICY = "grpo_active"
+
+
+def paired_tables(steps: pd.DataFrame, baseline: str = "random_active") -> pd.DataFrame | None:
+    """``paired.csv``: each method minus ``baseline``, then :data:`POLICY` minus every other
+    method it ran beside (the ``baseline`` column names the reference of each row).
+
+    None when ``baseline`` did not run.
+    """
+    methods = list(steps["method"].unique())
+    if baseline not in methods:
+        return None
+    frames = [paired_frame(steps, baseline)]
+    if POLICY in methods:
+        for ref in methods:
+            if ref not in (POLICY, baseline):
+                vs = paired_frame(steps, ref)
+                frames.append(vs[vs["method"] == POLICY])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _policy_lines(scm: str, paired: pd.DataFrame, early_steps: int) -> list[str]:
+    """One line per reference other than random: the policy's paired difference and both
+    one-sided p-values (better, worse), so "not significantly worse" reads off the table."""
+    rows = paired[(paired["scm"] == scm) & (paired["method"] == POLICY)
+                  & (paired["baseline"] != paired["baseline"].iloc[0])]
+    out = []
+    for _, p in rows.iterrows():
+        pv = p["f1_auc_early_p"]
+        ps = "p —" if np.isnan(pv) else f"one-sided p {pv:.3g} (better), {1 - pv:.3g} (worse)"
+        out.append(f"{POLICY} − {p['baseline']}: Δ F1-AUC 1–{early_steps} "
+                   f"{p['f1_auc_early_diff']:+.3f} ± {p['f1_auc_early_diff_ci95']:.3f}, "
+                   f"win rate {p['f1_auc_early_win_rate']:.2f}, {ps}")
+    return out + [""] if out else out
+
+
 def _fmt(m: float, ci: float, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {ci:.{digits}f}"
 
@@ -225,7 +261,8 @@ def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
                     f"| {_fmt(r['final_shd_mean'], r['final_shd_ci95'], 2)} "
                     f"| {_fmt(r['best_target_mean'], r['best_target_ci95'], 2)} |")
             if paired is not None and not paired.empty:
-                p = paired[(paired["scm"] == scm) & (paired["method"] == r["method"])]
+                p = paired[(paired["scm"] == scm) & (paired["method"] == r["method"])
+                           & (paired["baseline"] == paired["baseline"].iloc[0])]
                 if p.empty:
                     line += " — | — | — |"
                 else:
@@ -235,6 +272,8 @@ def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
                              f"| {p['f1_auc_early_win_rate']:.2f} | {'—' if np.isnan(pv) else f'{pv:.3g}'} |")
             lines.append(line)
         lines.append("")
+        if paired is not None and not paired.empty:
+            lines += _policy_lines(scm, paired, early_steps)
     return "\n".join(lines)
 
 
@@ -390,8 +429,7 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
     steps = steps_frame(((b.scm, b.method.value, batch_results[b]) for b in order), names)
     summary = summary_frame(steps)
     summary["posterior"] = [posterior[n] for n in summary["scm"]]
-    baseline = "random_active"
-    paired = paired_frame(steps, baseline) if baseline in steps["method"].unique() else None
+    paired = paired_tables(steps)
     table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
     written = set()
 
@@ -421,8 +459,9 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
         if compare:
             cmp = base | {"methods": per_method,
                           "summary": summary[summary["scm"] == scm].to_dict("records"),
-                          "paired_vs_random": ([] if paired is None else
-                                               paired[paired["scm"] == scm].to_dict("records"))}
+                          "paired_vs_random": ([] if paired is None else paired[
+                              (paired["scm"] == scm) & (paired["baseline"] == "random_active")
+                          ].to_dict("records"))}
             io.write_pickle(out(f"comparison_results_{scm}.pkl"), cmp)
         if plots:
             # The temporary name ends in the target's name, so matplotlib writes PNG.

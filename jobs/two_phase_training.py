@@ -12,7 +12,8 @@ resumes, a command with other settings is refused):
                    between chains (0 for the exact posterior and the neural surrogate)
 * ``summary.csv``  per (scm, method): mean and 95% CI of F1-AUC, final F1/SHD, best target,
                    final chain gap; ``posterior``: the structure learner in use, in words
-* ``paired.csv``   each method minus ``random_active`` on the same seeds (diff, win rate, p)
+* ``paired.csv``   each method minus ``random_active`` on the same seeds (diff, win rate, p),
+                   then ``grpo_active`` minus each other method (column ``baseline``)
 * ``comparison.md`` the printed comparison table, each SCM's headed by its posterior
 * ``phase2_result_<scm>.pkl`` the seed document's result structure per SCM
 * ``comparison_results_<scm>.pkl`` (with ``--compare``) all methods' structures + tables

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from causal_grpo.results import (EARLY_STEPS, f1_auc, holm, markdown_table, mean_ci,
-                                 paired_frame, paired_p, per_seed, summary_frame)
+                                 paired_frame, paired_p, paired_tables, per_seed,
+                                 summary_frame)
 
 
 def steps_of(curves: dict) -> pd.DataFrame:
@@ -121,6 +122,31 @@ def test_paired_frame_pairs_by_seed_not_by_row_order():
     row = paired_frame(steps_of(base | pol)).iloc[0]
     assert row["n_pairs"] == 3 and row["f1_auc_diff"] == pytest.approx(0.1)
     assert row["f1_auc_win_rate"] == 1.0 and np.isnan(row["f1_auc_p"])   # no spread
+
+
+def test_paired_tables_pair_the_policy_with_every_reference():
+    rng = np.random.default_rng(5)
+    n, T = 9, 4
+    f1 = {m: rng.random((n, T + 1)) for m in ("random_active", "grpo_active", "uncertainty_active")}
+    steps = steps_of({("g", m, s): (list(f1[m][s]), [1] * (T + 1)) for m in f1 for s in range(n)})
+    paired = paired_tables(steps)
+    pairs = list(zip(paired["method"], paired["baseline"]))
+    assert pairs == [("grpo_active", "random_active"), ("uncertainty_active", "random_active"),
+                     ("grpo_active", "uncertainty_active")]
+    row = paired.iloc[2]
+    a, b = f1_auc(f1["grpo_active"]), f1_auc(f1["uncertainty_active"])
+    assert row["f1_auc_diff"] == pytest.approx((a - b).mean())
+    assert row["f1_auc_p"] == pytest.approx(stats.ttest_rel(a, b, alternative="greater").pvalue)
+    table = markdown_table(summary_frame(steps), paired)
+    # The method rows keep the random baseline; the policy line names the other reference.
+    early = f1_auc(f1["grpo_active"], EARLY_STEPS) - f1_auc(f1["uncertainty_active"], EARLY_STEPS)
+    assert f"grpo_active − uncertainty_active: Δ F1-AUC 1–10 {early.mean():+.3f}" in table
+    gr = [line for line in table.splitlines() if line.startswith("| grpo_active")][0]
+    vs_random = f1_auc(f1["grpo_active"], EARLY_STEPS) - f1_auc(f1["random_active"], EARLY_STEPS)
+    assert f"{vs_random.mean():+.3f} ±" in gr
+    # Without the policy there is nothing beyond random; without random, no table.
+    assert len(paired_tables(steps[steps.method != "grpo_active"])) == 1
+    assert paired_tables(steps[steps.method != "random_active"]) is None
 
 
 # --------------------------------------------------------------------------- Holm
