@@ -1,25 +1,67 @@
-"""The version of the code that computed a result: part of every cache key of results."""
+"""The version of the code that computed a result: part of every cache key of results.
+
+The digest covers the library modules a cell's computation can run: everything
+:data:`CELL_ROOTS` import, directly or not, at module level or inside functions. Modules that
+only read finished cells (tables, statistics) or train policies stay out of it, so changing
+them does not throw away hours of finished cells.
+"""
 
 from __future__ import annotations
 
+import ast
 import functools
-import glob
 import hashlib
 import importlib.metadata
 import os
 
 PACKAGE = "causal-grpo"
 SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+LIBRARY = "causal_grpo"
+# A cell is sweep.run_batch; jaxcache sets the numerics of every process that runs one.
+CELL_ROOTS = ("__init__", "sweep", "jaxcache")
 
 
-def source_digest(directory: str = SOURCE_DIR) -> str:
-    """sha256 over the library's ``*.py`` files (names and contents, in sorted name order)."""
+def _imported(path: str, modules: set[str]) -> set[str]:
+    """The library modules ``path`` imports anywhere in its code."""
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), filename=path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):              # relative: from . import x
+            names = [f"{LIBRARY}.{node.module or a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == LIBRARY and len(parts) > 1 and parts[1] in modules:
+                found.add(parts[1])
+    return found
+
+
+def cell_modules(directory: str = SOURCE_DIR, roots: tuple[str, ...] = CELL_ROOTS) -> list[str]:
+    """The modules (file names without ``.py``) that :data:`CELL_ROOTS` reach by imports."""
+    modules = {n[:-3] for n in os.listdir(directory) if n.endswith(".py")}
+    seen, todo = set(), [r for r in roots if r in modules]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += _imported(os.path.join(directory, f"{m}.py"), modules) - seen
+    return sorted(seen)
+
+
+def source_digest(directory: str = SOURCE_DIR, roots: tuple[str, ...] = CELL_ROOTS) -> str:
+    """sha256 over :func:`cell_modules`' files (names and contents, in sorted name order)."""
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
-        with open(path, "rb") as f:
+    for name in cell_modules(directory, roots):
+        with open(os.path.join(directory, f"{name}.py"), "rb") as f:
             data = f.read()
         # Name and length delimit each file, so moving code between files changes the digest.
-        h.update(f"{os.path.basename(path)}\0{len(data)}\0".encode())
+        h.update(f"{name}.py\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
 
