@@ -8,6 +8,10 @@ from causal_grpo.jaxcache import pin_cpu_numerics
 
 # The CLIs' and the Ray workers' CPU numerics, set before any JAX computation of the session.
 pin_cpu_numerics()
+# Most of the suite's time is XLA compiling small programs run a few times: JAX's switch for
+# that case halves it. Every process of a test (jobs run as subprocesses, Ray workers)
+# inherits it, so the tests that compare processes compare like with like.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # Tests run on the CPU and must not grab a GPU or phone home.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
