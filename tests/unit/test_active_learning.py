@@ -87,25 +87,28 @@ def test_scan_matches_a_plain_python_loop():
     scm = easy().to_scm()
     cfg = AL.EpisodeConfig(n_observational=10, n_interventions=5)
     key = jax.random.PRNGKey(7)
-    res = AL.run_episode(key, scm, cfg, make_surrogate(cfg.surrogate, 5, 15), AL.random_selector)
+    sur = make_surrogate(cfg.surrogate, 5, 15)
+    res = jax.jit(lambda k: AL.run_episode(k, scm, cfg, sur, AL.random_selector))(key)
 
     ks = AL.cell_keys(key)
-    sur = make_surrogate(cfg.surrogate, 5, 15)
+    # The posterior's update and F1 as programs of their own (op by op: most of a minute).
+    update = jax.jit(sur.update)
+    f1 = jax.jit(lambda st: M.structure_metrics(scm.adj, M.posterior_graph(sur.edge_probs(st)))["f1"])
     x0 = sample_n(ks["obs"], scm, 10)
-    state = sur.update(sur.init(ks["surrogate"], scm.var_mask), x0, jnp.zeros_like(x0, bool),
-                       jnp.ones(10, bool))
+    state = update(sur.init(ks["surrogate"], scm.var_mask), x0, jnp.zeros_like(x0, bool),
+                   jnp.ones(10, bool))
     eps = jax.random.normal(ks["noise"], (5, 5))
     buf = Buffer(jnp.zeros((15, 5)).at[:10].set(x0), jnp.zeros((15, 5), bool),
                  jnp.zeros(15, bool).at[:10].set(True))
-    f1s = [float(M.structure_metrics(scm.adj, M.posterior_graph(sur.edge_probs(state)))["f1"])]
+    f1s = [float(f1(state))]
     for t in range(5):
         obs = AL.observe(scm, buf, jnp.asarray(t), sur.edge_probs(state))
         act = AL.random_selector(jax.random.fold_in(ks["select"], t), obs)
         mask = jnp.arange(5) == act.variable
         x = propagate(scm, eps[t], mask, jnp.where(mask, act.value, 0.0))
         buf = buf.write(10 + t, x, mask)
-        state = sur.update(state, x[None], mask[None], jnp.ones(1, bool))
-        f1s.append(float(M.structure_metrics(scm.adj, M.posterior_graph(sur.edge_probs(state)))["f1"]))
+        state = update(state, x[None], mask[None], jnp.ones(1, bool))
+        f1s.append(float(f1(state)))
         assert int(res.record.variable[t + 1]) == int(act.variable)
     np.testing.assert_allclose(np.asarray(res.record.f1), f1s, atol=1e-6)
     np.testing.assert_allclose(np.asarray(res.final_probs), np.asarray(sur.edge_probs(state)), atol=1e-4)
@@ -126,11 +129,12 @@ def test_chain_gap_per_step_is_the_mcmc_states_after_each_update():
     res = jax.jit(lambda k: AL.run_episode(k, scm, cfg, sur, AL.random_selector))(key)
 
     buf = res.buffer
-    state = sur.update(sur.init(AL.cell_keys(key)["surrogate"], scm.var_mask), buf.values[:10],
-                       buf.intervened[:10], jnp.ones(10, bool))
+    update = jax.jit(sur.update)      # one program per row count; op by op it took a minute
+    state = update(sur.init(AL.cell_keys(key)["surrogate"], scm.var_mask), buf.values[:10],
+                   buf.intervened[:10], jnp.ones(10, bool))
     gaps = [float(sur.chain_gap(state))]
     for n in range(10, 16):
-        state = sur.update(state, buf.values[n:n + 1], buf.intervened[n:n + 1], jnp.ones(1, bool))
+        state = update(state, buf.values[n:n + 1], buf.intervened[n:n + 1], jnp.ones(1, bool))
         gaps.append(float(sur.chain_gap(state)))
     got = np.asarray(res.record.chain_gap)
     np.testing.assert_allclose(got, gaps, atol=1e-5)
@@ -166,8 +170,9 @@ def _after_observational(scm, n=20, capacity=40):
     x0 = sample_n(jax.random.PRNGKey(0), scm, n)
     buf = Buffer.empty(capacity, d)
     buf = Buffer(buf.values.at[:n].set(x0), buf.intervened, buf.valid.at[:n].set(True))
-    probs = sur.edge_probs(sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
-                                      jnp.zeros_like(x0, bool), jnp.ones((n,), bool)))
+    update = jax.jit(sur.update)      # op by op the exact posterior takes many seconds
+    probs = sur.edge_probs(update(sur.init(jax.random.PRNGKey(0), scm.var_mask), x0,
+                                  jnp.zeros_like(x0, bool), jnp.ones((n,), bool)))
     return sur, buf, AL.observe(scm, buf, jnp.asarray(0), probs)
 
 
@@ -178,8 +183,12 @@ def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
     key = jax.random.PRNGKey(5)
     act = jax.jit(lambda k, o: AL.make_expected_gain_selector(scm, sur, n_draws=4)(k, o))(key, obs)
 
-    state = sur.update(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
+    state = jax.jit(sur.update)(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
     before = float(M.expected_shd(scm.adj, sur.edge_probs(state), scm.var_mask))
+    # One posterior update and its expected SHD, as one program (op by op: 32 slow updates).
+    after = jax.jit(lambda x, do: M.expected_shd(
+        scm.adj, sur.edge_probs(sur.update(state, x[None], do[None], jnp.ones((1,), bool))),
+        scm.var_mask))
     eps = jax.random.normal(key, (4, d))
     gains = {}
     for j in range(d):
@@ -190,8 +199,7 @@ def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
             g = []
             for e in eps:
                 x = propagate(scm, e, do, jnp.where(do, v, 0.0))
-                s = sur.update(state, x[None], do[None], jnp.ones((1,), bool))
-                g.append(before - float(M.expected_shd(scm.adj, sur.edge_probs(s), scm.var_mask)))
+                g.append(before - float(after(x, do)))
             gains[j, v] = np.mean(g)
     best = max(gains.values())
     assert int(act.variable) != int(scm.target)
@@ -239,8 +247,8 @@ def test_lookahead_features_are_the_plugin_choosers_gains_z_scored(draws):
     from causal_grpo.policy import lookahead_features
     scm = medium().to_scm()
     sur, buf, obs = _after_observational(scm)
-    state = sur.update(sur.init(jax.random.PRNGKey(0), scm.var_mask), buf.values, buf.intervened,
-                       buf.valid)
+    state = jax.jit(sur.update)(sur.init(jax.random.PRNGKey(0), scm.var_mask), buf.values,
+                                buf.intervened, buf.valid)
     look = jax.jit(lambda kk: lookahead_features(kk, obs, sur, state, draws))
     plug = jax.jit(lambda kk: AL.make_plugin_gain_selector(scm, sur, n_draws=draws)(kk, obs))
     ok = np.asarray(AL.allowed_variables(obs))
