@@ -11,7 +11,7 @@ from causal_grpo.networks import PolicyConfig, PolicyInput, dummy_input, make_po
 
 def _random_params(cfg, seed=0):
     """Initial params with every leaf perturbed (the heads start at zero, which hides bugs)."""
-    params = make_policy(cfg).init(jax.random.PRNGKey(seed), dummy_input(cfg))
+    params = jax.jit(make_policy(cfg).init)(jax.random.PRNGKey(seed), dummy_input(cfg))
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
     leaves = [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
@@ -45,7 +45,7 @@ def _permute(x: PolicyInput, perm: np.ndarray) -> PolicyInput:
 def _logit_change(cfg, x, y):
     """Largest change of a real variable's logit between inputs x and y (random weights)."""
     net, params = make_policy(cfg), _random_params(cfg)
-    a, b = net.apply(params, None, x), net.apply(params, None, y)
+    a, b = jax.jit(net.apply)(params, None, x), jax.jit(net.apply)(params, None, y)
     return float(jnp.max(jnp.abs(jnp.where(x.var_mask, a.var_logits - b.var_logits, 0.0))))
 
 
@@ -54,8 +54,8 @@ def test_permuting_variables_permutes_outputs():
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(6)
     perm = np.array([4, 0, 5, 2, 1, 3])
-    out = net.apply(params, None, x)
-    out_p = net.apply(params, None, _permute(x, perm))
+    out = jax.jit(net.apply)(params, None, x)
+    out_p = jax.jit(net.apply)(params, None, _permute(x, perm))
     np.testing.assert_allclose(out_p.var_logits, out.var_logits[perm], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out_p.value_logits, out.value_logits[perm], rtol=1e-4, atol=1e-4)
     assert out.var_logits[2] < -1e8                         # the target is masked out
@@ -69,7 +69,7 @@ def test_padding_does_not_change_real_outputs():
     xp = PolicyInput(jnp.pad(x.values, ((0, 0), (0, pad))), jnp.pad(x.intervened, ((0, 0), (0, pad))),
                      x.valid, jnp.pad(x.features, ((0, pad), (0, 0))), x.target,
                      jnp.pad(x.var_mask, (0, pad)), jnp.pad(x.edge_probs, ((0, pad), (0, pad))))
-    out, outp = net.apply(params, None, x), net.apply(params, None, xp)
+    out, outp = jax.jit(net.apply)(params, None, x), jax.jit(net.apply)(params, None, xp)
     np.testing.assert_allclose(outp.var_logits[:5], out.var_logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outp.value_logits[:5], out.value_logits, rtol=1e-4, atol=1e-4)
     assert np.all(np.asarray(outp.var_logits[5:]) < -1e8)
@@ -95,7 +95,7 @@ def test_the_lookahead_prior_is_the_starting_policy():
     la = jnp.asarray([[0.0, 1.0], [2.0, -1.0], [5.0, 5.0], [-0.5, -1.5]])
     x = x._replace(features=x.features.at[:, -2:].set(la))
     net = make_policy(cfg)
-    out = net.apply(net.init(jax.random.PRNGKey(0), x), None, x)
+    out = jax.jit(net.apply)(net.init(jax.random.PRNGKey(0), x), None, x)
     np.testing.assert_allclose(np.asarray(out.var_logits)[[0, 1, 3]], [2.0, 4.0, -1.0], atol=1e-5)
     assert float(out.var_logits[2]) < -1e8                      # the target stays masked
     tilt = np.linspace(-1.0, 1.0, cfg.n_bins)
