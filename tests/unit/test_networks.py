@@ -45,7 +45,8 @@ def _permute(x: PolicyInput, perm: np.ndarray) -> PolicyInput:
 def _logit_change(cfg, x, y):
     """Largest change of a real variable's logit between inputs x and y (random weights)."""
     net, params = make_policy(cfg), _random_params(cfg)
-    a, b = jax.jit(net.apply)(params, None, x), jax.jit(net.apply)(params, None, y)
+    apply = jax.jit(net.apply)
+    a, b = apply(params, None, x), apply(params, None, y)
     return float(jnp.max(jnp.abs(jnp.where(x.var_mask, a.var_logits - b.var_logits, 0.0))))
 
 
@@ -54,8 +55,8 @@ def test_permuting_variables_permutes_outputs():
     net, params = make_policy(cfg), _random_params(cfg)
     x = _input(6)
     perm = np.array([4, 0, 5, 2, 1, 3])
-    out = jax.jit(net.apply)(params, None, x)
-    out_p = jax.jit(net.apply)(params, None, _permute(x, perm))
+    apply = jax.jit(net.apply)
+    out, out_p = apply(params, None, x), apply(params, None, _permute(x, perm))
     np.testing.assert_allclose(out_p.var_logits, out.var_logits[perm], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out_p.value_logits, out.value_logits[perm], rtol=1e-4, atol=1e-4)
     assert out.var_logits[2] < -1e8                         # the target is masked out
