@@ -4,7 +4,7 @@ import tempfile
 
 import pytest
 
-from causal_grpo.jaxcache import pin_cpu_numerics
+from causal_grpo.jaxcache import enable_compilation_cache, pin_cpu_numerics
 
 # The CLIs' and the Ray workers' CPU numerics, set before any JAX computation of the session.
 pin_cpu_numerics()
@@ -16,14 +16,20 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
-# One compilation cache for the session (jobs run as subprocesses and Ray workers share it),
-# never the user's own.
-_JAX_CACHE = tempfile.mkdtemp(prefix="causal-grpo-test-jax-")
-os.environ["CAUSAL_GRPO_JAX_CACHE"] = _JAX_CACHE
+# One compilation cache for the session, never the user's own: the pytest processes (both
+# xdist workers, which inherit the first process's directory) and every job and Ray worker they
+# start write to it and read from it, so a program compiled once is loaded from disk elsewhere.
+# The process that made the directory removes it.
+_OWNER = "CAUSAL_GRPO_TEST_JAX_CACHE_OWNER"
+if os.environ.get(_OWNER) is None:
+    os.environ[_OWNER] = str(os.getpid())
+    os.environ["CAUSAL_GRPO_JAX_CACHE"] = tempfile.mkdtemp(prefix="causal-grpo-test-jax-")
+_JAX_CACHE = enable_compilation_cache()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_JAX_CACHE, ignore_errors=True)
+    if _JAX_CACHE and os.environ.get(_OWNER) == str(os.getpid()):
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)
