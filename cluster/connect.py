@@ -20,20 +20,22 @@ import socket
 from urllib.parse import urlparse
 
 from causal_grpo.errors import UserError
-from causal_grpo.jaxcache import CPU_XLA_FLAG
 
-# XLA_FLAGS: as in the driver (jaxcache.pin_cpu_numerics), and N actors on N cores share them.
-CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "XLA_FLAGS": CPU_XLA_FLAG,
-           "TQDM_DISABLE": "1"}
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 
 
 def worker_env(gpus_per_worker: float) -> dict[str, str]:
-    """Environment variables of a worker actor."""
-    from causal_grpo.jaxcache import ENV_VAR
+    """Environment variables of a worker actor. A CPU worker gets the driver's XLA flags with
+    the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
+    can change how results are computed, and a worker must compute as the driver does."""
+    from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics
     env = dict(CPU_ENV) if gpus_per_worker <= 0 else {
         "RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
         "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
         "TQDM_DISABLE": "1"}
+    if gpus_per_worker <= 0:
+        env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        pin_cpu_numerics(env)
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     return env

@@ -86,3 +86,10 @@ def test_a_cli_computes_with_the_cpu_numerics_of_a_ray_worker(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     seen = user_errors_exit_2("probe")(lambda: os.environ["XLA_FLAGS"])()
     assert seen.split() == worker_env(0)["XLA_FLAGS"].split()
+    # Whatever else the driver's XLA flags say reaches its CPU workers too (they may change the
+    # compiled code); a GPU worker keeps its own.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=false")
+    seen = user_errors_exit_2("probe")(lambda: os.environ["XLA_FLAGS"])()
+    assert seen.split() == worker_env(0)["XLA_FLAGS"].split() == [
+        "--xla_cpu_use_thunk_runtime=false", "--xla_cpu_multi_thread_eigen=false"]
+    assert "XLA_FLAGS" not in worker_env(0.5)
