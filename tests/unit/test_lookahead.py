@@ -57,12 +57,14 @@ def test_shortlist_covering_every_variable_is_the_full_lookahead(cfg):
         return (sur, st) if sur.what_if is None else sur.what_if(st, obs.probs)
 
     # Jitted (eager, the vmapped posterior updates dispatch op by op, several times slower),
-    # the what-if state made inside each program alike, so the three agree to float rounding.
+    # the what-if state made inside each program alike, so the three agree to float rounding:
+    # two programs' float32 roundings move these gains (-0.06 to 1.8) by up to 7e-5 under
+    # XLA:CPU's older emitters (the suite's), while any two of them are 9e-3 or more apart.
     gains = jax.jit(lambda st, c: AL.expected_gains(key, obs, *cheap(st), sim, shift, ref, 2,
                                                     grid, c))
     full = gains(state, None)
     short = gains(state, AL.shortlist(obs, scm.d))
-    np.testing.assert_allclose(np.asarray(short)[ok], np.asarray(full)[ok], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(short)[ok], np.asarray(full)[ok], rtol=0, atol=2e-4)
     assert np.all(np.isneginf(np.asarray(short)[~ok]))
     bounded = jax.jit(lambda st: AL.lookahead_gains(key, obs, sur, st, sim, shift, ref, 2,
                                                     grid))(state)
