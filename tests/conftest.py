@@ -10,9 +10,9 @@ from causal_grpo.jaxcache import enable_compilation_cache, pin_cpu_numerics
 # run of grpo_active and plugin_active on er10: 20.0 s of compiling -> 12.8 s, the same
 # steps.csv byte for byte). Every process of a test inherits the flag; Ray workers get the
 # driver's XLA flags (cluster.connect.worker_env).
-_flags = os.environ.get("XLA_FLAGS", "").split()
-os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in ("--xla_cpu_use_fusion_emitters=false",)
-                                             if f not in _flags])
+_FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
+if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", "").split():
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 # The CLIs' and the Ray workers' CPU numerics, set before any JAX computation of the session.
 pin_cpu_numerics()
 # Most of the suite's time is XLA compiling small programs run a few times: JAX's switch for
