@@ -198,25 +198,27 @@ def shortlist(obs: Observation, m: int) -> Array:
 
 
 def lookahead_gains(key: Array, obs: Observation, surrogate: Surrogate, state: Any, sim: SCM,
-                    eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array) -> Array:
+                    eps_shift: Array, ref_adj: Array, n_draws: int, grid: Array,
+                    shortlist_size: int | None = LOOKAHEAD_SHORTLIST) -> Array:
     """:func:`expected_gains` at bounded cost: of all variables with the surrogate itself, or,
-    when it has a cheaper what-if stand-in (``Surrogate.what_if``), of the
-    :data:`LOOKAHEAD_SHORTLIST` variables of :func:`shortlist` with it, started from
-    ``obs.probs`` (others ``-inf``)."""
+    when it has a cheaper what-if stand-in (``Surrogate.what_if``), with that stand-in, started
+    from ``obs.probs``, of the ``shortlist_size`` variables of :func:`shortlist` (others
+    ``-inf``; ``None``: of every variable, d / shortlist_size times the cost)."""
     if surrogate.what_if is None:
         return expected_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
     cheap, cheap_state = surrogate.what_if(state, obs.probs)
     return expected_gains(key, obs, cheap, cheap_state, sim, eps_shift, ref_adj, n_draws, grid,
-                          shortlist(obs, LOOKAHEAD_SHORTLIST))
+                          None if shortlist_size is None else shortlist(obs, shortlist_size))
 
 
 def _best_expected_gain(key: Array, obs: Observation, surrogate: Surrogate, state: Any,
                         sim: SCM, eps_shift: Array, ref_adj: Array, n_draws: int,
-                        n_values: int) -> Action:
-    """The candidate of :func:`expected_gains` (values spread evenly over the range) with the
+                        n_values: int, shortlist_size: int | None = LOOKAHEAD_SHORTLIST) -> Action:
+    """The candidate of :func:`lookahead_gains` (values spread evenly over the range) with the
     largest mean gain."""
     grid = jnp.linspace(obs.low, obs.high, n_values)
-    g = lookahead_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid)
+    g = lookahead_gains(key, obs, surrogate, state, sim, eps_shift, ref_adj, n_draws, grid,
+                        shortlist_size)
     i = jnp.argmax(g.reshape(-1))
     return Action((i // n_values).astype(jnp.int32), grid[i % n_values].astype(jnp.float32),
                   jnp.asarray(0.0, jnp.float32), jnp.asarray(True))
@@ -232,7 +234,9 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
     against the *true* graph. No policy trained on that one-step reward can beat it in
     expectation, so it bounds what Phase 1 can learn (``python -m jobs.benchmark ceiling``).
     The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates,
-    or of a shortlist of variables above the exact posterior's size (:func:`lookahead_gains`).
+    of the what-if posterior above the exact posterior's size (:func:`lookahead_gains`). Every
+    variable is a candidate there too, not only the choosers' shortlist, so that the bound
+    also covers what the shortlist leaves out.
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
@@ -240,7 +244,7 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
         state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values, buf.intervened,
                                  buf.valid)
         return _best_expected_gain(key, obs, surrogate, state, scm, jnp.zeros((scm.d,)),
-                                   scm.adj, n_draws, n_values)
+                                   scm.adj, n_draws, n_values, shortlist_size=None)
 
     return select
 

@@ -149,12 +149,17 @@ def bench_ceiling(args) -> "pd.DataFrame":
     expected-gain oracle (best one-step chooser for the Phase-1 reward, knowing the true SCM),
     the same chooser on a plug-in SCM fitted to the data (no truth) and, with
     ``--grpo-checkpoint``, the trained policy; prints F1-AUC over steps 1..T and the
-    paired difference to random with its one-sided p-value.
+    paired difference to random with its one-sided p-value. Above the exact posterior's size
+    both choosers score candidates with the MCMC posterior's what-if updates, the oracle every
+    variable, the plug-in chooser its shortlist (as ``plugin_active`` acts).
     """
     import functools
 
+    import numpy as np
     import pandas as pd
 
+    from causal_grpo import io
+    from causal_grpo import surrogate_bayes as B
     from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
@@ -169,30 +174,54 @@ def bench_ceiling(args) -> "pd.DataFrame":
         from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
+    batch = min(args.batch_size or args.seeds, args.seeds)
+    exact_max = B.AnalyticConfig().exact_max_d
     for name in args.scms:
         d = cell_scm_and_key(resolve_scm(name), 0, 0)[0].adj.shape[-1]
-        if d > 12:
-            # Each decision is d * 2 * draws exact-posterior updates, all vmapped over seeds: at
-            # d = 15 that is ~48 GB and ~45 minutes for 30 seeds.
+        if 12 < d <= exact_max:
+            # Each decision is d * 2 * draws exact-posterior updates, all vmapped over a batch:
+            # at d = 15 that is ~48 GB and ~45 minutes for 30 seeds. Above the exact DP's size
+            # they are updates of the MCMC posterior's what-if stand-in (~0.4 GB per seed at
+            # d = 100 with one draw).
             raise UserError(f"ceiling: '{name}' has {d} variables; the expected-gain references "
-                            "run only up to 12")
+                            f"run up to 12 and above {exact_max}")
+        if d > exact_max:
+            # Measured at d = 100 with one draw: ~0.4 GB per seed of a batch (the oracle's 2d
+            # what-if updates per decision, vmapped), taken to grow as d^2 x draws.
+            need = int(0.4e9 * (d / 100) ** 2 * args.draws * batch)
+            if need > io.available_memory_bytes():
+                raise UserError(
+                    f"ceiling: '{name}' would need about {io.format_bytes(need)} of memory "
+                    f"(--batch-size {batch} x --draws {args.draws} at {d} variables) "
+                    f"and this machine has {io.format_bytes(io.available_memory_bytes())} "
+                    "available: lower --batch-size or --draws")
     rows = []
     for name in args.scms:
-        scms, keys = cell_batch(resolve_scm(name), args.base_seed, range(args.seeds))
-        d = scms.adj.shape[-1]
+        d = cell_scm_and_key(resolve_scm(name), 0, 0)[0].adj.shape[-1]
         builtin = make_batch_runner(cfg, d)
-        f1 = {m.value: builtin(keys, scms, None, method_id(m)).record.f1
-              for m in (Method.RANDOM, Method.UNCERTAINTY)}
+
+        def reference(i):
+            return lambda k, s: builtin(k, s, None, i)
+
+        runners = {m.value: reference(method_id(m)) for m in (Method.RANDOM, Method.UNCERTAINTY)}
         if policy is not None:
-            f1["grpo_active"] = make_batch_runner(cfg, d, policy.selector)(
-                keys, scms, policy.params, 0).record.f1
-        t0 = time.time()
-        oracle = functools.partial(make_expected_gain_selector, n_draws=args.draws)
-        f1["expected_gain_oracle"] = make_reference_runner(cfg, d, oracle)(keys, scms).record.f1
-        oracle_s = time.time() - t0
-        plugin = functools.partial(make_plugin_gain_selector, n_draws=args.draws)
-        f1["plugin_expected_gain"] = make_reference_runner(cfg, d, plugin)(keys, scms).record.f1
-        auc = {m: f1_auc(v) for m, v in f1.items()}
+            acting = make_batch_runner(cfg, d, policy.selector)
+            runners["grpo_active"] = lambda k, s: acting(k, s, policy.params, 0)
+        runners["expected_gain_oracle"] = make_reference_runner(
+            cfg, d, functools.partial(make_expected_gain_selector, n_draws=args.draws))
+        runners["plugin_expected_gain"] = make_reference_runner(
+            cfg, d, functools.partial(make_plugin_gain_selector, n_draws=args.draws))
+        f1 = {m: [] for m in runners}
+        oracle_s = 0.0
+        for lo in range(0, args.seeds, batch):
+            scms, keys = cell_batch(resolve_scm(name), args.base_seed,
+                                    range(lo, min(args.seeds, lo + batch)))
+            for m, run in runners.items():
+                t0 = time.time()
+                f1[m].append(np.asarray(run(keys, scms).record.f1))
+                if m == "expected_gain_oracle":
+                    oracle_s += time.time() - t0
+        auc = {m: f1_auc(np.concatenate(v)) for m, v in f1.items()}
         for m, a in auc.items():
             diff = a - auc["random_active"]
             p = paired_p(diff) if m != "random_active" else float("nan")
@@ -297,6 +326,9 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
     c.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
+    c.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
+                   help="seeds per vmapped batch (default: all; at d = 50-100 ~0.4 GB per seed "
+                        "and draw)")
 
     e = sub.add_parser("posterior", help="where an exact posterior update's time goes")
     e.add_argument("--d", type=list_of(positive_int("--d")), default=[5, 8, 10, 12, 15])
@@ -327,7 +359,8 @@ def _surrogate(text: str) -> str:
 
 
 def _check_memory(args) -> None:
-    """gies, phase2 and ceiling run all seeds of a graph in one vmapped batch."""
+    """gies, phase2 and (unless --batch-size) ceiling run all seeds of a graph in one vmapped
+    batch."""
     steps = max(getattr(args, "budgets", None) or [args.n_interventions])
     d = max(getattr(args, "d", None) or [2])
     need = phase2_memory_bytes(d, args.seeds, args.n_observational, steps, args.seeds)

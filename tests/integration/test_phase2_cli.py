@@ -160,20 +160,26 @@ def test_invalid_scm_json_and_unwritable_output(tmp_path):
     assert r.returncode == 2 and "output directory" in r.stderr, r.stderr
 
 
-def test_ceiling_benchmark_refuses_graphs_too_big_for_its_references():
-    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ceiling", "--scms", "easy,er15",
+def test_ceiling_benchmark_refuses_what_its_references_cannot_run():
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ceiling", "--scms", "er20,er15",
                         "--seeds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "15 variables" in lines[0], r.stderr
+    # Above the exact DP it runs, but 30 seeds x 16 draws of sf100 at once (~190 GB) do not fit.
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ceiling", "--scms", "sf100",
+                        "--seeds", "30"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "lower --batch-size" in lines[0], r.stderr
 
 
 def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path):
     # The references' rows must be the Phase-2 sweep's own cells (the README compares them with
     # the frozen evaluation's); with the base seed dropped, er6 would draw other graphs.
-    common = ["--seeds", "3", "--n-observational", "10", "--n-interventions", "4"]
+    # In two batches, which must come back in seed order.
+    common = ["--seeds", "4", "--n-observational", "10", "--n-interventions", "4"]
     assert benchmark.main(["ceiling", "--scms", "er6", "--draws", "1", "--base-seed", "77",
-                           "--out", str(tmp_path / "c.csv"), *common]) == 0
+                           "--batch-size", "2", "--out", str(tmp_path / "c.csv"), *common]) == 0
     ceiling = pd.read_csv(tmp_path / "c.csv").set_index("method")["f1_auc"]
     assert two_phase_training.main(["--scm-type", "er6", "--methods",
                                     "random_active,uncertainty_active", "--base-seed", "77",

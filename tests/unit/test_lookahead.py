@@ -73,6 +73,14 @@ def test_shortlist_covering_every_variable_is_the_full_lookahead(cfg):
     else:   # d = 5 <= LOOKAHEAD_SHORTLIST: the bounded lookahead covers everything too
         np.testing.assert_allclose(np.asarray(bounded)[ok], np.asarray(full)[ok], rtol=1e-5,
                                    atol=1e-6)
+        # A shorter shortlist leaves the others out; none (the oracle's) leaves nobody out.
+        two, every = (np.asarray(jax.jit(lambda st, m=m: AL.lookahead_gains(
+            key, obs, sur, st, sim, shift, ref, 2, grid, shortlist_size=m))(state))
+            for m in (2, None))
+        top2 = np.asarray(AL.shortlist(obs, 2))
+        np.testing.assert_allclose(two[top2], np.asarray(full)[top2], rtol=0, atol=2e-4)
+        assert np.isneginf(np.delete(two, top2, axis=0)).all()
+        np.testing.assert_allclose(every[ok], np.asarray(full)[ok], rtol=0, atol=2e-4)
 
 
 def test_shortlist_is_the_top_orientation_entropy_allowed_variables():
