@@ -38,6 +38,8 @@ results: $(STAMP)
 	set -e; for s in 0 1 2; do $(PY) -m jobs.two_phase_training --compare --methods uncertainty_active \
 	    --scm-type er50,sf100 --seeds 30 --batch-size 15 --grpo-checkpoint runs/seed$$s \
 	    --num-workers 2 --output-dir runs/phase2_scale_seed$$s; done
+	$(PY) -m jobs.benchmark ceiling --scms er50,sf100 --seeds 30 --draws 1 --batch-size 15 \
+	    --out runs/ceiling_scale.csv
 
 clean:
 	rm -rf $(VENV) phase2_results grpo_runs
