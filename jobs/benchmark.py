@@ -176,8 +176,9 @@ def bench_ceiling(args) -> "pd.DataFrame":
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
     batch = min(args.batch_size or args.seeds, args.seeds)
     exact_max = B.AnalyticConfig().exact_max_d
-    for name in args.scms:
-        d = cell_scm_and_key(resolve_scm(name), 0, 0)[0].adj.shape[-1]
+    sources = {name: resolve_scm(name) for name in args.scms}
+    dims = {name: cell_scm_and_key(src, 0, 0)[0].adj.shape[-1] for name, src in sources.items()}
+    for name, d in dims.items():
         if 12 < d <= exact_max:
             # Each decision is d * 2 * draws exact-posterior updates, all vmapped over a batch:
             # at d = 15 that is ~48 GB and ~45 minutes for 30 seeds. Above the exact DP's size
@@ -196,8 +197,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                     f"and this machine has {io.format_bytes(io.available_memory_bytes())} "
                     "available: lower --batch-size or --draws")
     rows = []
-    for name in args.scms:
-        d = cell_scm_and_key(resolve_scm(name), 0, 0)[0].adj.shape[-1]
+    for name, d in dims.items():
         builtin = make_batch_runner(cfg, d)
 
         def reference(i):
@@ -214,7 +214,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
         f1 = {m: [] for m in runners}
         oracle_s = 0.0
         for lo in range(0, args.seeds, batch):
-            scms, keys = cell_batch(resolve_scm(name), args.base_seed,
+            scms, keys = cell_batch(sources[name], args.base_seed,
                                     range(lo, min(args.seeds, lo + batch)))
             for m, run in runners.items():
                 t0 = time.time()
