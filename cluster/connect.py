@@ -29,13 +29,14 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
     from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics
-    env = dict(CPU_ENV) if gpus_per_worker <= 0 else {
-        "RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-        "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
-        "TQDM_DISABLE": "1"}
     if gpus_per_worker <= 0:
-        env["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
         pin_cpu_numerics(env)
+    else:
+        env = {"RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+               "XLA_PYTHON_CLIENT_MEM_FRACTION":
+                   f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
+               "TQDM_DISABLE": "1"}
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     return env
