@@ -403,6 +403,26 @@ def record_run(out_dir: str, settings: dict) -> None:
     io.write_json(os.path.join(out_dir, RUN_FILE), {"settings": _normalised(settings)})
 
 
+def _variable_names(sources: dict) -> dict[str, tuple[str, ...]]:
+    return {n: (s.variables if isinstance(s, SCMSpec) else tuple(f"X{i}" for i in range(s.d)))
+            for n, s in sources.items()}
+
+
+def comparison(cfg, sources: dict, batch_results: dict, posterior: dict[str, str]):
+    """``(steps, summary, paired, table)`` of the batches in ``batch_results``, in the sweep's
+    SCM and method order. Every statistic is per SCM, so the batches of one SCM give exactly
+    that SCM's part of the whole sweep's table."""
+    order = sorted(batch_results, key=lambda b: (list(cfg.scms).index(b.scm),
+                                                 list(cfg.methods).index(b.method), b.seeds[0]))
+    steps = steps_frame(((b.scm, b.method.value, batch_results[b]) for b in order),
+                        _variable_names(sources))
+    summary = summary_frame(steps)
+    summary["posterior"] = [posterior[n] for n in summary["scm"]]
+    paired = paired_tables(steps)
+    table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
+    return steps, summary, paired, table
+
+
 def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, *,
                          posterior: dict[str, str], compare: bool = False, plots: bool = True,
                          extra_config: dict | None = None) -> str:
@@ -422,15 +442,8 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
       plots: write ``plot_<scm>.png``.
       extra_config: merged into ``config.json``.
     """
-    names = {n: (s.variables if isinstance(s, SCMSpec) else tuple(f"X{i}" for i in range(s.d)))
-             for n, s in sources.items()}
-    order = sorted(batch_results, key=lambda b: (list(cfg.scms).index(b.scm),
-                                                 list(cfg.methods).index(b.method), b.seeds[0]))
-    steps = steps_frame(((b.scm, b.method.value, batch_results[b]) for b in order), names)
-    summary = summary_frame(steps)
-    summary["posterior"] = [posterior[n] for n in summary["scm"]]
-    paired = paired_tables(steps)
-    table = markdown_table(summary, paired, early_steps=min(EARLY_STEPS, cfg.episode.n_interventions))
+    names = _variable_names(sources)
+    steps, summary, paired, table = comparison(cfg, sources, batch_results, posterior)
     written = set()
 
     def out(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from causal_grpo.results import claim_output_dir, record_run
 from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batches, run_batch,
@@ -13,8 +13,15 @@ from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batche
 
 def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, output_dir: str,
               num_workers: int = 0, address: str | None = None, gpus_per_worker: float = 0.0,
-              progress: bool = True, settings: dict | None = None) -> dict[Any, dict]:
+              progress: bool = True, settings: dict | None = None,
+              on_scm_done: Callable[[str, dict], str | None] | None = None) -> dict[Any, dict]:
     """All batches of ``cfg``; stored batches are loaded, the rest computed and stored.
+
+    Batches run in the sweep's SCM order (``cfg.scms``), on Ray too, so that each SCM finishes
+    as early as it can. ``on_scm_done(scm, its batches' results)`` is called once per SCM as
+    soon as all its batches are in while other batches remain (at the start for SCMs already
+    stored), and what it returns is printed: a long sweep shows its first tables long before
+    its end.
 
     With ``settings`` (what the output files depend on), ``output_dir`` is first claimed for
     them (:func:`causal_grpo.results.claim_output_dir` refuses another run's directory) and
@@ -34,15 +41,28 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
         # Connect and check the cluster before printing anything: bad cluster input is one line.
         from cluster.sweep_driver import SweepPool
         pool = SweepPool(cfg, sources, policy, num_workers, address, gpus_per_worker)
-        # Largest graphs first: the exact posterior costs ~2^d, so this keeps one huge batch
-        # from running alone at the end while the other workers idle.
-        todo.sort(key=lambda b: -sources[b.scm].d)
     if settings is not None:
         record_run(output_dir, settings)
+    per_scm = {scm: [b for b in batches if b.scm == scm] for scm in cfg.scms}
+    announced = set()
     try:
         bar_on = progress and sys.stderr.isatty()
         with tqdm(total=len(batches), initial=len(results), desc="phase 2", unit="batch",
                   disable=not bar_on) as bar:
+
+            def announce() -> None:
+                if not on_scm_done or len(results) == len(batches):   # the caller's turn now
+                    return
+                for scm, own in per_scm.items():
+                    if scm not in announced and all(b in results for b in own):
+                        announced.add(scm)
+                        text = on_scm_done(scm, {b: results[b] for b in own})
+                        if text and bar_on:
+                            tqdm.write(text, file=sys.stdout)          # above the bar
+                        elif text:
+                            print(text, flush=True)
+
+            announce()
             finished = (pool.run(todo) if pool is not None else
                         ((b, run_batch(b, cfg, policy, sources)) for b in todo))
             for b, arrays in finished:
@@ -51,7 +71,8 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
                 bar.update(1)
                 if progress and not bar_on:          # a log, not a terminal: plain lines
                     print(f"phase 2: {len(results)}/{len(batches)} batches "
-                          f"({b.scm} {b.method.value})")
+                          f"({b.scm} {b.method.value})", flush=True)
+                announce()
     finally:
         if pool is not None:
             pool.close()

@@ -81,7 +81,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--gpus-per-worker", type=gpus_per_worker, default=0.0)
     p.add_argument("--output-dir", default="phase2_results")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or lines, no table before the end")
     return p
 
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from causal_grpo.surrogate_bayes import AnalyticConfig, Score, check_fits
     from causal_grpo.surrogate_neural import NeuralConfig
     from causal_grpo.sweep import SweepConfig
-    from causal_grpo.results import sweep_settings, write_phase2_outputs
+    from causal_grpo.results import comparison, sweep_settings, write_phase2_outputs
 
     sources = {}
     for name in args.scm_type:
@@ -223,10 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         "compare": args.compare,
         "grpo_checkpoint": args.grpo_checkpoint and os.path.abspath(args.grpo_checkpoint),
         "lookahead_draws": args.lookahead_draws if args.grpo_checkpoint else None}
+    finished_scms = []
+
+    def scm_table(scm: str, batches: dict) -> str:
+        finished_scms.append(scm)
+        return (f"{scm} finished ({len(finished_scms)} of {len(sources)} SCMs; every table is "
+                f"printed again at the end):\n\n" + comparison(cfg, sources, batches, posterior)[3])
+
     from cluster.run_sweep import run_sweep
     results = run_sweep(cfg, sources, policy, args.output_dir, num_workers=args.num_workers,
                         address=args.address, gpus_per_worker=args.gpus_per_worker,
-                        progress=not args.quiet, settings=settings)
+                        progress=not args.quiet, settings=settings,
+                        on_scm_done=scm_table if len(sources) > 1 and not args.quiet else None)
     table = write_phase2_outputs(
         args.output_dir, cfg, sources, results, posterior=posterior, compare=args.compare,
         plots=not args.no_plots,
