@@ -1,6 +1,7 @@
 """Reruns of the Phase-2 CLI into the same output directory: the same command resumes (also
 after SIGINT and kill -9, to a byte-identical steps.csv), other settings are refused before
-any compute, a code change recomputes, and a corrupt cell is named, moved aside and redone."""
+any compute, a code change recomputes, a corrupt cell is named, moved aside and redone, and a
+resumed sweep hands over the SCMs it already holds before computing the rest."""
 
 import os
 import signal
@@ -171,3 +172,30 @@ def test_an_unreadable_run_json_is_refused_in_one_line(done, computed, capsys, c
     (done / "run.json").write_bytes(content)
     line = refused(BASE + ["--output-dir", str(done)], capsys)
     assert "run.json is unreadable" in line and computed == []
+
+
+def test_a_resumed_sweep_shows_the_scms_already_done_before_computing(tmp_path, computed):
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.scm_families import resolve_scm
+
+    cfg = sweep.SweepConfig(("chain3", "easy"), (Method.RANDOM,), 2, EpisodeConfig(5, 2),
+                            batch_size=1)
+    sources = {n: resolve_scm(n) for n in cfg.scms}
+    store = sweep.CellStore(str(tmp_path / "cells"), sweep.sweep_digest(cfg, None, sources))
+    easy_last = store.path(sweep.Batch("easy", Method.RANDOM, (1,)))
+    calls = []
+
+    def on_scm_done(scm, batches):
+        calls.append((scm, sorted(b.seeds for b in batches), len(computed)))
+
+    rs.run_sweep(cfg, sources, None, str(tmp_path), progress=False, on_scm_done=on_scm_done)
+    # chain3 once its two batches are in; easy, the last, is the caller's to show.
+    assert calls == [("chain3", [(0,), (1,)], 2)] and len(computed) == 4
+    os.unlink(easy_last)
+    calls.clear()
+    computed.clear()
+    rs.run_sweep(cfg, sources, None, str(tmp_path), progress=False, on_scm_done=on_scm_done)
+    assert calls == [("chain3", [(0,), (1,)], 0)] and len(computed) == 1
+    calls.clear()
+    rs.run_sweep(cfg, sources, None, str(tmp_path), progress=False, on_scm_done=on_scm_done)
+    assert calls == []                     # nothing to compute: the caller shows everything
