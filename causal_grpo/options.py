@@ -30,8 +30,10 @@ class Option:
 
     @property
     def bounds(self) -> str:
-        lo = "" if self.low is None else f"{self.low:g}"
-        hi = "" if self.high is None else f"{self.high:g}"
+        def shown(v: float | None) -> str:     # an integer flag's bound in full, not 1e+07
+            return "" if v is None else str(int(v)) if self.type is int else f"{v:g}"
+
+        lo, hi = shown(self.low), shown(self.high)
         return f"{'(' if self.open_low else '['}{lo}, {hi}{')' if self.open_high else ']'}"
 
 
