@@ -52,11 +52,6 @@ class SurrogateKind(enum.Enum):
     NEURAL = "neural"
 
 
-def parent_probs(probs: Array, target: Array) -> Array:
-    """(d,) marginal probability that each variable is a parent of ``target``."""
-    return probs[:, target]
-
-
 @dataclasses.dataclass(frozen=True)
 class SurrogateConfig:
     """Which surrogate and its settings; ``analytic``/``neural`` hold the kind-specific config."""
