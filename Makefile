@@ -25,8 +25,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 # Every results table of the README, from scratch, in the README's order (about 3 h on
-# 2 cores). Finished trainings and Phase-2 batches are kept, so rerunning resumes; the scale
-# benchmark reruns in full. The commands are the README's (tests/unit/test_readme.py).
+# 2 cores). Finished trainings, Phase-2 batches and scale rows are kept, so rerunning resumes.
+# The commands are the README's (tests/unit/test_readme.py).
 results: $(STAMP)
 	set -e; for s in 0 1 2; do $(PY) -m jobs.train_grpo --seed $$s --output-dir runs/seed$$s; done
 	$(PY) -m jobs.train_grpo --scm-family dense --output-dir runs/dense

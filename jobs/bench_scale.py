@@ -16,12 +16,19 @@ default architecture's program; untrained weights cost what trained ones do) and
 ``plugin_active`` decision, at "auto" lookahead draws, amortised over the seeds vmapped, on the
 observations after the episodes' last step, with the 1-minute load average while measured.
 
+With ``--out FILE`` every finished row is also kept in ``FILE.rows/``, keyed by the settings
+and the code that measured it: rerunning the same command reprints those rows (marked
+"stored") and computes only the rest, so an interrupted run loses at most the row under way.
+
     python -m jobs.benchmark scale --dims 10,20 --families er
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
 
 import numpy as np
@@ -97,9 +104,56 @@ def _decision_ms(post, d: int, keys, scms, buffer, probs, reps: int = 3) -> dict
     return out
 
 
+# Arguments that choose which rows run, not what a row measures.
+_NOT_SETTINGS = ("cmd", "out", "families", "dims")
+
+
+def settings_digest(args) -> str:
+    """What a row's numbers depend on: every other argument, the library's code version and
+    the benchmark's own code (this module, GIES, the shared helpers)."""
+    from causal_grpo.version import code_version
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = {}
+    for name in ("bench_scale.py", "_gies_fast.py", "benchmark.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            files[name] = hashlib.sha256(f.read()).hexdigest()
+    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    blob = json.dumps({"settings": settings, "code": code_version(), "files": files},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stored_row(path: str | None) -> dict | None:
+    """The row kept at ``path``, or None (none kept, or unreadable: then it is measured again)."""
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.load(f)
+        return row if isinstance(row, dict) and "s_per_run" in row else None
+    except (OSError, ValueError):
+        return None
+
+
+def _progress(row: dict, stored: bool) -> str:
+    return (f"{row['family']}{row['d']}: {row['s_per_run']:.2f} s/run ({row['runs_per_s']:.2f} "
+            f"runs/s, {row['ms_per_update']:.2f} ms/update, compile {row['compile_s']:.0f} s), "
+            f"F1 {row['ours_f1']:.3f} SHD {row['ours_shd']:.1f} | on {row['gies_seeds']} seeds: "
+            f"F1 {row['ours_on_gies_seeds_f1']:.3f} SHD {row['ours_on_gies_seeds_shd']:.1f}, "
+            f"GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:.1f} "
+            f"({row['gies_s_per_fit']:.1f} s/fit), pooled GIES F1 {row['gies_pooled_f1']:.3f} "
+            f"SHD {row['gies_pooled_shd']:.1f} | MCMC vs exact MAE {row['mcmc_mae']:.4f} "
+            f"| chain gap {row['chain_gap']:.2f} | decision ms: grpo "
+            f"{row['ms_per_grpo_decision']:.1f}, plugin {row['ms_per_plugin_decision']:.1f} "
+            f"(load {row['load_1min']:.1f}) | RSS {row['peak_rss_mb']:.0f} MB"
+            + (" (stored)" if stored else ""))
+
+
 def bench_scale(args) -> pd.DataFrame:
     import jax.numpy as jnp
 
+    from causal_grpo import io
     from causal_grpo import metrics as M
     from causal_grpo.active_learning import EpisodeConfig
     from causal_grpo.scm import stack_scms
@@ -120,10 +174,21 @@ def bench_scale(args) -> pd.DataFrame:
                              surrogate=SurrogateConfig(analytic=analytic))
 
     n_updates = args.n_interventions + 1
+    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    if store:
+        io.drop_stale_partials(store)
+    digest = settings_digest(args)
+    for d in args.dims:
+        check_fits(post, d, args.seeds)
     rows = []
     for family in args.families:
         for d in args.dims:
-            check_fits(post, d, args.seeds)
+            path = os.path.join(store, f"{family}{d}-{digest}.json") if store else None
+            row = _stored_row(path)
+            if row is not None:
+                rows.append(row)
+                print(_progress(row, stored=True), flush=True)
+                continue
             src = FamilyConfig(kind=GraphKind(family), d=d,
                                expected_degree=tuple(args.degree))
             pairs = [cell_scm_and_key(src, args.base_seed, s) for s in range(args.seeds)]
@@ -173,16 +238,9 @@ def bench_scale(args) -> pd.DataFrame:
                 row |= _decision_ms(post, d, keys, scms, res.buffer, res.final_probs)
             row["peak_rss_mb"] = _peak_rss_mb()
             rows.append(row)
-            print(f"{family}{d}: {row['s_per_run']:.2f} s/run ({row['runs_per_s']:.2f} runs/s, "
-                  f"{row['ms_per_update']:.2f} ms/update, compile {compile_s:.0f} s), "
-                  f"F1 {row['ours_f1']:.3f} SHD {row['ours_shd']:.1f} | on {n_gies} seeds: "
-                  f"F1 {row['ours_on_gies_seeds_f1']:.3f} SHD {row['ours_on_gies_seeds_shd']:.1f}, "
-                  f"GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:.1f} "
-                  f"({row['gies_s_per_fit']:.1f} s/fit), pooled GIES F1 {row['gies_pooled_f1']:.3f} "
-                  f"SHD {row['gies_pooled_shd']:.1f} | MCMC vs exact MAE {row['mcmc_mae']:.4f} "
-                  f"| chain gap {row['chain_gap']:.2f} | decision ms: grpo "
-                  f"{row['ms_per_grpo_decision']:.1f}, plugin {row['ms_per_plugin_decision']:.1f} "
-                  f"(load {row['load_1min']:.1f}) | RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+            if path:    # in the row's own key order, so a resumed table has the same columns
+                io.write_text(path, json.dumps(row) + "\n")
+            print(_progress(row, stored=False), flush=True)
     df = pd.DataFrame(rows)
     print()
     print(f"posterior: {post.describe(post.exact_max_d)} up to d = {post.exact_max_d}, above "

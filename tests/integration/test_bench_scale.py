@@ -1,19 +1,66 @@
-"""`benchmark scale` end to end on a small graph: our posterior beside both GIES variants."""
+"""`benchmark scale` end to end on a small graph: our posterior beside both GIES variants; a
+rerun reprints the rows it already holds and measures only the rest."""
 
 from __future__ import annotations
 
-from jobs import benchmark
+import os
+
+import pandas as pd
+
+from jobs import bench_scale, benchmark
+
+ARGS = ["scale", "--families", "er", "--seeds", "2", "--gies-seeds", "2",
+        "--exact-check-max-d", "0", "--n-interventions", "5"]
 
 
-def test_scale_table_has_our_row_and_both_gies_variants(capsys):
-    assert benchmark.main(["scale", "--dims", "5", "--families", "er", "--seeds", "2",
-                           "--gies-seeds", "2", "--exact-check-max-d", "0",
-                           "--n-interventions", "5"]) == 0
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+def _table(out: str) -> list[dict]:
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    row = dict(zip(header, (c.strip() for c in lines[-1].strip("|").split("|"))))
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[1:]]
+
+
+def test_scale_table_has_our_row_and_both_gies_variants(capsys, tmp_path, monkeypatch):
+    out = str(tmp_path / "scale.csv")
+    assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    (row,) = _table(printed)
     assert row["graph"] == "er5" and row["GIES seeds"] == "2"
     for col in ("F1", "GIES F1", "pooled GIES F1"):
         assert 0.0 <= float(row[col]) <= 1.0, (col, row[col])
     for col in ("SHD", "GIES SHD", "pooled GIES SHD"):
         assert 0.0 <= float(row[col]) <= 10.0, (col, row[col])
+    first = pd.read_csv(out)
+    (kept,) = os.listdir(out + ".rows")
+    mtime = os.stat(os.path.join(out + ".rows", kept)).st_mtime_ns
+
+    # The same command again measures nothing: the row comes back from the store, marked so,
+    # and the CSV is the same file byte for byte.
+    measured = []
+    real_run = bench_scale._run
+    monkeypatch.setattr(bench_scale, "_run", lambda *a: measured.append(a[1]) or real_run(*a))
+    before = open(out, "rb").read()
+    assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert measured == [] and "er5: " in printed and "(stored)" in printed
+    assert _table(printed) == [row] and open(out, "rb").read() == before
+    assert os.stat(os.path.join(out + ".rows", kept)).st_mtime_ns == mtime
+
+    # An unreadable row is measured again (the same numbers: same seeds, same program).
+    with open(os.path.join(out + ".rows", kept), "w") as f:
+        f.write("{")
+    assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
+    assert measured == [5] and "(stored)" not in capsys.readouterr().out
+    again = pd.read_csv(out)
+    for col in ("ours_f1", "ours_shd", "gies_f1", "gies_shd", "gies_pooled_f1"):
+        assert again[col].tolist() == first[col].tolist(), col
+
+
+def test_a_row_is_reused_only_under_the_same_settings():
+    parser = benchmark.build_parser()
+    base = parser.parse_args(ARGS + ["--dims", "5", "--out", "a.csv"])
+    same = parser.parse_args(ARGS + ["--dims", "5,6", "--families", "er,sf", "--out", "b.csv"])
+    assert bench_scale.settings_digest(base) == bench_scale.settings_digest(same)
+    for other in (["--seeds", "3"], ["--n-observational", "20"], ["--mcmc-steps", "50"],
+                  ["--decisions"], ["--base-seed", "1"], ["--score", "bge"]):
+        changed = parser.parse_args(ARGS + ["--dims", "5"] + other)
+        assert bench_scale.settings_digest(changed) != bench_scale.settings_digest(base), other
