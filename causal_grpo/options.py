@@ -30,10 +30,10 @@ class Option:
 
     @property
     def bounds(self) -> str:
-        def shown(v: float | None) -> str:     # an integer flag's bound in full, not 1e+07
+        def bound(v: float | None) -> str:     # an integer flag's bound in full, not 1e+07
             return "" if v is None else str(int(v)) if self.type is int else f"{v:g}"
 
-        lo, hi = shown(self.low), shown(self.high)
+        lo, hi = bound(self.low), bound(self.high)
         return f"{'(' if self.open_low else '['}{lo}, {hi}{')' if self.open_high else ']'}"
 
 
@@ -46,6 +46,12 @@ def option(default: Any, flag: str, help: str, type: type | None = None,
     return dataclasses.field(default=default, metadata={"option": opt})
 
 
+def shown(value: Any) -> str:
+    """``value`` as a message quotes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def check(opt: Option, value: Any) -> Any:
     """``value`` if it lies within ``opt``'s type and bounds; UserError naming the flag if not."""
     if value is None or issubclass(opt.type, (str, enum.Enum)):
@@ -54,11 +60,11 @@ def check(opt: Option, value: Any) -> Any:
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or (opt.type is int and not isinstance(value, int))
             or (isinstance(value, float) and not math.isfinite(value))):
-        raise UserError(f"{opt.flag} must be {kind}, got {value!r}")
+        raise UserError(f"{opt.flag} must be {kind}, got {shown(value)}")
     below = opt.low is not None and (value <= opt.low if opt.open_low else value < opt.low)
     above = opt.high is not None and (value >= opt.high if opt.open_high else value > opt.high)
     if below or above:
-        raise UserError(f"{opt.flag} must be {kind} in {opt.bounds}, got {value!r}")
+        raise UserError(f"{opt.flag} must be {kind} in {opt.bounds}, got {shown(value)}")
     return value
 
 
@@ -67,7 +73,7 @@ def parse(opt: Option, text: str) -> Any:
     if issubclass(opt.type, enum.Enum):
         values = [m.value for m in opt.type]
         if text not in values:
-            raise UserError(f"{opt.flag} must be one of {', '.join(values)}, got {text!r}")
+            raise UserError(f"{opt.flag} must be one of {', '.join(values)}, got {shown(text)}")
         return opt.type(text)
     if opt.type is str:
         if not text:
@@ -77,7 +83,7 @@ def parse(opt: Option, text: str) -> Any:
         value = opt.type(text)
     except ValueError:
         kind = "an integer" if opt.type is int else "a number"
-        raise UserError(f"{opt.flag} must be {kind}, got {text!r}") from None
+        raise UserError(f"{opt.flag} must be {kind}, got {shown(text)}") from None
     return check(opt, value)
 
 

@@ -8,7 +8,9 @@ import re
 import sys
 from typing import Callable
 
+from causal_grpo import options
 from causal_grpo.errors import RunFailure, UserError
+from causal_grpo.options import Option, shown
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -65,22 +67,21 @@ SEED_MAX = 2**32 - 1
 FLOAT_MAX = 1e6
 
 
-def _shown(text: str) -> str:
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+def option_type(opt: Option) -> Callable[[str], object]:
+    """An argparse ``type`` that reads and checks ``opt``'s value (:func:`options.parse`: the one
+    place where every job's flag bounds are checked and their messages worded)."""
+    def parse(text: str):
+        try:
+            return options.parse(opt, text)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = opt.flag    # argparse names the type in some messages
+    return parse
 
 
 def positive_int(name: str, minimum: int = 1, maximum: int = INT_MAX) -> Callable[[str], int]:
-    """An integer in ``minimum..maximum``."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:  # also: more digits than int() converts
-            v = None
-        if v is None or not minimum <= v <= maximum:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be an integer in {minimum}..{maximum}, got {_shown(text)}")
-        return v
-    return parse
+    """An integer in [minimum, maximum]."""
+    return option_type(Option(name, "", int, minimum, maximum))
 
 
 def seed_int(name: str) -> Callable[[str], int]:
@@ -100,22 +101,13 @@ def lookahead_draws(text: str) -> int | str:
         return positive_int("--lookahead-draws", 1, MAX_LOOKAHEAD_DRAWS)(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"--lookahead-draws must be 'auto' or an integer in "
-                                         f"1..{MAX_LOOKAHEAD_DRAWS}, got {_shown(text)}") from None
+                                         f"[1, {MAX_LOOKAHEAD_DRAWS}], got {shown(text)}") from None
 
 
 def positive_float(name: str, allow_zero: bool = False,
                    maximum: float = FLOAT_MAX) -> Callable[[str], float]:
     """A finite number in (0, maximum] ([0, maximum] with ``allow_zero``); nan/inf refused."""
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {_shown(text)}") from None
-        if not ((v >= 0 if allow_zero else v > 0) and v <= maximum):
-            interval = f"{'[' if allow_zero else '('}0, {maximum:g}]"
-            raise argparse.ArgumentTypeError(f"{name} must be a number in {interval}, got {_shown(text)}")
-        return v
-    return parse
+    return option_type(Option(name, "", float, 0.0, maximum, open_low=not allow_zero))
 
 
 def gpus_per_worker(text: str) -> float:
@@ -123,14 +115,14 @@ def gpus_per_worker(text: str) -> float:
     v = positive_float("--gpus-per-worker", allow_zero=True, maximum=1024)(text)
     if v > 1 and v != int(v):
         raise argparse.ArgumentTypeError(
-            f"--gpus-per-worker above 1 must be a whole number, got {_shown(text)}")
+            f"--gpus-per-worker above 1 must be a whole number, got {shown(text)}")
     return v
 
 
 def comma_list(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",")]
     if not items or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {_shown(text)}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {shown(text)}")
     return items
 
 
@@ -139,7 +131,7 @@ def list_of(parse_one: Callable[[str], object], length: int | None = None) -> Ca
     def parse(text: str) -> list:
         items = [parse_one(t) for t in comma_list(text)]
         if length is not None and len(items) != length:
-            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {_shown(text)}")
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {shown(text)}")
         return items
     return parse
 

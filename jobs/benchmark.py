@@ -272,7 +272,7 @@ def bench_posterior(args) -> "pd.DataFrame":
     exact_max = B.AnalyticConfig().exact_max_d
     bad = [d for d in args.d if not 2 <= d <= exact_max]
     if bad:
-        raise UserError(f"posterior: --d must lie in 2..{exact_max} (the exact DP), got {bad}")
+        raise UserError(f"posterior: --d must lie in [2, {exact_max}] (the exact DP), got {bad}")
     rows = []
     for d in args.d:
         n = args.batch

@@ -21,9 +21,8 @@ import enum
 import sys
 
 from causal_grpo import options
-from causal_grpo.errors import UserError
 from causal_grpo.options import option
-from jobs._cli import ArgumentParser, user_errors_exit_2
+from jobs._cli import ArgumentParser, option_type, user_errors_exit_2
 
 PROG = "train_grpo"
 
@@ -56,16 +55,6 @@ def _declared():
         yield "__".join(path), path, opt, default
 
 
-def _arg_type(opt: options.Option):
-    def parse(text: str):
-        try:
-            return options.parse(opt, text)
-        except UserError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = opt.flag    # argparse names the type in some messages
-    return parse
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     for dest, _, opt, default in _declared():
@@ -74,7 +63,7 @@ def build_parser() -> ArgumentParser:
         metavar = ("{" + ",".join(m.value for m in opt.type) + "}"
                    if issubclass(opt.type, enum.Enum) else opt.flag[2:].upper().replace("-", "_"))
         # None marks "not given": a family's protocol may then set the value.
-        p.add_argument(opt.flag, dest=dest, type=_arg_type(opt), default=None,
+        p.add_argument(opt.flag, dest=dest, type=option_type(opt), default=None,
                        help=help_text, metavar=metavar)
     return p
 
