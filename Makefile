@@ -34,7 +34,7 @@ results: $(STAMP)
 	    --protocol-checkpoint runs/dense --output-dir runs/eval
 	$(PY) -m jobs.benchmark ceiling --scms easy,medium,hard,er10,sf10 --seeds 50 \
 	    --base-seed 2000000000 --out runs/ceiling.csv
-	$(PY) -m jobs.benchmark scale --dims 10,14,20,30,50,100 --out runs/scale.csv
+	$(PY) -m jobs.benchmark scale --dims 10,15,20,30,50,100 --out runs/scale.csv
 	set -e; for s in 0 1 2; do $(PY) -m jobs.two_phase_training --compare --methods uncertainty_active \
 	    --scm-type er50,sf100 --seeds 30 --batch-size 15 --grpo-checkpoint runs/seed$$s \
 	    --num-workers 2 --output-dir runs/phase2_scale_seed$$s; done

@@ -9,8 +9,7 @@ import pandas as pd
 
 from jobs import bench_scale, benchmark
 
-ARGS = ["scale", "--families", "er", "--seeds", "2", "--gies-seeds", "2",
-        "--exact-check-max-d", "0", "--n-interventions", "5"]
+ARGS = ["scale", "--families", "er", "--seeds", "2", "--gies-seeds", "2", "--n-interventions", "5"]
 
 
 def _table(out: str) -> list[dict]:
@@ -29,6 +28,8 @@ def test_scale_table_has_our_row_and_both_gies_variants(capsys, tmp_path, monkey
         assert 0.0 <= float(row[col]) <= 1.0, (col, row[col])
     for col in ("SHD", "GIES SHD", "pooled GIES SHD"):
         assert 0.0 <= float(row[col]) <= 10.0, (col, row[col])
+    # d = 5 is within the exact DP's range, so by default the MCMC posterior is checked there.
+    assert 0.0 < float(row["MCMC-exact MAE"]) < 0.05, row["MCMC-exact MAE"]
     first = pd.read_csv(out)
     (kept,) = os.listdir(out + ".rows")
     mtime = os.stat(os.path.join(out + ".rows", kept)).st_mtime_ns
@@ -49,9 +50,10 @@ def test_scale_table_has_our_row_and_both_gies_variants(capsys, tmp_path, monkey
     with open(os.path.join(out + ".rows", kept), "w") as f:
         f.write("{")
     assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
-    assert measured == [5] and "(stored)" not in capsys.readouterr().out
+    # (twice: the exact episodes, then the same episodes under MCMC)
+    assert measured == [5, 5] and "(stored)" not in capsys.readouterr().out
     again = pd.read_csv(out)
-    for col in ("ours_f1", "ours_shd", "gies_f1", "gies_shd", "gies_pooled_f1"):
+    for col in ("ours_f1", "ours_shd", "gies_f1", "gies_shd", "gies_pooled_f1", "mcmc_mae"):
         assert again[col].tolist() == first[col].tolist(), col
 
 
@@ -61,6 +63,18 @@ def test_a_row_is_reused_only_under_the_same_settings():
     same = parser.parse_args(ARGS + ["--dims", "5,6", "--families", "er,sf", "--out", "b.csv"])
     assert bench_scale.settings_digest(base) == bench_scale.settings_digest(same)
     for other in (["--seeds", "3"], ["--n-observational", "20"], ["--mcmc-steps", "50"],
-                  ["--decisions"], ["--base-seed", "1"], ["--score", "bge"]):
+                  ["--decisions"], ["--base-seed", "1"], ["--score", "bge"],
+                  ["--exact-check-max-d", "0"]):
         changed = parser.parse_args(ARGS + ["--dims", "5"] + other)
         assert bench_scale.settings_digest(changed) != bench_scale.settings_digest(base), other
+
+
+def test_mcmc_is_checked_against_the_exact_dp_wherever_it_runs():
+    from causal_grpo.surrogate_bayes import AnalyticConfig
+
+    post = AnalyticConfig()
+    top = post.exact_max_d
+    default = benchmark.build_parser().parse_args(ARGS).exact_check_max_d
+    assert [bench_scale._checks_mcmc(post, d, default) for d in (3, top, top + 1)] == [
+        True, True, False]
+    assert not bench_scale._checks_mcmc(post, top, top - 1)
