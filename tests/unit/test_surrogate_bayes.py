@@ -463,7 +463,7 @@ def run_surrogate(cfg, d, chunks, key=1):
 # burn_in = mcmc_steps: the first data here (30 rows of er_data(12, ..., seed 1)) have a
 # different mode from all 60, and a longer first run settles every chain in it (mean error
 # over 8 chain keys 0.029 at burn_in 2000 against 0.023 at 1000); the default's effect at
-# d <= 14 is the benchmark's row (`jobs.benchmark scale`, "MCMC error").
+# the exact DP's sizes is the benchmark's rows (`jobs.benchmark scale`, "MCMC error").
 MCMC = AnalyticConfig(exact_max_d=0, mcmc_steps=1000, burn_in=1000)
 
 
