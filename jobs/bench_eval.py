@@ -252,7 +252,9 @@ def dense_table(steps, scms: Sequence[str]):
         for col in ("f1", "shd", "auprc"):
             row[f"{col}_mean"], row[f"{col}_ci95"] = mean_ci(g[col].to_numpy())
         rows.append(row)
-    return pd.DataFrame(rows)
+    # Fixed columns: an evaluation without a dense SCM has an empty table, not a shapeless one.
+    return pd.DataFrame(rows, columns=["scm", "method", "run", "step", "n_seeds"] + [
+        f"{col}_{stat}" for col in ("f1", "shd", "auprc") for stat in ("mean", "ci95")])
 
 
 def _label(method: str, run: int) -> str:

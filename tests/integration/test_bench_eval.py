@@ -159,6 +159,12 @@ def test_eval_end_to_end(evaluated, capsys):
     assert set(dense["scm"]) == {"dense5"} and set(dense["step"]) == {0, 1}
     assert set(dense["method"]) == METHODS | {"protocol_policy"}
     assert "Dense protocol" in printed
+    # Without a dense SCM the dense table is empty and the tables are written all the same.
+    no_dense = bench_eval.dense_table(pd.read_csv(out / "steps.csv"), [])
+    assert no_dense.empty and list(no_dense.columns) == list(dense.columns)
+    easy = [df[df.scm == "easy"] for df in (methods, paired, pooled)]
+    table = bench_eval.markdown(*easy, no_dense, 3)
+    assert "| easy |" in table and "dense5" not in table and "Dense protocol" not in table
 
     # Resuming: a rerun reads every cell from the cache and prints the same tables.
     stamp = {p: os.path.getmtime(p) for p in (out / "cells").rglob("*.npz")}
