@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 from typing import Callable
@@ -24,6 +25,36 @@ class ArgumentParser(argparse.ArgumentParser):
 def fail(prog: str, message: str) -> None:
     sys.stderr.write(f"{prog}: error: {' '.join(str(message).split())}\n")
     raise SystemExit(2)
+
+
+INTERRUPTED = 130
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """The ``__main__`` entry of every job: ``sys.exit(main())``, except that an interrupted run
+    exits without the interpreter's teardown. Interrupted inside a jitted batch, XLA may still
+    be running it on its own threads, and finalising Python under them segfaulted (exit 139
+    after the one-line message). Finished work is already on disk (atomic renames); what the
+    teardown would have done that matters is flushing our streams and leaving Ray."""
+    try:
+        code = main()
+    except SystemExit as e:
+        if e.code != INTERRUPTED:
+            raise
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        ray = sys.modules.get("ray")
+        if ray is not None:
+            try:
+                if ray.is_initialized():
+                    ray.shutdown()
+            except BaseException:       # exiting anyway; a second Ctrl-C must not stop that
+                pass
+        os._exit(INTERRUPTED)
+    sys.exit(code)
 
 
 def user_errors_exit_2(prog: str) -> Callable:
@@ -52,7 +83,7 @@ def user_errors_exit_2(prog: str) -> Callable:
                 raise SystemExit(1)
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted; finished work is kept, rerun to resume\n")
-                raise SystemExit(130)
+                raise SystemExit(INTERRUPTED)
         return wrapper
 
     return deco

@@ -24,7 +24,7 @@ import time
 
 from causal_grpo.errors import UserError
 from jobs._cli import (ArgumentParser, comma_list, list_of, phase2_memory_bytes, positive_float,
-                       positive_int, refuse_oversized, seed_int, user_errors_exit_2)
+                       positive_int, refuse_oversized, run_script, seed_int, user_errors_exit_2)
 
 PROG = "benchmark"
 
@@ -393,4 +393,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -16,10 +16,9 @@ Both run on laptop-local Ray with ``--num-workers`` actors (default 2), or on th
 from __future__ import annotations
 
 import os
-import sys
 
 from jobs import train_grpo, two_phase_training
-from jobs._cli import ArgumentParser, positive_int, user_errors_exit_2
+from jobs._cli import ArgumentParser, positive_int, run_script, user_errors_exit_2
 
 PROG = "main"
 
@@ -51,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

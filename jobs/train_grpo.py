@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import sys
 
 from causal_grpo import options
 from causal_grpo.options import option
-from jobs._cli import ArgumentParser, option_type, user_errors_exit_2
+from jobs._cli import ArgumentParser, option_type, run_script, user_errors_exit_2
 
 PROG = "train_grpo"
 
@@ -99,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -30,7 +30,7 @@ import sys
 
 from jobs._cli import (ArgumentParser, comma_list, fail, gpus_per_worker, lookahead_draws,
                        phase2_memory_bytes, positive_float, positive_int, refuse_oversized,
-                       seed_int, user_errors_exit_2)
+                       run_script, seed_int, user_errors_exit_2)
 
 PROG = "two_phase_training"
 COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
@@ -247,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

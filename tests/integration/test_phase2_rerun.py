@@ -128,9 +128,9 @@ def cells_in(out):
     return sorted(p for p in out.rglob("*.npz") if not p.name.startswith("."))
 
 
-def start_then(out, sig, more_than: int):
+def start_then(out, sig, more_than: int, args=SLOW):
     """Start the CLI, send ``sig`` once more than ``more_than`` cells exist; returns exit code."""
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *SLOW,
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *args,
                              "--output-dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True,
                             # A runner started in the background (`cmd &`) ignores SIGINT, and
@@ -165,6 +165,30 @@ def test_sigint_and_kill_9_resume_to_a_byte_identical_steps_csv(tmp_path):
     ref = tmp_path / "ref"
     assert two_phase_training.main(SLOW + ["--output-dir", str(ref)]) == 0
     assert (out / "steps.csv").read_bytes() == (ref / "steps.csv").read_bytes()
+
+
+def test_ctrl_c_while_xla_compiles_exits_130_not_with_a_segfault(tmp_path):
+    # Interrupted while XLA compiled the batch program, finalising Python segfaulted after the
+    # one-line message (3 of 3 here before the fix). Compiling takes seconds and the compile log
+    # says when it starts; a cold cache makes it compile; 300 steps keep the run going.
+    env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "er12",
+                             "--methods", "plugin_active", "--seeds", "2", "--batch-size", "1",
+                             "--n-interventions", "300", "--quiet", "--no-plots",
+                             "--output-dir", str(tmp_path / "run")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stderr:
+        if "Finished jaxpr to MLIR module conversion jit(one)" in line:
+            break
+    else:
+        pytest.fail(f"the batch program was not compiled (rc {proc.wait()})")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 130, err[-2000:]
+    assert [line for line in err.splitlines() if "two_phase_training" in line] == [
+        "two_phase_training: interrupted; finished work is kept, rerun to resume"]
 
 
 @pytest.mark.parametrize("content", [b"{", b"[1, 2]", b'{"settings": [1]}', b"\xff\xfe"])
