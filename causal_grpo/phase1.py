@@ -433,7 +433,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     import os
     import pandas as pd
     from causal_grpo import io
-    from causal_grpo.checkpoint import TRAINER_FILE, save_checkpoint
+    import zipfile
+    from causal_grpo.checkpoint import TRAINER_FILE, read_config, save_checkpoint
     from causal_grpo.errors import UserError
 
     trainer = Trainer(cfg, collect_fn)
@@ -443,25 +444,40 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     rows: list[dict] = []
     train_dict = config_to_dict(cfg)
     final_dir = os.path.join(out_dir, "final")
+    # What a resume reads is checked here: a damaged file is named in one line (UserError),
+    # with what to remove, rather than ending in a traceback.
+    stored_configs = {}
     for existing in ([final_dir] if resume else []) + ([latest_checkpoint(out_dir)[0]]
                                                        if resume and latest_checkpoint(out_dir) else []):
-        if os.path.exists(os.path.join(existing, "config.json")):
-            with open(os.path.join(existing, "config.json"), encoding="utf-8") as f:
-                stored = json.load(f)
+        path = os.path.join(existing, "config.json")
+        if os.path.exists(path):
+            stored_configs[existing] = stored = read_config(path)
             current = json.loads(json.dumps(train_dict, default=str))
             if stored.get("training") != current:
                 raise UserError(f"{out_dir} holds a run with a different configuration; "
                                 "use a new --output-dir (or the same flags to resume)")
-    if resume and os.path.exists(os.path.join(final_dir, "config.json")):
+    if final_dir in stored_configs:
         log(f"{final_dir} exists: training already complete")
-        with open(os.path.join(final_dir, "config.json"), encoding="utf-8") as f:
-            return json.load(f)["metrics"]
+        metrics = stored_configs[final_dir].get("metrics")
+        if not isinstance(metrics, dict):
+            raise UserError(f"{final_dir}/config.json has no metrics: a damaged run; remove "
+                            f"{final_dir} to finish it again from its newest checkpoint")
+        return metrics
     found = latest_checkpoint(out_dir) if resume else None
     if found is not None:
-        with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
-            state, start = restore_trainer_state(state, {k: z[k] for k in z.files})
+        try:
+            with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
+                state, start = restore_trainer_state(state, {k: z[k] for k in z.files})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise UserError(f"{found[0]}/{TRAINER_FILE} is unreadable ({type(e).__name__}); "
+                            f"remove {found[0]} to resume from the checkpoint before it") from None
         if os.path.exists(log_path):
-            rows = [r for r in pd.read_csv(log_path).to_dict("records") if r["iteration"] < start]
+            try:
+                rows = [r for r in pd.read_csv(log_path).to_dict("records")
+                        if r["iteration"] < start]
+            except (OSError, ValueError, KeyError, TypeError, pd.errors.EmptyDataError) as e:
+                raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
+                                "resume (the log then starts at the resumed iteration)") from None
         log(f"resuming from {found[0]} (iteration {start})")
     t_start = time.time()
     last_eval: dict = {}

@@ -117,6 +117,52 @@ def test_resuming_with_other_flags_is_refused(trained):
     assert r.returncode == 2 and "different configuration" in r.stderr, r.stderr
 
 
+TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode", "4",
+              "--group-size", "4", "--eval-every", "0", "--checkpoint-every", "2"]
+
+
+def _newest_step(run):
+    return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
+               key=lambda p: int(p.name[5:]))
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("final config not json", "config.json is not valid JSON"),
+    ("final config without metrics", "has no metrics"),
+    ("step config not utf-8", "is not UTF-8"),
+    ("trainer state truncated", "trainer_state.npz is unreadable"),
+    ("train log garbage", "train_log.csv is unreadable"),
+    ("train log empty", "train_log.csv is unreadable"),
+])
+def test_a_damaged_run_directory_is_one_line_exit_2_on_resume(trained, tmp_path, capsys,
+                                                              damage, needle):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    if not damage.startswith("final"):
+        shutil.rmtree(run / "final")                 # an interrupted run: resumes from a step
+    if damage == "final config not json":
+        (run / "final" / "config.json").write_text("{")
+    elif damage == "final config without metrics":
+        cfg = json.loads((run / "final" / "config.json").read_text())
+        del cfg["metrics"]
+        (run / "final" / "config.json").write_text(json.dumps(cfg))
+    elif damage == "step config not utf-8":
+        (_newest_step(run) / "config.json").write_bytes(b"\xff\xfe{")
+    elif damage == "trainer state truncated":
+        state = _newest_step(run) / C.TRAINER_FILE
+        state.write_bytes(state.read_bytes()[:100])
+    else:
+        (run / "train_log.csv").write_text("" if damage.endswith("empty") else '"a,\n1,2,3\n')
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_bad_checkpoint_at_the_cli_is_one_line_exit_2(trained, tmp_path, damage):
     ck = tmp_path / "ck"
