@@ -26,6 +26,8 @@ and the code that measured it: rerunning the same command reprints those rows (m
 
 from __future__ import annotations
 
+import argparse
+
 import dataclasses
 import hashlib
 import json
@@ -269,12 +271,32 @@ def bench_scale(args) -> pd.DataFrame:
     return df
 
 
-def add_parser(sub, comma_list, positive_int) -> None:
+FAMILIES = ("er", "sf")
+
+
+def _families(comma_list):
+    def parse(text: str) -> list[str]:
+        names = comma_list(text)
+        bad = [n for n in names if n not in FAMILIES]
+        if bad or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(
+                f"--families takes distinct names from {', '.join(FAMILIES)}, got {text!r}")
+        return names
+    return parse
+
+
+def add_parser(sub, comma_list, positive_int, degree_range) -> None:
     s = sub.add_parser("scale", help="posterior speed, memory and accuracy from d = 10 to 100")
-    ints = lambda t: [positive_int("--dims", 3)(x) for x in comma_list(t)]  # noqa: E731
+
+    def ints(text: str) -> list[int]:
+        dims = [positive_int("--dims", 3)(x) for x in comma_list(text)]
+        if len(set(dims)) != len(dims):
+            raise argparse.ArgumentTypeError(f"--dims lists a size twice: {text!r}")
+        return dims
+
     s.add_argument("--dims", type=ints, default=[10, 15, 20, 30, 50, 100])
-    s.add_argument("--families", type=comma_list, default=["er", "sf"])
-    s.add_argument("--degree", type=lambda t: [float(x) for x in comma_list(t)], default=[2.0, 4.0],
+    s.add_argument("--families", type=_families(comma_list), default=list(FAMILIES))
+    s.add_argument("--degree", type=degree_range, default=[2.0, 4.0],
                    help="expected-degree range lo,hi (each graph draws its degree from it)")
     s.add_argument("--seeds", type=positive_int("--seeds"), default=10)
     s.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)

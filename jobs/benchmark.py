@@ -338,13 +338,13 @@ def build_parser() -> ArgumentParser:
                    help="timing per part and d")
 
     from jobs.bench_scale import add_parser as add_scale
-    add_scale(sub, comma_list, positive_int)
+    add_scale(sub, comma_list, positive_int, list_of(positive_float("--degree", allow_zero=True), 2))
 
-    for name in ("phase1", "ray"):
-        r = sub.add_parser(name, help=f"{name} benchmark")
-        r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
-                       help="approximate work per measurement")
-        r.add_argument("--workers", type=list_of(positive_int("--workers", 0)), default=[0, 1, 2])
+    sub.add_parser("phase1", help="Phase-1 candidate evaluations per second, default curriculum")
+    r = sub.add_parser("ray", help="Phase-2 sweep time on 0, 1, 2 Ray workers")
+    r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
+                   help="approximate work per measurement")
+    r.add_argument("--workers", type=list_of(positive_int("--workers", 0)), default=[0, 1, 2])
     from jobs.bench_eval import add_parser as add_eval_parser
     add_eval_parser(sub)
     for sp in sub.choices.values():

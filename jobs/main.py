@@ -35,18 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     ray_args = ["--num-workers", str(args.num_workers)] + (
         ["--address", args.address] if args.address else [])
 
-    print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
-    rc = train_grpo.main(["--output-dir", args.phase1_dir] + ray_args)
-    if rc:
-        return rc
-    print("== Phase 2: comparison")
-    return two_phase_training.main([
+    phase2 = [
         "--grpo-checkpoint", os.path.join(args.phase1_dir, "final"), "--compare",
         "--methods", "uncertainty_active,plugin_active", "--scm-type", "easy,medium,hard,er10,er15",
         "--seeds", str(args.seeds), "--n-observational", "30", "--n-interventions", "50",
         # Batches of 10 seeds: a lookahead batch at d = 15 (about 0.2 s per decision) stays a
         # few minutes long, so work spreads over the workers and resumes in small steps.
-        "--batch-size", "10", "--output-dir", args.output_dir] + ray_args)
+        "--batch-size", "10", "--output-dir", args.output_dir] + ray_args
+    # Phase 2's output directory is checked before Phase 1's minutes of training.
+    two_phase_training.run(phase2, check_only=True)
+    print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
+    rc = train_grpo.main(["--output-dir", args.phase1_dir] + ray_args)
+    if rc:
+        return rc
+    print("== Phase 2: comparison")
+    return two_phase_training.run(phase2)
 
 
 if __name__ == "__main__":

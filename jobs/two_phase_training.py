@@ -163,6 +163,16 @@ def episode_config(sources: dict, n_observational: int | None, n_interventions: 
 
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
+    return run(argv)
+
+
+def run(argv: list[str] | None = None, check_only: bool = False) -> int:
+    """The job without its one-line error handling (``jobs.main`` runs it under its own).
+
+    ``check_only``: validate everything that does not need the policy's weights, the output
+    directory included (free, or holding a run of these settings), and compute nothing; the
+    main job does this before Phase 1 writes the checkpoint named by ``--grpo-checkpoint``.
+    """
     args = build_parser().parse_args(argv)
     methods = resolve_methods(args)
     check_memory(args, len(args.scm_type), methods, 2,
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"SCM name '{src.name}' appears twice in --scm-type")
         sources[src.name] = src
     policy = None
-    if args.grpo_checkpoint:
+    if args.grpo_checkpoint and not check_only:
         from causal_grpo.checkpoint import load_grpo_policy
         from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
@@ -224,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         "compare": args.compare,
         "grpo_checkpoint": args.grpo_checkpoint and os.path.abspath(args.grpo_checkpoint),
         "lookahead_draws": args.lookahead_draws if args.grpo_checkpoint else None}
+    if check_only:
+        from causal_grpo.results import claim_output_dir
+        claim_output_dir(args.output_dir, settings)
+        return 0
     finished_scms = []
 
     def scm_table(scm: str, batches: dict) -> str:

@@ -303,6 +303,13 @@ def test_float_flags_accept_their_range():
     (["gies", "--degree", "nan,2"], "--degree"),
     (["posterior", "--seconds", "inf"], "--seconds"),
     (["ray", "--workers", "0,-1"], "--workers"),
+    (["scale", "--families", "foo"], "--families takes distinct names from er, sf"),
+    (["scale", "--families", "er,er"], "--families takes distinct names"),
+    (["scale", "--dims", "5,5"], "--dims lists a size twice"),
+    (["scale", "--degree", "5"], "expected 2"),
+    (["scale", "--degree=-1,2"], "--degree"),
+    (["scale", "--degree", "1e300,1e301"], "--degree"),
+    (["phase1", "--workers", "1"], "unrecognized arguments"),
 ])
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
@@ -316,3 +323,28 @@ def test_benchmark_out_that_cannot_be_written_is_refused_before_the_run(capsys, 
         line = refused(capsys, tmp_path, "scale", "--dims", "100", "--out", str(out),
                        main=benchmark.main, output=False)
         assert needle in line, line
+
+
+# --------------------------------------------------------------------------- the main job
+
+@pytest.mark.parametrize("occupied", ["a file", "another run"])
+def test_main_job_checks_phase_2s_output_before_phase_1(capsys, tmp_path, monkeypatch, occupied):
+    from jobs import main as main_job, train_grpo
+
+    def phase1(*args, **kwargs):
+        raise AssertionError("Phase 1 started before Phase 2's output directory was checked")
+
+    monkeypatch.setattr(train_grpo, "main", phase1)
+    out = tmp_path / "phase2"
+    if occupied == "a file":
+        out.write_text("x")
+    else:
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps({"settings": {"seeds": 3}}))
+    line = refused(capsys, tmp_path, "--num-workers", "0", "--seeds", "2", "--phase1-dir",
+                   str(tmp_path / "p1"), "--output-dir", str(out), main=main_job.main,
+                   output=False)
+    assert line.startswith("main: error: ") and str(out) in line, line
+    assert ("cannot create output directory" if occupied == "a file"
+            else "holds a run with other settings") in line
+    assert not (tmp_path / "p1").exists()
