@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Sequence
 
-from jobs._cli import comma_list, lookahead_draws, positive_int
+from jobs._cli import comma_list, gpus_per_worker, lookahead_draws, positive_int
 
 # Never used in development (base seeds there: 0 to about 1,000,100 and from 1,000,003 on);
 # below 2^31, so it survives any signed 32-bit handling of a seed.
@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
     e.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=0,
                    help="0 = in-process without Ray; N = N Ray actors")
     e.add_argument("--address", default=None)
-    e.add_argument("--gpus-per-worker", type=float, default=0.0)
+    e.add_argument("--gpus-per-worker", type=gpus_per_worker, default=0.0)
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

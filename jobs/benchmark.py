@@ -176,6 +176,8 @@ def bench_ceiling(args) -> "pd.DataFrame":
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
     batch = min(args.batch_size or args.seeds, args.seeds)
     exact_max = B.AnalyticConfig().exact_max_d
+    if len(set(args.scms)) != len(args.scms):
+        raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}
     dims = {name: cell_scm_and_key(src, 0, 0)[0].adj.shape[-1] for name, src in sources.items()}
     for name, d in dims.items():

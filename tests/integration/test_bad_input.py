@@ -310,6 +310,11 @@ def test_float_flags_accept_their_range():
     (["scale", "--degree=-1,2"], "--degree"),
     (["scale", "--degree", "1e300,1e301"], "--degree"),
     (["phase1", "--workers", "1"], "unrecognized arguments"),
+    (["ceiling", "--scms", "easy,easy"], "--scms lists an SCM twice"),
+    (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "nan"],
+     "--gpus-per-worker"),
+    (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "-3"],
+     "--gpus-per-worker"),
 ])
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
