@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
+import os
 
 from causal_grpo import options
 from causal_grpo.options import option
@@ -83,11 +84,25 @@ def config_from_args(args: argparse.Namespace):
     return run, cfg
 
 
+def refuse_foreign_dir(out_dir: str) -> None:
+    """A directory that holds files but no Phase-1 run is someone else's: training would write
+    checkpoints among them (a Phase-1 run is step_<n>/, final/ and train_log.csv)."""
+    from causal_grpo.errors import UserError
+    entries = sorted(n for n in os.listdir(out_dir) if not n.startswith("."))
+    ours = [n for n in entries if n in ("final", "train_log.csv")
+            or (n.startswith("step_") and n[5:].isdigit())]
+    if entries and not ours:
+        raise UserError(f"output directory {out_dir} is not empty ({', '.join(entries[:3])}"
+                        f"{', ...' if len(entries) > 3 else ''}) and holds no Phase-1 run; "
+                        "use another --output-dir")
+
+
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     run, cfg = config_from_args(build_parser().parse_args(argv))
     from causal_grpo import io
     io.ensure_writable_dir(run.output_dir)
+    refuse_foreign_dir(run.output_dir)
     from cluster.train import train
     metrics = train(cfg, run.output_dir, num_workers=run.num_workers, address=run.address,
                     gpus_per_worker=run.gpus_per_worker)

@@ -77,6 +77,17 @@ def test_a_bad_value_is_one_line_and_exit_2_before_any_work(args, needle, tmp_pa
     assert not out.exists()
 
 
+def test_a_directory_of_other_files_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a Phase-1 run")
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "holds no Phase-1 run" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_a_config_built_in_code_is_checked_against_the_same_bounds():
     with pytest.raises(UserError, match="--clip-eps must be a finite number in"):
         Phase1Config(grpo=grpo.GRPOConfig(clip_eps=1.5)).validate()
