@@ -1,6 +1,5 @@
 """A multi-node cluster on loopback (ray.cluster_utils.Cluster): a node removed mid-sweep."""
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")

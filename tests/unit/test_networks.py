@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from causal_grpo.features import Buffer, features_from_probs
 from causal_grpo.networks import PolicyConfig, PolicyInput, dummy_input, make_policy
