@@ -32,9 +32,9 @@ INTERRUPTED = 130
 
 def run_script(main: Callable[[], int | None]) -> None:
     """The ``__main__`` entry of every job: ``sys.exit(main())``, except that an interrupted run
-    exits without the interpreter's teardown. Interrupted inside a jitted batch, XLA may still
-    be running it on its own threads, and finalising Python under them segfaulted (exit 139
-    after the one-line message). Finished work is already on disk (atomic renames); what the
+    exits without the interpreter's teardown. Interrupted while XLA compiled a batch program
+    (on threads of its own), finalising Python segfaulted (exit 139 after the one-line
+    message). Finished work is already on disk (atomic renames); what the
     teardown would have done that matters is flushing our streams and leaving Ray."""
     try:
         code = main()
@@ -47,13 +47,11 @@ def run_script(main: Callable[[], int | None]) -> None:
             except (OSError, ValueError):
                 pass
         ray = sys.modules.get("ray")
-        if ray is not None:
-            try:
-                if ray.is_initialized():
-                    ray.shutdown()
-            except BaseException:       # exiting anyway; a second Ctrl-C must not stop that
-                pass
-        os._exit(INTERRUPTED)
+        try:
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
+        finally:                        # whatever shutdown raised (a second Ctrl-C too): exit
+            os._exit(INTERRUPTED)
     sys.exit(code)
 
 
