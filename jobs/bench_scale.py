@@ -27,7 +27,6 @@ and the code that measured it: rerunning the same command reprints those rows (m
 from __future__ import annotations
 
 import argparse
-
 import dataclasses
 import hashlib
 import json
