@@ -6,7 +6,9 @@ import argparse
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Callable
 
 from causal_grpo import options
@@ -55,6 +57,20 @@ def run_script(main: Callable[[], int | None]) -> None:
     sys.exit(code)
 
 
+def _interrupt_again_if_swallowed(previous_hook: Callable) -> Callable:
+    """A ``sys.unraisablehook``. Ctrl-C raised while Python runs a finaliser or a garbage-collector
+    callback (JAX frees device buffers from one) is printed as "Exception ignored" and dropped,
+    and the run went on. The interrupt is sent again a moment later, from outside the callback."""
+    def hook(unraisable):
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+        else:
+            previous_hook(unraisable)
+    return hook
+
+
 def user_errors_exit_2(prog: str) -> Callable:
     """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
     :class:`RunFailure` one line and exit code 1."""
@@ -69,6 +85,8 @@ def user_errors_exit_2(prog: str) -> Callable:
             from causal_grpo.jaxcache import enable_compilation_cache, pin_cpu_numerics
             pin_cpu_numerics()
             enable_compilation_cache()
+            previous_hook = sys.unraisablehook
+            sys.unraisablehook = _interrupt_again_if_swallowed(previous_hook)
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
@@ -82,6 +100,8 @@ def user_errors_exit_2(prog: str) -> Callable:
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted; finished work is kept, rerun to resume\n")
                 raise SystemExit(INTERRUPTED)
+            finally:
+                sys.unraisablehook = previous_hook
         return wrapper
 
     return deco

@@ -191,6 +191,41 @@ def test_ctrl_c_while_xla_compiles_exits_130_not_with_a_segfault(tmp_path):
         "two_phase_training: interrupted; finished work is kept, rerun to resume"]
 
 
+SWALLOWED = """
+import os, signal, sys, time
+from jobs import _cli
+
+class Finaliser:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):      # the interrupt is raised here, inside the finaliser
+            pass
+
+@_cli.user_errors_exit_2("job")
+def main():
+    Finaliser()
+    t0 = time.time()
+    while time.time() - t0 < 20:
+        time.sleep(0.01)
+    return 0
+
+_cli.run_script(main)
+"""
+
+
+def test_ctrl_c_inside_a_finaliser_still_stops_the_job(tmp_path):
+    # JAX frees device buffers from a garbage-collector callback; Ctrl-C landing there was
+    # printed as "Exception ignored" and dropped, and the run went on.
+    script = tmp_path / "job.py"
+    script.write_text(SWALLOWED)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 15, proc.stderr
+    assert proc.stderr == "job: interrupted; finished work is kept, rerun to resume\n"
+
+
 @pytest.mark.parametrize("content", [b"{", b"[1, 2]", b'{"settings": [1]}', b"\xff\xfe"])
 def test_an_unreadable_run_json_is_refused_in_one_line(done, computed, capsys, content):
     (done / "run.json").write_bytes(content)
