@@ -112,11 +112,12 @@ def paired_p(better: np.ndarray, alternative: str = "greater") -> float:
     """One-sample t-test p-value of paired differences (``better`` > 0 means better).
 
     NaN when fewer than two pairs or no spread (the test is undefined there). Spread within
-    rounding of the values' size counts as none: differences such as 0.3 - 0.2 and 0.4 - 0.3
-    would otherwise give a "significant" p from rounding noise alone.
+    rounding counts as none: differences such as 0.3 - 0.2 and 0.4 - 0.3 would otherwise give a
+    "significant" p from rounding noise alone. Metrics are stored as float32 (about 7 digits),
+    so on values of order one, differences that agree to 1e-6 are the same difference.
     """
     better = np.asarray(better, float)
-    if len(better) < 2 or not np.ptp(better) > 1e-9 * np.max(np.abs(better)):
+    if len(better) < 2 or not np.ptp(better) > 1e-6 * max(1.0, np.max(np.abs(better))):
         return float("nan")
     return float(sps.ttest_1samp(better, 0.0, alternative=alternative).pvalue)
 

@@ -77,6 +77,11 @@ def test_mean_ci_of_one_value_has_no_width():
 def test_paired_p_undefined_cases_are_nan():
     assert np.isnan(paired_p(np.array([0.3])))
     assert np.isnan(paired_p(np.array([0.1, 0.1, 0.1])))
+    # The same differences between float32 metrics (the cells' dtype) carry float32 rounding.
+    ours = np.array([0.3, 0.4, 0.5], np.float32).astype(float)
+    theirs = np.array([0.2, 0.3, 0.4], np.float32).astype(float)
+    assert np.ptp(ours - theirs) > 0 and np.isnan(paired_p(ours - theirs))
+    assert paired_p(np.array([0.1, 0.1, 0.1 + 1e-5])) < 1e-5      # a real spread, however small
 
 
 def test_paired_frame_against_scipy_ttest_rel_and_hand_win_rate():
