@@ -216,7 +216,7 @@ def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
     pooled = (paired.groupby(["scm", "reference"], sort=False)
               .agg(runs=("run", "nunique"), diff_mean=("diff", "mean"),
                    diff_min=("diff", "min"), diff_max=("diff", "max"),
-                   diff_sd_runs=("diff", "std"), p_holm_max=("p_holm", "max"),
+                   diff_sd_runs=("diff", "std"), p_holm_max=("p_holm", lambda p: p.max(skipna=False)),
                    holds_every_run=("holds", "all"),
                    trained_updates=("trained_updates", "max"),
                    reference_updates=("reference_updates", "max"))

@@ -175,6 +175,24 @@ def test_eval_end_to_end(evaluated, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(out / "paired.csv"), paired)
 
 
+def test_pooled_max_holm_p_is_undefined_when_a_run_is():
+    # Run 1's trained policy equals every reference seed for seed: no spread, p undefined, the
+    # claim does not hold in every run; the pooled row must not show run 0's tiny p beside it.
+    seeds = range(8)
+    rows = [("a", m, -1, s, 0.3 + 0.01 * s) for m in bench_eval.REFERENCES for s in seeds]
+    rows += [("a", bench_eval.UNTRAINED, r, s, 0.3 + 0.01 * s) for r in (0, 1) for s in seeds]
+    rows += [("a", bench_eval.TRAINED, 0, s, 0.5 + 0.01 * s + 0.002 * (s % 3)) for s in seeds]
+    rows += [("a", bench_eval.TRAINED, 1, s, 0.3 + 0.01 * s) for s in seeds]
+    auc = pd.DataFrame(rows, columns=["scm", "method", "run", "seed", "f1_auc"])
+    cost = dict.fromkeys(auc[["scm", "method", "run"]].drop_duplicates().itertuples(
+        index=False, name=None), 0)
+    paired, pooled = bench_eval.paired_tables(auc, ["a"], 2, cost)
+    run0 = paired[(paired.run == 0) & (paired.reference == "random_active")].iloc[0]
+    assert run0["holds"] and run0["p_holm"] < 1e-6
+    row = pooled[pooled.reference == "random_active"].iloc[0]
+    assert not row["holds_every_run"] and np.isnan(row["p_holm_max"])
+
+
 def test_eval_refuses_a_run_without_step_0(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = PolicyConfig(hidden=16, layers=1, heads=2)
