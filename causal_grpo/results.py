@@ -218,14 +218,16 @@ def paired_tables(steps: pd.DataFrame, baseline: str = "random_active") -> pd.Da
 
 
 def _policy_lines(scm: str, paired: pd.DataFrame, early_steps: int) -> list[str]:
-    """One line per reference other than random: the policy's paired difference and both
-    one-sided p-values (better, worse), so "not significantly worse" reads off the table."""
+    """One line per reference other than random: the policy's paired difference, both
+    one-sided p-values (better, worse), so "not significantly worse" reads off the table, and
+    the two-sided one (the t-test is symmetric: twice the smaller one-sided p)."""
     rows = paired[(paired["scm"] == scm) & (paired["method"] == POLICY)
                   & (paired["baseline"] != paired["baseline"].iloc[0])]
     out = []
     for _, p in rows.iterrows():
         pv = p["f1_auc_early_p"]
-        ps = "p —" if np.isnan(pv) else f"one-sided p {pv:.3g} (better), {1 - pv:.3g} (worse)"
+        ps = ("p —" if np.isnan(pv) else f"one-sided p {pv:.3g} (better), {1 - pv:.3g} (worse),"
+              f" two-sided p {2 * min(pv, 1 - pv):.3g}")
         out.append(f"{POLICY} − {p['baseline']}: Δ F1-AUC 1–{early_steps} "
                    f"{p['f1_auc_early_diff']:+.3f} ± {p['f1_auc_early_diff_ci95']:.3f}, "
                    f"win rate {p['f1_auc_early_win_rate']:.2f}, {ps}")

@@ -146,6 +146,12 @@ def test_paired_tables_pair_the_policy_with_every_reference():
     # The method rows keep the random baseline; the policy line names the other reference.
     early = f1_auc(f1["grpo_active"], EARLY_STEPS) - f1_auc(f1["uncertainty_active"], EARLY_STEPS)
     assert f"grpo_active − uncertainty_active: Δ F1-AUC 1–10 {early.mean():+.3f}" in table
+    tail = table.split("grpo_active − uncertainty_active")[1].splitlines()[0]
+    a, b = (f1_auc(f1[m], EARLY_STEPS) for m in ("grpo_active", "uncertainty_active"))
+    p = {alt: f"{stats.ttest_rel(a, b, alternative=alt).pvalue:.3g}"
+         for alt in ("greater", "less", "two-sided")}
+    assert tail.endswith(f"one-sided p {p['greater']} (better), {p['less']} (worse), "
+                         f"two-sided p {p['two-sided']}"), tail
     gr = [line for line in table.splitlines() if line.startswith("| grpo_active")][0]
     vs_random = f1_auc(f1["grpo_active"], EARLY_STEPS) - f1_auc(f1["random_active"], EARLY_STEPS)
     assert f"{vs_random.mean():+.3f} ±" in gr
