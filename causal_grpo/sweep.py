@@ -241,9 +241,13 @@ class CellStore:
         io.drop_stale_partials(self.dir)
 
     def path(self, batch: Batch) -> str:
-        name = f"{batch.scm}__{batch.method.value}__{batch.seeds[0]}-{batch.seeds[-1]}.npz"
-        safe = "".join(c if (c.isalnum() or c in "._-") else "_" for c in name)
-        return os.path.join(self.dir, safe)
+        scm = "".join(c if (c.isalnum() or c in "._-") else "_" for c in batch.scm)
+        if scm != batch.scm or len(scm) > 100:
+            # Replacing characters can give two SCM paths one name (a/b.json, a_b.json), and a
+            # long path exceeds the file system's 255 bytes: such names carry their digest.
+            scm = f"{scm[-80:]}-{hashlib.sha256(batch.scm.encode()).hexdigest()[:12]}"
+        name = f"{scm}__{batch.method.value}__{batch.seeds[0]}-{batch.seeds[-1]}.npz"
+        return os.path.join(self.dir, name)
 
     def save(self, batch: Batch, arrays: dict[str, np.ndarray]) -> None:
         def w(tmp: str) -> None:

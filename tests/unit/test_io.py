@@ -3,6 +3,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from causal_grpo import io
@@ -61,6 +62,24 @@ def test_cell_store_drops_partials_of_dead_writers_only(tmp_path):
     CellStore(str(tmp_path), "abc")
     assert not os.path.exists(old)
     assert os.path.exists(fresh)         # may belong to a writer still running
+
+
+def test_cell_names_of_distinct_scms_never_collide(tmp_path):
+    """SCM paths that differ only in characters a file name cannot keep (``/`` vs ``_``) once
+    shared one cell, so a rerun served one SCM's results for the other; a long path made a
+    name the file system refused."""
+    from causal_grpo.active_learning import Method
+    from causal_grpo.sweep import Batch, CellStore
+    store = CellStore(str(tmp_path), "abc")
+
+    def name(scm):
+        return os.path.basename(store.path(Batch(scm, Method.RANDOM, (0, 1, 2))))
+
+    assert name("er10") == "er10__random_active__0-2.npz"          # plain names as before
+    assert name("/x/a/b.json") != name("/x/a_b.json")
+    long = "/data/" + "d" * 300 + "/net.json"
+    assert len(name(long)) < 160 and name(long) != name(long[:-8] + "x.json")
+    store.save(Batch(long, Method.RANDOM, (0,)), {"a": np.zeros(1)})
 
 
 def test_output_dir_too_deep_for_the_longest_result_name_is_refused(tmp_path):
