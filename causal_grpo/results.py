@@ -371,8 +371,11 @@ def _normalised(settings: dict) -> dict:
 def claim_output_dir(out_dir: str, settings: dict) -> None:
     """Refuse ``out_dir`` unless it is free or holds a run of the same ``settings``.
 
-    Free means nothing but ``cells/`` (keyed by its own digest) and hidden files. The
-    settings are recorded by :func:`record_run`; a rerun with the same ones resumes.
+    Free means nothing but ``cells/`` (keyed by its own digest) and hidden files, or a
+    ``run.json`` beside them whose run stopped before its first batch was saved (refused for
+    memory, interrupted while compiling): there is nothing to keep, and the flags its error
+    suggests must be usable here. The settings are recorded by :func:`record_run`; a rerun
+    with the same ones resumes.
 
     Raises:
       UserError: the directory holds another run's outputs (or outputs of unknown settings).
@@ -384,6 +387,8 @@ def claim_output_dir(out_dir: str, settings: dict) -> None:
             raise UserError(f"output directory {out_dir} is not empty ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}) and records no run; "
                             "use another --output-dir")
+        return
+    if not _holds_results(out_dir):
         return
     try:
         with open(path, encoding="utf-8") as f:
@@ -399,6 +404,14 @@ def claim_output_dir(out_dir: str, settings: dict) -> None:
                         if recorded.get(k) != settings.get(k))
         raise UserError(f"output directory {out_dir} holds a run with other settings "
                         f"({', '.join(differ)} differ); use another --output-dir")
+
+
+def _holds_results(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds anything but ``run.json``, hidden files and an empty cache."""
+    if any(n not in (RUN_FILE, "cells") and not n.startswith(".") for n in os.listdir(out_dir)):
+        return True
+    return any(f.endswith(".npz") and not f.startswith(".")
+               for _, _, files in os.walk(os.path.join(out_dir, "cells")) for f in files)
 
 
 def record_run(out_dir: str, settings: dict) -> None:

@@ -92,6 +92,26 @@ def test_a_directory_of_unknown_files_is_refused_and_left_alone(tmp_path, comput
     assert computed == [] and os.listdir(out) == ["plot_easy.png"]
 
 
+def test_a_run_stopped_before_its_first_batch_leaves_the_directory_free(tmp_path, monkeypatch,
+                                                                        capsys):
+    # Refused for memory at its first batch, or interrupted while compiling: the directory
+    # holds run.json and an empty cache, and the flag the message suggests must work there.
+    from causal_grpo.errors import UserError
+
+    def out_of_memory(batch, *a, **k):
+        raise UserError("a batch of 3 seeds would need more memory; lower --batch-size")
+
+    monkeypatch.setattr(rs, "run_batch", out_of_memory)
+    out = tmp_path / "out"
+    assert "lower --batch-size" in refused(BASE + ["--output-dir", str(out)], capsys)
+    assert (out / "run.json").exists()
+    monkeypatch.setattr(rs, "run_batch", sweep.run_batch)
+    assert two_phase_training.main(BASE + ["--batch-size", "2", "--output-dir", str(out)]) == 0
+    # Once a batch is saved, the directory is that run's.
+    line = refused(BASE + ["--batch-size", "1", "--output-dir", str(out)], capsys)
+    assert "batch_size" in line and "use another --output-dir" in line
+
+
 def test_a_code_change_recomputes_instead_of_reusing(done, computed, monkeypatch):
     steps = (done / "steps.csv").read_bytes()
     monkeypatch.setattr(sweep, "code_version", lambda: "0.1.0+0123456789abcdef")
