@@ -29,6 +29,7 @@ row per scm, method, run, seed, step: F1, SHD with reversal = 1, AUPRC, ...), ``
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -365,6 +366,34 @@ def markdown(methods, paired, pooled, dense, last: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+OUTPUTS = ("steps.csv", "per_seed.csv", "methods.csv", "paired.csv", "pooled.csv", "dense.csv",
+           "eval.md", "config.json")
+
+
+def claim_eval_dir(out: str) -> None:
+    """Refuse ``out`` if it holds anything but an evaluation's outputs, its cell cache and
+    hidden files: the tables share names with other jobs' (``steps.csv``, ``config.json``),
+    and writing them into another run's directory would mix two runs' files. Another
+    evaluation's directory is accepted: every table is rewritten, and cells are keyed by
+    their own settings."""
+    from causal_grpo.errors import UserError
+
+    others = sorted(n for n in os.listdir(out)
+                    if n not in OUTPUTS + ("cells",) and not n.startswith("."))
+    config = os.path.join(out, "config.json")
+    if not others and os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                if "references" not in json.load(f):
+                    others = ["config.json"]
+        except (OSError, ValueError, TypeError):
+            others = ["config.json"]
+    if others:
+        raise UserError(f"output directory {out} holds files benchmark eval does not write "
+                        f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                        "use another --output-dir")
+
+
 def bench_eval(args):
     """Run (or resume) the evaluation, write its tables to ``--output-dir`` and print them."""
     from causal_grpo import io
@@ -377,6 +406,7 @@ def bench_eval(args):
     sources = {name: resolve_scm(name) for name in args.scms}
     policies = _policies(args.grpo_checkpoint, args.protocol_checkpoint, args.lookahead_draws)
     io.ensure_writable_dir(args.output_dir)
+    claim_eval_dir(args.output_dir)
     cells, cost = run_cells(args, sources, policies)
     last = min(AUC_STEPS, args.n_interventions)
     steps = tidy_steps(cells, sources)

@@ -47,8 +47,7 @@ def test_eval_end_to_end(evaluated, capsys):
     argv, out = evaluated
     assert benchmark.main(argv) == 0
     printed = capsys.readouterr().out
-    for name in ("steps", "per_seed", "methods", "paired", "pooled", "dense"):
-        assert os.path.exists(out / f"{name}.csv")
+    assert sorted(os.listdir(out)) == sorted(bench_eval.OUTPUTS + ("cells",))
     steps = pd.read_csv(out / "steps.csv")
     auc = pd.read_csv(out / "per_seed.csv")
     paired = pd.read_csv(out / "paired.csv")
@@ -203,3 +202,22 @@ def test_eval_refuses_a_run_without_step_0(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "step_0" in err[0]
+
+
+@pytest.mark.parametrize("foreign", [{"run.json": "{}", "steps.csv": "a\n1\n"},
+                                     {"config.json": '{"argv": []}'}, {"notes.txt": "mine"}])
+def test_eval_refuses_another_jobs_directory(tmp_path, capsys, monkeypatch, foreign):
+    # Its tables share names with Phase 2's (steps.csv, config.json): written into a Phase-2
+    # run's directory they replaced that run's files and left the rest beside them.
+    run = _run_dir(tmp_path / "run", 0, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in foreign.items():
+        (out / name).write_text(text)
+    monkeypatch.setattr(bench_eval, "run_cells", lambda *a: pytest.fail("computed"))
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["eval", "--grpo-checkpoint", run, "--output-dir", str(out)] + ARGS)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not write" in err[0] and "use another --output-dir" in err[0]
+    assert sorted(os.listdir(out)) == sorted(foreign)
