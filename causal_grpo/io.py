@@ -16,6 +16,21 @@ from causal_grpo.errors import UserError
 TMP_PREFIX = ".tmp-"
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it: os.umask sets it,
+    for a moment, for every thread (Ray's and tqdm's create files too)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
@@ -26,9 +41,7 @@ def atomic_path(path: str) -> Iterator[str]:
                                dir=directory)
     os.close(fd)
     # mkstemp creates 0600; results are ordinary files, so honour the umask like open() does.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -53,8 +66,8 @@ def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
     """
     now = time.time()
     for name in os.listdir(directory):
-        if name.startswith(TMP_PREFIX):
-            path = os.path.join(directory, name)
+        path = os.path.join(directory, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path):
             try:
                 if now - os.stat(path).st_mtime > min_age_s:
                     os.unlink(path)

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from causal_grpo import io
 from causal_grpo.results import claim_output_dir, record_run
 from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batches, run_batch,
                                sweep_digest)
@@ -31,6 +32,7 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
 
     if settings is not None:
         claim_output_dir(output_dir, settings)
+    io.drop_stale_partials(output_dir)          # tables a killed run was writing
     store = CellStore(os.path.join(output_dir, "cells"), sweep_digest(cfg, policy, sources))
     batches = plan_batches(cfg)
     stored = ((b, store.load(b)) for b in batches)

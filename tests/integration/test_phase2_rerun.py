@@ -92,6 +92,15 @@ def test_a_directory_of_unknown_files_is_refused_and_left_alone(tmp_path, comput
     assert computed == [] and os.listdir(out) == ["plot_easy.png"]
 
 
+def test_a_rerun_removes_tables_a_killed_run_left_half_written(done, computed):
+    old, fresh = done / ".tmp-1-steps.csv", done / ".tmp-2-summary.csv"
+    for p in (old, fresh):
+        p.write_text("half")
+    os.utime(old, (0, 0))
+    assert two_phase_training.main(BASE + ["--output-dir", str(done)]) == 0
+    assert computed == [] and not old.exists() and fresh.exists()   # fresh: maybe a live writer
+
+
 def test_a_run_stopped_before_its_first_batch_leaves_the_directory_free(tmp_path, monkeypatch,
                                                                         capsys):
     # Refused for memory at its first batch, or interrupted while compiling: the directory
