@@ -479,7 +479,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
                 raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
                                 "resume (the log then starts at the resumed iteration)") from None
         log(f"resuming from {found[0]} (iteration {start})")
-    t_start = time.time()
+    # Elapsed time goes on from the run's earlier part.
+    t_start = time.time() - (float(rows[-1].get("elapsed_s", 0.0)) if rows else 0.0)
     last_eval: dict = {}
 
     def checkpoint(name: str, iteration: int, metrics: dict) -> None:
@@ -511,9 +512,11 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
                 f"/{m['mean_out_degree']:.2f} |v| {m['abs_value']:.2f} extreme {m['value_at_extreme']:.2f} "
                 f"all-equal {m['all_equal']:.2f} clip {m['clip_frac']:.3f} "
                 f"cand/s {m['candidates_per_s']:.0f} [{m['elapsed_s']:.0f}s]")
-        if done % 10 == 0 or done == cfg.iterations:
+        saving = cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0
+        # With each checkpoint too: a resume keeps the log's rows before its checkpoint.
+        if done % 10 == 0 or done == cfg.iterations or saving:
             io.write_atomic(log_path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
-        if cfg.checkpoint_every > 0 and done % cfg.checkpoint_every == 0:
+        if saving:
             checkpoint(f"step_{done}", done, m)
     final_metrics = (rows[-1] if rows else {}) | last_eval
     checkpoint("final", cfg.iterations, final_metrics)

@@ -121,6 +121,33 @@ TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode",
               "--group-size", "4", "--eval-every", "0", "--checkpoint-every", "2"]
 
 
+def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, tmp_path):
+    # With a checkpoint every iteration and the log written every 10, a run killed at its
+    # third iteration resumed from step_2 with none of the rows before it. The fixture's
+    # training (same programs) has compiled what this one runs.
+    import pandas as pd
+
+    from causal_grpo import phase1 as P
+
+    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
+        TRAIN_ARGS + ["--checkpoint-every", "1", "--output-dir", str(tmp_path)]))
+    assert cfg.iterations >= 3
+    trainer, calls = P.Trainer(cfg), []
+
+    def killed_at_the_third(stage, params, keys):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return trainer._collect_local(stage, params, keys)
+
+    with pytest.raises(KeyboardInterrupt):
+        P.run_training(cfg, str(tmp_path), collect_fn=killed_at_the_third, log=lambda s: None)
+    P.run_training(cfg, str(tmp_path), log=lambda s: None)
+    rows = pd.read_csv(tmp_path / "train_log.csv")
+    assert rows["iteration"].tolist() == list(range(cfg.iterations))
+    assert rows["elapsed_s"].is_monotonic_increasing
+
+
 def _newest_step(run):
     return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
                key=lambda p: int(p.name[5:]))
