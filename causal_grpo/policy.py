@@ -125,17 +125,26 @@ def policy_output(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
     return inp, make_policy(cfg).apply(params, None, inp)
 
 
+# The action's own random stream under a selector's key. Under JAX's partitionable threefry
+# split(key, n)[i] is fold_in(key, i): sampling with the key itself split it, and its value
+# bin's noise was the lookahead's simulated outcomes (lookahead_key: fold_in(key, 1)).
+SAMPLE_STREAM = 0x53414D50
+
+
 def act(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,
         posterior: tuple[Surrogate, Any] | None = None, lookahead_draws: LookaheadDraws = 1,
         greedy: bool = False, sample_key: Array | None = None
         ) -> tuple[PolicyInput, Array, Array, Array]:
     """One decision: ``(input, variable, value_bin, log_prob)``.
 
-    ``key`` sets the input (:func:`policy_output`); ``sample_key`` (default ``key``) draws the
-    action. Vmapped over ``sample_key`` alone, the input and the network run once per state.
+    ``key`` sets the input (:func:`policy_output`); ``sample_key`` (default: a stream of
+    ``key``'s own, :data:`SAMPLE_STREAM`) draws the action. Vmapped over ``sample_key`` alone,
+    the input and the network run once per state.
     """
     inp, out = policy_output(key, obs, params, cfg, posterior, lookahead_draws)
-    j, b, lp = sample_action(key if sample_key is None else sample_key, out, greedy)
+    if sample_key is None:
+        sample_key = jax.random.fold_in(key, SAMPLE_STREAM)
+    j, b, lp = sample_action(sample_key, out, greedy)
     return inp, j, b, lp
 
 
