@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 from typing import Any, Callable
@@ -10,6 +11,26 @@ from causal_grpo import io
 from causal_grpo.results import claim_output_dir, record_run
 from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batches, run_batch,
                                sweep_digest)
+
+
+def in_process(todo: list, cfg: SweepConfig, policy: PolicyHandle | None, sources: dict):
+    """``(batch, run_batch(batch, ...))`` for each batch, computed on a thread of its own and
+    waited for in slices: a compiled batch runs for minutes at d = 100 without returning to
+    Python, and Ctrl-C, which only the main thread receives, waited for its end. On the
+    interrupt the job exits and the batch's work is dropped (finished cells are on disk)."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="phase2-batch")
+    try:
+        for b in todo:
+            future = pool.submit(run_batch, b, cfg, policy, sources)
+            while True:
+                try:
+                    arrays = future.result(timeout=0.1)
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
+            yield b, arrays
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, output_dir: str,
@@ -66,7 +87,7 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
 
             announce()
             finished = (pool.run(todo) if pool is not None else
-                        ((b, run_batch(b, cfg, policy, sources)) for b in todo))
+                        in_process(todo, cfg, policy, sources))
             for b, arrays in finished:
                 results[b] = arrays
                 store.save(b, arrays)

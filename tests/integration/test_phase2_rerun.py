@@ -220,6 +220,35 @@ def test_ctrl_c_while_xla_compiles_exits_130_not_with_a_segfault(tmp_path):
         "two_phase_training: interrupted; finished work is kept, rerun to resume"]
 
 
+def test_ctrl_c_while_a_batch_computes_stops_the_job_at_once(tmp_path):
+    # A compiled batch runs without returning to Python (minutes at d = 100), and Ctrl-C
+    # waited for its end (here the batch outlasts the 5 s allowed many times over).
+    env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "er14",
+                             "--methods", "plugin_active", "--seeds", "1",
+                             "--n-interventions", "100", "--quiet", "--no-plots",
+                             "--output-dir", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stderr:
+            if "Finished XLA compilation of jit(one)" in line:
+                break
+        else:
+            pytest.fail(f"the batch program was not compiled (rc {proc.wait()})")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        sent = time.time()
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130, err[-2000:]
+        assert time.time() - sent < 5 and cells_in(out) == [], err[-2000:]
+    finally:
+        if proc.poll() is None:            # never leave a computing child behind
+            proc.kill()
+            proc.wait()
+
+
 SWALLOWED = """
 import os, signal, sys, time
 from jobs import _cli
