@@ -346,6 +346,7 @@ def test_main_job_checks_phase_2s_output_before_phase_1(capsys, tmp_path, monkey
     else:
         out.mkdir()
         (out / "run.json").write_text(json.dumps({"settings": {"seeds": 3}}))
+        (out / "steps.csv").write_text("scm,method,seed,step\n")     # its results
     line = refused(capsys, tmp_path, "--num-workers", "0", "--seeds", "2", "--phase1-dir",
                    str(tmp_path / "p1"), "--output-dir", str(out), main=main_job.main,
                    output=False)
