@@ -196,26 +196,40 @@ def test_sigint_and_kill_9_resume_to_a_byte_identical_steps_csv(tmp_path):
     assert (out / "steps.csv").read_bytes() == (ref / "steps.csv").read_bytes()
 
 
+def interrupt_when_logged(args, out, logged: str):
+    """Run the CLI with JAX's compile log and a cold cache, send SIGINT 1 s after the line
+    ``logged`` appears; returns (exit code, stderr after it, seconds from signal to exit)."""
+    env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *args, "--quiet",
+                             "--no-plots", "--output-dir", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stderr:
+            if logged in line:
+                break
+        else:
+            pytest.fail(f"the batch program was not compiled (rc {proc.wait()})")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        sent = time.time()
+        err = proc.communicate(timeout=120)[1]
+        return proc.returncode, err, time.time() - sent
+    finally:
+        if proc.poll() is None:            # never leave a computing child behind
+            proc.kill()
+            proc.wait()
+
+
 def test_ctrl_c_while_xla_compiles_exits_130_not_with_a_segfault(tmp_path):
     # Interrupted while XLA compiled the batch program, finalising Python segfaulted after the
     # one-line message (3 of 3 here before the fix). Compiling takes seconds and the compile log
     # says when it starts; a cold cache makes it compile; 300 steps keep the run going.
-    env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "er12",
-                             "--methods", "plugin_active", "--seeds", "2", "--batch-size", "1",
-                             "--n-interventions", "300", "--quiet", "--no-plots",
-                             "--output-dir", str(tmp_path / "run")], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stderr:
-        if "Finished jaxpr to MLIR module conversion jit(one)" in line:
-            break
-    else:
-        pytest.fail(f"the batch program was not compiled (rc {proc.wait()})")
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    err = proc.stderr.read()
-    assert proc.wait(timeout=600) == 130, err[-2000:]
+    rc, err, _ = interrupt_when_logged(
+        ["--scm-type", "er12", "--methods", "plugin_active", "--seeds", "2", "--batch-size", "1",
+         "--n-interventions", "300"], tmp_path / "run",
+        "Finished jaxpr to MLIR module conversion jit(one)")
+    assert rc == 130, err[-2000:]
     assert [line for line in err.splitlines() if "two_phase_training" in line] == [
         "two_phase_training: interrupted; finished work is kept, rerun to resume"]
 
@@ -223,30 +237,11 @@ def test_ctrl_c_while_xla_compiles_exits_130_not_with_a_segfault(tmp_path):
 def test_ctrl_c_while_a_batch_computes_stops_the_job_at_once(tmp_path):
     # A compiled batch runs without returning to Python (minutes at d = 100), and Ctrl-C
     # waited for its end (here the batch outlasts the 5 s allowed many times over).
-    env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "er14",
-                             "--methods", "plugin_active", "--seeds", "1",
-                             "--n-interventions", "100", "--quiet", "--no-plots",
-                             "--output-dir", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for line in proc.stderr:
-            if "Finished XLA compilation of jit(one)" in line:
-                break
-        else:
-            pytest.fail(f"the batch program was not compiled (rc {proc.wait()})")
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        sent = time.time()
-        err = proc.communicate(timeout=60)[1]
-        assert proc.returncode == 130, err[-2000:]
-        assert time.time() - sent < 5 and cells_in(out) == [], err[-2000:]
-    finally:
-        if proc.poll() is None:            # never leave a computing child behind
-            proc.kill()
-            proc.wait()
+    rc, err, took = interrupt_when_logged(
+        ["--scm-type", "er14", "--methods", "plugin_active", "--seeds", "1",
+         "--n-interventions", "100"], out, "Finished XLA compilation of jit(one)")
+    assert rc == 130 and took < 5 and cells_in(out) == [], err[-2000:]
 
 
 SWALLOWED = """
