@@ -215,6 +215,10 @@ def update_state(cfg: AnalyticConfig, state: McmcState, values: Array, intervene
 
 WHAT_IF_STEPS = 32    # MCMC steps per chain that collect the order sample
 WHAT_IF_THIN = 8      # keep every 8th: chains x 4 orders
+# The what-if chains' key stream. Not fold_in(key, 1): under partitionable threefry that is
+# split(key)[1], the key of the next update's chains, whose proposals would then repeat the
+# ones that scored the candidate interventions.
+WHAT_IF_STREAM = 0x57484946
 
 
 class WhatIfState(NamedTuple):
@@ -258,7 +262,7 @@ def what_if_state(cfg: AnalyticConfig, state: McmcState, probs: Array) -> WhatIf
     """
     alpha = _alpha(state.stats, state.var_mask, state.cand, cfg)
     run = functools.partial(_chain, alpha=alpha, cand=state.cand, steps=WHAT_IF_STEPS)
-    keys = jax.random.split(jax.random.fold_in(state.key, 1), state.orders.shape[0])
+    keys = jax.random.split(jax.random.fold_in(state.key, WHAT_IF_STREAM), state.orders.shape[0])
     start = jnp.broadcast_to(order_of(probs), state.orders.shape)
     visited = jax.vmap(run)(keys, start)[2][:, WHAT_IF_THIN - 1::WHAT_IF_THIN]
     orders = visited.reshape(-1, visited.shape[-1])

@@ -183,6 +183,23 @@ def test_what_if_update_is_importance_reweighting_of_the_order_sample():
                                atol=1e-6)
 
 
+def test_what_if_orders_are_not_drawn_with_the_next_updates_chain_keys():
+    """The what-if order sample scores the candidate interventions; the next update's chains
+    must not repeat its proposals (correlating the chosen row with the posterior it updates):
+    the next update's first chain keys, run from the what-if start, give another sample."""
+    cfg = MCMC6
+    scm = medium().to_scm()
+    sur, state, obs = _posterior(scm, cfg, n=15)
+    _, w = sur.what_if(state, obs.probs)
+    sub = jax.random.split(state.key)[1]  # what update_state hands mcmc_posterior
+    keys = jax.random.split(sub, state.orders.shape[0])
+    start = jnp.broadcast_to(mc.order_of(obs.probs), state.orders.shape)
+    run = jax.jit(jax.vmap(lambda k, o: mc._chain(k, o, w.alpha, w.cand, mc.WHAT_IF_STEPS)[2]))
+    same_keys = np.asarray(run(keys, start))[:, mc.WHAT_IF_THIN - 1::mc.WHAT_IF_THIN]
+    own = np.asarray(w.orders).reshape(same_keys.shape)
+    assert same_keys.shape == own.shape and not np.array_equal(same_keys, own)
+
+
 def test_large_d_selectors_have_fixed_shapes_under_vmap_and_pick_from_the_shortlist():
     """At d = 20 (order MCMC): the plug-in chooser and the policy's lookahead input run under
     jit(vmap) with the same values as one seed at a time; the plug-in's choice is on the
