@@ -13,7 +13,10 @@ time):
 A replacement receives work only once it has answered ``pid()``, so one that cannot be
 scheduled (its node is gone, the cluster is full) never holds work hostage. The run stops with
 :class:`PoolFailure` when an item has lost its worker ``max_attempts`` times (a batch that kills
-every process it runs on), or when no actor can be started for ``start_timeout`` seconds.
+every process it runs on), when no actor can be started for ``start_timeout`` seconds, when
+``max_attempts`` actors per slot in a row die before they answer, or at once when a
+constructor raises (a module missing on a node, a bad argument: no replacement would start
+either; a :class:`UserError` stays one, exit code 2).
 
 Errors raised by our own code inside an actor (``RayTaskError``) are *not* retried: a bug or a
 NaN must crash the run, loudly.
@@ -30,9 +33,9 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
                             ObjectLostError, OutOfMemoryError, OwnerDiedError, RayActorError,
-                            WorkerCrashedError)
+                            RuntimeEnvSetupError, WorkerCrashedError)
 
-from causal_grpo.errors import RunFailure
+from causal_grpo.errors import RunFailure, UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,22 @@ SYSTEM_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, WorkerC
 
 class PoolFailure(RunFailure):
     """A batch keeps losing its workers, or none can be started; the run stops."""
+
+
+def _start_failure(e: Exception) -> Exception | None:
+    """The error that stops the run when an actor failed to start with ``e``, or None when a
+    replacement may start (its process or node was lost)."""
+    if isinstance(e, RuntimeEnvSetupError):
+        return PoolFailure(f"a worker's runtime environment could not be set up: "
+                           f"{str(e).strip().splitlines()[-1]}")
+    if isinstance(e, ActorDiedError) and e.actor_init_failed:
+        # Ray's message ends with the constructor's exception as "module.Class: text".
+        last = str(e).strip().splitlines()[-1]
+        prefix = f"{UserError.__module__}.{UserError.__name__}: "
+        if last.startswith(prefix):
+            return UserError(last[len(prefix):])
+        return PoolFailure(f"a worker failed to start: {last}")
+    return None
 
 
 class Worker:
@@ -94,9 +113,10 @@ class FaultTolerantPool:
         self.start_timeout = start_timeout
         self.max_attempts = max_attempts
         self.failures = 0
-        self.last_start = time.time()   # a ready actor, a result, or a (re)started actor
+        self.start_failures = 0          # actors in a row that died before answering
+        self.last_start = time.time()   # a ready actor, a result, or a replaced busy actor
 
-    def _replace(self, i: int, reason: str) -> None:
+    def _replace(self, i: int, reason: str, restart_clock: bool = True) -> None:
         self.failures += 1
         log.warning("worker %d lost (%s); replacing it and resubmitting its work", i, reason)
         try:
@@ -105,7 +125,8 @@ class FaultTolerantPool:
             pass
         self.actors[i] = self.make_actor()
         self.pings[self.actors[i].pid.remote()] = i
-        self.last_start = time.time()
+        if restart_clock:
+            self.last_start = time.time()
 
     def map_unordered(self, submit: Callable[[Any, Any], "ray.ObjectRef"],
                       items: Sequence[Any], describe: Callable[[Any], str] = str
@@ -153,10 +174,20 @@ class FaultTolerantPool:
                     i = self.pings.pop(ref)
                     try:
                         ray.get(ref, timeout=60)
-                    except SYSTEM_FAILURES as e:
-                        self._replace(i, f"did not start ({type(e).__name__})")
+                    except SYSTEM_FAILURES + (RuntimeEnvSetupError,) as e:
+                        stop = _start_failure(e)
+                        if stop is not None:
+                            raise stop from None
+                        self.start_failures += 1
+                        if self.start_failures >= self.max_attempts * len(self.actors):
+                            raise PoolFailure(f"{self.start_failures} workers in a row died "
+                                              f"before they started (last: "
+                                              f"{type(e).__name__}); stopping") from None
+                        self._replace(i, f"did not start ({type(e).__name__})",
+                                      restart_clock=False)
                         continue
                     self.idle.append(i)
+                    self.start_failures = 0
                     self.last_start = time.time()
                 elif ref in answers:      # (a dead actor's result ref says so, below)
                     beats.pop(answers[ref], None)

@@ -228,6 +228,52 @@ def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
         "job: error: a batch of 9 seeds would need about 99 GB of memory"]
 
 
+@worker_actor
+class BadStart(Worker):
+    """A worker whose constructor raises (bad input, a module its node lacks) or whose
+    process dies while it starts."""
+
+    def __init__(self, kind):
+        super().__init__()
+        if kind == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "user":
+            from causal_grpo.errors import UserError
+            raise UserError("the policy file holds no policy")
+        import a_module_this_node_lacks  # noqa: F401
+
+    def run(self, item):
+        return item
+
+
+@pytest.mark.parametrize("kind,code,line", [
+    ("user", 2, "job: error: the policy file holds no policy"),
+    ("import", 1, "job: a worker failed to start: ModuleNotFoundError: No module named "
+                  "'a_module_this_node_lacks'"),
+    ("die", 1, "job: 6 workers in a row died before they started (last: ActorDiedError); "
+               "stopping")])
+def test_a_worker_that_cannot_start_stops_the_run_with_its_error(local_ray, capsys, kind, code,
+                                                                 line):
+    """No replacement would start either: the first failed constructor stops the run with its
+    own error, and processes that keep dying at start stop it after max_attempts per slot
+    (not endless replacements, which kept the start timeout from ever firing)."""
+    from jobs._cli import user_errors_exit_2
+    pool = FaultTolerantPool(lambda: BadStart.options(num_cpus=0.25).remote(kind), 2,
+                             start_timeout=30.0)
+
+    @user_errors_exit_2("job")
+    def job():
+        list(pool.map_unordered(lambda a, s: a.run.remote(s), [1, 2]))
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            job()
+    finally:
+        pool.close()
+    assert e.value.code == code and pool.failures == (5 if kind == "die" else 0)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+
+
 TINY = P.Phase1Config(
     curriculum=(P.Stage(sizes=(4,), d_pad=4, iterations=2, episodes=4),),
     graph_kind=GraphKind.ER, steps_per_episode=2, n_observational=10,
