@@ -98,8 +98,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         _check_reachable(address)
         try:
-            ray.init(address=address, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+            # No runtime_env here: inside `ray job submit` Ray merges it with the job's, and
+            # one key in both is an error. The actors get theirs from worker_env.
+            ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -110,9 +111,12 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def check_gpus_per_worker(gpus_per_worker: float) -> None:
-    """Before Ray starts: a GPU share must be a finite number >= 0."""
+    """Before Ray starts: a GPU share must be 0 or a finite number >= 1e-4 (Ray's unit)."""
     if not (0 <= gpus_per_worker < math.inf):
         raise UserError(f"--gpus-per-worker must be a finite number >= 0, got {gpus_per_worker}")
+    if 0 < gpus_per_worker < 1e-4:
+        raise UserError(f"--gpus-per-worker must be 0 or at least 0.0001 (Ray's unit), "
+                        f"got {gpus_per_worker}")
 
 
 def check_resources(gpus_per_worker: float, num_workers: int) -> None:
@@ -126,17 +130,19 @@ def check_resources(gpus_per_worker: float, num_workers: int) -> None:
                         f"has {cpus:g}")
     if gpus_per_worker <= 0:
         return
+    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
+        raise UserError("--gpus-per-worker above 1 must be a whole number")
+    if _autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
+        return
     per_node = [n.get("Resources", {}).get("GPU", 0.0) for n in nodes]
     total = sum(per_node)
     if gpus_per_worker > max(per_node, default=0.0):
         raise UserError(f"--gpus-per-worker {gpus_per_worker} is more than any node has "
                         f"(largest node: {max(per_node, default=0.0):g} GPUs, cluster: {total:g})")
-    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
-        raise UserError("--gpus-per-worker above 1 must be a whole number")
-    fit = sum(int(g // gpus_per_worker + 1e-9) for g in per_node)
-    if fit < 1:
-        raise UserError(f"no node can host a worker with {gpus_per_worker} GPUs")
-    if fit < num_workers and not _autoscaling():
+    # In Ray's own units (1e-4 of a GPU): in floats 1 // 0.2 is 4, and Ray packs 5 such workers.
+    share = round(gpus_per_worker * 10_000)
+    fit = sum(round(g * 10_000) // share for g in per_node)
+    if fit < num_workers:
         raise UserError(f"{num_workers} workers x {gpus_per_worker} GPUs do not fit the cluster's "
                         f"{total:g} GPUs (at most {fit} workers)")
 

@@ -165,6 +165,9 @@ def gpus_per_worker(text: str) -> float:
     if v > 1 and v != int(v):
         raise argparse.ArgumentTypeError(
             f"--gpus-per-worker above 1 must be a whole number, got {shown(text)}")
+    if 0 < v < 1e-4:
+        raise argparse.ArgumentTypeError(
+            f"--gpus-per-worker must be 0 or at least 0.0001 (Ray's unit), got {shown(text)}")
     return v
 
 

@@ -93,10 +93,13 @@ def ray_head(tmp_path_factory):
 
 
 def test_ray_job_submit_runs_the_phase2_job(ray_head, tmp_path):
+    """Submitted with environment variables of its own (one the job also sets for its actors):
+    Ray refuses a driver's runtime_env that shares a key with the job's."""
     _, dashboard = ray_head
     out = tmp_path / "submitted"
+    env_json = '{"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}}'
     r = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", ".",
-                        "--", sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
+                        "--runtime-env-json", env_json, "--", sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
                         "--methods", "random_active", "--seeds", "2", "--n-observational", "10",
                         "--n-interventions", "3", "--num-workers", "1", "--no-plots", "--quiet",
                         "--output-dir", str(out)],

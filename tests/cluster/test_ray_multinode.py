@@ -34,3 +34,31 @@ def test_removing_a_node_mid_sweep_loses_nothing():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_gpu_shares_are_counted_as_ray_packs_them(monkeypatch):
+    """A cold cluster (head without CPUs, no GPU node yet, as ray_cluster.yaml starts) is
+    refused unless it autoscales; once a 1-GPU node is there (declared: Ray schedules by the
+    count), 5 workers x 0.2 and 10 x 0.1 fit it as Ray packs them, 4 x 0.3 do not."""
+    from causal_grpo.errors import UserError
+    from cluster.connect import check_resources
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        monkeypatch.delenv("CAUSAL_GRPO_AUTOSCALING", raising=False)
+        with pytest.raises(UserError, match="needs 32 CPUs; the Ray cluster has 0"):
+            check_resources(0.25, 32)
+        monkeypatch.setenv("CAUSAL_GRPO_AUTOSCALING", "1")
+        check_resources(0.25, 32)
+        monkeypatch.delenv("CAUSAL_GRPO_AUTOSCALING")
+        cluster.add_node(num_cpus=16, num_gpus=1)
+        cluster.wait_for_nodes()
+        check_resources(0.2, 5)
+        check_resources(0.1, 10)
+        with pytest.raises(UserError, match="at most 3 workers"):
+            check_resources(0.3, 4)
+        with pytest.raises(UserError, match="more than any node has"):
+            check_resources(2, 1)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

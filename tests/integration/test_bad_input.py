@@ -276,6 +276,7 @@ def test_no_interventions(capsys, tmp_path):
     (["--num-workers", "1", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
     (["--num-workers", "1", "--gpus-per-worker", "-1"], "--gpus-per-worker"),
     (["--num-workers", "1", "--gpus-per-worker", "1.5"], "whole number"),
+    (["--num-workers", "1", "--gpus-per-worker", "0.00001"], "at least 0.0001"),
 ])
 def test_float_flags_outside_their_range(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *BASE, *args)
