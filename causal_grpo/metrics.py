@@ -110,11 +110,14 @@ def pair_probs(probs: Array) -> tuple[Array, Array, Array]:
 def posterior_graph(probs: Array, var_mask: Array | None = None) -> Array:
     """(d, d) {0,1} graph: per pair, the most probable of {none, i -> j, j -> i}.
 
-    This is the Bayes estimator of the SHD above (SHD is a sum of 0/1 losses over pairs).
+    This is the Bayes estimator of the SHD above (SHD is a sum of 0/1 losses over pairs). Two
+    equally probable directions above "none" give i -> j for i < j (either is optimal; none
+    is not); a tie with "none" gives no edge.
     """
     d = probs.shape[-1]
     p, q, none = pair_probs(probs)
-    choose = (p > q) & (p > none)
+    first = jnp.arange(d)[:, None] < jnp.arange(d)[None, :]
+    choose = ((p > q) | ((p == q) & first)) & (p > none)
     return (choose & _mask2(var_mask, d)).astype(jnp.float32)
 
 

@@ -279,6 +279,11 @@ def test_posterior_graph_picks_pair_argmax():
     g = np.asarray(posterior_graph(probs))
     expected = adj_from_edges(4, [(0, 1), (3, 1), (3, 2)])
     np.testing.assert_array_equal(g, expected)
+    # Directions tied above "none" (expected SHD 0.55 for either, 0.90 for no edge): an edge.
+    tied = np.zeros((3, 3), np.float32)
+    tied[2, 0] = tied[0, 2] = 0.45
+    tied[1, 2] = tied[2, 1] = 0.25                   # none = 0.50 wins
+    np.testing.assert_array_equal(np.asarray(posterior_graph(tied)), adj_from_edges(3, [(0, 2)]))
     assert g.dtype == np.float32
     # Masking variable 3 drops its edges.
     g = np.asarray(posterior_graph(probs, np.array([True, True, True, False])))
