@@ -7,7 +7,7 @@
     scm = medium()
     loaded_policy = load_grpo_policy("grpo_runs/default/final")             # step 1
     intervention_fn = create_grpo_intervention_fn(                           # step 2
-        loaded_policy=loaded_policy, scm=scm, intervention_range=(-2.0, 2.0))
+        loaded_policy=loaded_policy, scm=scm)   # values in the SCM's intervention range
     result = run_active_learning(                                            # step 3
         scm=scm, config=EpisodeConfig(n_observational=30, n_interventions=50),
         surrogate=None, intervention_fn=intervention_fn)
@@ -61,7 +61,7 @@ class GRPOInterventionFn:
     def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
                  intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
                  greedy: bool = False, lookahead_draws: LookaheadDraws = "auto",
-                 key: jax.Array | None = None):
+                 key: jax.Array | None = None, posterior: AnalyticConfig = AnalyticConfig()):
         lo, hi = (float(x) for x in intervention_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
@@ -73,7 +73,7 @@ class GRPOInterventionFn:
             raise UserError(str(e)) from None
         self.loaded, self.d, self.target, self.names = loaded, d, target, names
         self.low, self.high, self.capacity = lo, hi, capacity
-        sur = make_analytic_surrogate(AnalyticConfig(), d)
+        sur = make_analytic_surrogate(posterior, d)
         mask = jnp.ones((d,), bool)
         shapes = SCM.without_graph(target, mask, lo, hi)     # all that observe() reads
         self._state = sur.init(jax.random.PRNGKey(seed), mask)
@@ -137,32 +137,41 @@ class GRPOInterventionFn:
 
 
 def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
-                                intervention_range: tuple[float, float] = (-2.0, 2.0),
+                                intervention_range: tuple[float, float] | None = None,
                                 seed: int = 0, greedy: bool = False,
                                 capacity: int = 512,
                                 lookahead_draws: LookaheadDraws = "auto",
-                                key: jax.Array | None = None) -> GRPOInterventionFn:
+                                key: jax.Array | None = None,
+                                posterior: AnalyticConfig = AnalyticConfig()
+                                ) -> GRPOInterventionFn:
     """The seed document's step 2: a stateful intervention function for ``scm``.
 
-    Only the SCM's size, target and names are used, never its graph: the function learns what
-    it needs from the data it is shown. ``lookahead_draws``: as for ``policy.policy_handle``;
-    ``key``: the acting key stream (default ``PRNGKey(seed)``).
+    Only the SCM's size, target, names and intervention range are used, never its graph: the
+    function learns what it needs from the data it is shown. ``intervention_range``: the
+    values the policy's bins span (default: the SCM's own, which ``run_active_learning``
+    clips to); ``lookahead_draws``: as for ``policy.policy_handle``; ``key``: the acting key
+    stream (default ``PRNGKey(seed)``); ``posterior``: the function's own DAG posterior, best
+    the episode's (``EpisodeConfig.surrogate.analytic``; the dense protocol scores every
+    parent set).
     """
     if isinstance(scm, str):
         scm = resolve_scm(scm)
     if isinstance(scm, SCMSpec):
         d, target, names = scm.d, scm.target, scm.variables
+        own = scm.intervention_range
     elif isinstance(scm, SCM):
         mask = np.asarray(scm.var_mask)
         if not mask.all():
             raise UserError("create_grpo_intervention_fn needs an unpadded SCM")
         d, target = scm.d, int(scm.target)
         names = tuple(f"X{i}" for i in range(d))
+        own = (float(scm.low), float(scm.high))
     else:
         raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
-    return GRPOInterventionFn(loaded_policy, d, target, names, intervention_range,
+    return GRPOInterventionFn(loaded_policy, d, target, names,
+                              own if intervention_range is None else intervention_range,
                               capacity=capacity, seed=seed, greedy=greedy,
-                              lookahead_draws=lookahead_draws, key=key)
+                              lookahead_draws=lookahead_draws, key=key, posterior=posterior)
 
 
 class _RandomFn:

@@ -37,8 +37,7 @@ def test_training_writes_complete_checkpoints(trained):
 def test_seed_three_step_example(trained):
     scm = medium()
     loaded_policy = load_grpo_policy(str(trained / "final"))
-    intervention_fn = create_grpo_intervention_fn(loaded_policy=loaded_policy, scm=scm,
-                                                  intervention_range=(-2.0, 2.0))
+    intervention_fn = create_grpo_intervention_fn(loaded_policy=loaded_policy, scm=scm)
     result = run_active_learning(scm=scm, config=EpisodeConfig(n_observational=30, n_interventions=8),
                                  surrogate=None, intervention_fn=intervention_fn)
     slm = result["structure_learning_metrics"]
@@ -48,6 +47,19 @@ def test_seed_three_step_example(trained):
     chosen = [i["variable"] for i in result["interventions"]]
     assert "F" not in chosen and len(chosen) == 8          # never the target
     assert len(intervention_fn.history) == 30 + 8           # the policy saw every sample
+
+
+def test_the_intervention_values_span_the_scms_own_range(trained):
+    """An SCM with interventions in [-1, 1]: the function's bins span that range (they spanned
+    [-2, 2] whatever the SCM said, and the episode clipped 3 of 9 bins onto each end)."""
+    import dataclasses
+    scm = dataclasses.replace(medium(), intervention_range=(-1.0, 1.0))
+    fn = create_grpo_intervention_fn(load_grpo_policy(str(trained / "final")), scm)
+    fn.observe(np.random.default_rng(0).normal(size=(20, scm.d)))
+    values = np.array([fn()[1] for _ in range(30)])
+    assert values.min() >= -1.0 and values.max() <= 1.0 and len(set(values.tolist())) > 2
+    _, bins = fn.action_distribution()
+    assert bins.shape[1] == 9
 
 
 def test_untrained_policy_is_saved_as_step_0(trained):
