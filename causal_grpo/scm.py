@@ -142,6 +142,17 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
         j = int(np.argmax(s < MIN_ABS_NUMBER))
         raise SCMError(f"SCM '{spec.name}': noise_std {s[j]:g} of {v[j]} is below float32's "
                        f"smallest normal number {MIN_ABS_NUMBER:.3g}")
+    # Each number itself, not only the bound along paths: a coefficient of 1e39 on a parent
+    # that stays tiny keeps that bound small, and becomes inf in float32.
+    for what, x in (("coefficient", w), ("noise_std", s),
+                    ("intervention_range", np.asarray(spec.intervention_range))):
+        if np.any(np.abs(x) > MAX_ABS_VALUE):
+            raise SCMError(f"SCM '{spec.name}': a {what} of {x.flat[np.argmax(np.abs(x))]:g} "
+                           f"is above the float32-safe {MAX_ABS_VALUE:g}; rescale the SCM")
+    lo, hi = np.float32(spec.intervention_range[0]), np.float32(spec.intervention_range[1])
+    if not lo < hi:
+        raise SCMError(f"SCM '{spec.name}': intervention_range {list(spec.intervention_range)} "
+                       f"has the same ends in float32")
     bounds = value_bounds(w, s, spec.intervention_range)
     # The first variable in causal order that exceeds the bound is where the growth starts.
     over = [j for j in topological_order(w != 0) if not bounds[j] <= MAX_ABS_VALUE]

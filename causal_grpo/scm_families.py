@@ -489,7 +489,7 @@ def load_scm_json(path: str) -> SCMSpec:
 # --------------------------------------------------------------------------- resolution
 
 # At most 9 digits: int() refuses thousands, and no family has a billion variables.
-_FAMILY_RE = re.compile(r"^(er|sf|chain|fork|collider|mixed|dense)(\d{1,9})$")
+_FAMILY_RE = re.compile(r"(er|sf|chain|fork|collider|mixed|dense)(0|[1-9][0-9]{0,8})")
 
 ScmSource = Union[SCMSpec, FamilyConfig]
 
@@ -506,7 +506,7 @@ def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     """A fixed SCM (``easy``/``medium``/``hard``/JSON path) or a random family (``er10``...)."""
     if name in FIXED_SCMS:
         return FIXED_SCMS[name]()
-    m = _FAMILY_RE.match(name)
+    m = _FAMILY_RE.fullmatch(name)
     if m:
         d = int(m.group(2))
         if d < 3:  # no upper limit: the posterior refuses what cannot fit in memory

@@ -418,6 +418,9 @@ def test_resolve_scm():
         resolve_scm("bogus")
     with pytest.raises(SCMError, match=">= 3"):
         resolve_scm("er2")
+    for loose in ("er03", "er10\n", "er\u0661\u0660", "er 10"):   # one spelling per family size
+        with pytest.raises(SCMError, match="unknown SCM"):
+            resolve_scm(loose)
     assert resolve_scm("sf500").d == 500  # no fixed limit on the family's size
 
 

@@ -143,6 +143,13 @@ INVALID = [
     ("range_equal", mutate(_set("intervention_range", [1.0, 1.0])), "lo < hi"),
     ("range_reversed", mutate(_set("intervention_range", [2.0, -2.0])), "lo < hi"),
     ("range_shape", mutate(_set("intervention_range", [0.0])), r"\[lo, hi\]"),
+    ("range_equal_in_float32", mutate(_set("intervention_range", [1.0, 1.0000000001])),
+     "same ends in float32"),
+    # A parent held tiny keeps the bound along paths small; the coefficient is inf in float32.
+    ("coef_beyond_float32", mutate(lambda o: (o["edges"].__setitem__(0, ["A", "B", 1e39]),
+                                              o["noise_std"].__setitem__("A", 1e-37),
+                                              o.__setitem__("intervention_range", [0, 1e-30]))),
+     r"coefficient of 1e\+39 is above the float32-safe"),
     ("unknown_key", mutate(_set("colour", "red")), "unknown key"),
     ("bad_name", mutate(_set("name", "has space")), "name"),
     ("one_variable", {"variables": ["A"], "target": "A", "edges": [], "noise_std": 1.0},
