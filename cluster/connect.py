@@ -111,12 +111,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 
 def check_gpus_per_worker(gpus_per_worker: float) -> None:
-    """Before Ray starts: a GPU share must be 0 or a finite number >= 1e-4 (Ray's unit)."""
+    """Before Ray starts: a GPU share is 0, a finite number in [1e-4, 1] (Ray's unit is
+    1e-4) or a whole number."""
     if not (0 <= gpus_per_worker < math.inf):
         raise UserError(f"--gpus-per-worker must be a finite number >= 0, got {gpus_per_worker}")
     if 0 < gpus_per_worker < 1e-4:
         raise UserError(f"--gpus-per-worker must be 0 or at least 0.0001 (Ray's unit), "
                         f"got {gpus_per_worker}")
+    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
+        raise UserError(f"--gpus-per-worker above 1 must be a whole number, got {gpus_per_worker}")
 
 
 def check_resources(gpus_per_worker: float, num_workers: int) -> None:
@@ -130,8 +133,6 @@ def check_resources(gpus_per_worker: float, num_workers: int) -> None:
                         f"has {cpus:g}")
     if gpus_per_worker <= 0:
         return
-    if gpus_per_worker > 1 and gpus_per_worker != int(gpus_per_worker):
-        raise UserError("--gpus-per-worker above 1 must be a whole number")
     if _autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
         return
     per_node = [n.get("Resources", {}).get("GPU", 0.0) for n in nodes]

@@ -165,8 +165,8 @@ def bench_ceiling(args) -> "pd.DataFrame":
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
     from causal_grpo.results import f1_auc, paired_p
-    from causal_grpo.scm_families import resolve_scm
-    from causal_grpo.sweep import cell_batch, cell_scm_and_key
+    from causal_grpo.scm_families import FamilyConfig, resolve_scm
+    from causal_grpo.sweep import cell_batch
 
     policy = None
     if args.grpo_checkpoint:
@@ -179,7 +179,9 @@ def bench_ceiling(args) -> "pd.DataFrame":
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}
-    dims = {name: cell_scm_and_key(src, 0, 0)[0].adj.shape[-1] for name, src in sources.items()}
+    # From the source, not a drawn SCM: drawing one of er100000000 never returns.
+    dims = {name: src.padded if isinstance(src, FamilyConfig) else src.d
+            for name, src in sources.items()}
     for name, d in dims.items():
         if 12 < d <= exact_max:
             # Each decision is d * 2 * draws exact-posterior updates, all vmapped over a batch:

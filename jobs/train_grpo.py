@@ -76,6 +76,8 @@ def config_from_args(args: argparse.Namespace):
              if getattr(args, dest) is not None}
     run = RunOptions(**{dest: given[dest] for dest, path, _, _ in _declared()
                         if path is None and dest in given})
+    from cluster.connect import check_gpus_per_worker
+    check_gpus_per_worker(run.gpus_per_worker)   # before training, with or without workers
     values = {path: given[dest] for dest, path, _, _ in _declared()
               if path is not None and dest in given}
     cfg = with_family_protocol(options.with_values(Phase1Config(), values), run.max_variables,

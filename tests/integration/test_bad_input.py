@@ -312,6 +312,7 @@ def test_float_flags_accept_their_range():
     (["scale", "--degree", "1e300,1e301"], "--degree"),
     (["phase1", "--workers", "1"], "unrecognized arguments"),
     (["ceiling", "--scms", "easy,easy"], "--scms lists an SCM twice"),
+    (["ceiling", "--scms", "er100000000", "--seeds", "1"], "would need about"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "nan"],
      "--gpus-per-worker"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "-3"],

@@ -63,6 +63,7 @@ def test_flags_set_the_fields_they_are_declared_on(tmp_path):
     (["--seed", "1180591620717411303424"], "--seed must be an integer in [0, 2147483647]"),
     (["--steps-per-episode", "0"], "--steps-per-episode must be an integer in [1, 200]"),
     (["--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
+    (["--gpus-per-worker", "1.5"], "--gpus-per-worker above 1 must be a whole number"),
     (["--scm-family", "psychic"], "--scm-family must be one of"),
     (["--output-dir", ""], "--output-dir must not be empty"),
     (["--distill-coef", "1"], "unrecognized arguments: --distill-coef"),
