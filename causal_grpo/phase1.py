@@ -149,6 +149,11 @@ class Phase1Config:
     eval_steps: int = 10
     checkpoint_every: int = option(50, "--checkpoint-every", "iterations between checkpoints "
                                    "(0 = only final/)", low=0, high=1_000_000)
+    # XLA's vectorised sums depend on how many episodes one call vmaps, so the chunk, not the
+    # number of Ray workers, fixes the numbers: workers take whole chunks.
+    rollout_chunk: int = option(4, "--rollout-chunk", "episodes per compiled rollout call (Ray "
+                                "workers take whole chunks: the same numbers for any "
+                                "--num-workers)", low=1, high=1024)
     seed: int = option(0, "--seed", "training seed", low=0, high=2**31 - 1)
 
     @property
@@ -279,6 +284,12 @@ def make_collect(cfg: Phase1Config, stage: Stage) -> Callable:
     return jax.jit(collect)
 
 
+def episode_chunks(keys: Array, chunk: int) -> list[Array]:
+    """An iteration's episode keys in consecutive chunks of ``chunk`` (the last may be
+    shorter): the unit of one compiled rollout call, in-process and on a Ray worker alike."""
+    return [keys[i:i + chunk] for i in range(0, len(keys), chunk)]
+
+
 def concat_batches(parts: Sequence[grpo.Batch]) -> grpo.Batch:
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
@@ -349,7 +360,10 @@ class Trainer:
     def _collect_local(self, stage_index: int, params, keys):
         if stage_index not in self._collectors:
             self._collectors[stage_index] = make_collect(self.cfg, self.cfg.curriculum[stage_index])
-        return self._collectors[stage_index](params, keys)
+        chunks = episode_chunks(keys, self.cfg.rollout_chunk)
+        parts = [self._collectors[stage_index](params, c) for c in chunks]
+        return concat_batches([p[0] for p in parts]), merge_stats([p[1] for p in parts],
+                                                                  [len(c) for c in chunks])
 
     def initial_state(self) -> grpo.TrainState:
         return grpo.init_train_state(init_params(self.cfg), self.cfg.grpo)

@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import ray
 
-from causal_grpo.phase1 import Phase1Config, concat_batches, make_collect, merge_stats
+from causal_grpo.phase1 import (Phase1Config, concat_batches, episode_chunks, make_collect,
+                                merge_stats)
 from cluster.pool import ActorGroup, Worker, worker_actor
 
 
 @worker_actor
 class RolloutWorker(Worker):
-    """Runs a shard of an iteration's episodes (vmapped in one call) with given parameters."""
+    """Runs a chunk of an iteration's episodes (vmapped in one call) with given parameters."""
 
     def __init__(self, cfg: Phase1Config):
         super().__init__()
@@ -28,7 +29,8 @@ class RolloutWorker(Worker):
 
 
 class RolloutPool(ActorGroup):
-    """``collect(stage, params, keys)`` spread over actors; same batch as in-process."""
+    """``collect(stage, params, keys)`` spread over actors chunk by chunk (``rollout_chunk``
+    episodes each, as in-process): the same batch, bit for bit, for any number of actors."""
 
     def __init__(self, cfg: Phase1Config, num_workers: int, address: str | None = None,
                  gpus_per_worker: float = 0.0, **pool_kwargs):
@@ -38,7 +40,7 @@ class RolloutPool(ActorGroup):
 
     def collect(self, stage_index: int, params, keys):
         params_ref = ray.put(jax.device_get(params))    # once per iteration, shared by all
-        shards = [s for s in np.array_split(np.asarray(keys), len(self.pool.actors)) if len(s)]
+        shards = [np.asarray(c) for c in episode_chunks(keys, self.cfg.rollout_chunk)]
         out = dict(self.pool.map_unordered(
             lambda a, shard: a.collect.remote(stage_index, params_ref, shard), shards,
             describe=lambda shard: f"Phase-1 stage {stage_index} rollouts ({len(shard)} episodes)"))

@@ -1,4 +1,5 @@
-"""Phase-1 training in-process or with Ray rollout actors (same results either way)."""
+"""Phase-1 training in-process or with Ray rollout actors (the same numbers either way: both
+run ``rollout_chunk`` episodes per compiled call)."""
 
 from __future__ import annotations
 

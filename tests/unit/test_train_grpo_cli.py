@@ -14,7 +14,7 @@ from jobs import train_grpo
 KEPT = {"--max-variables", "--scm-family", "--steps-per-episode", "--n-observational",
         "--group-size", "--episodes", "--num-workers", "--address", "--gpus-per-worker",
         "--output-dir", "--seed", "--checkpoint-every", "--eval-every", "--learning-rate",
-        "--clip-eps", "--entropy-coef", "--kl-coef"}
+        "--clip-eps", "--entropy-coef", "--kl-coef", "--rollout-chunk"}
 
 
 def test_help_lists_exactly_the_kept_options(capsys):
