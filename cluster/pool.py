@@ -141,10 +141,14 @@ class FaultTolerantPool:
         inflight: dict[Any, tuple[int, int]] = {}     # result ref -> (item, actor)
         beats: dict[int, Any] = {}                    # busy actor -> its unanswered heartbeat
         sent: dict[int, float] = {}                   # busy actor -> when that one was sent
+        # busy actor -> when the oldest heartbeat it has not answered was sent (a heartbeat
+        # that fails, e.g. ActorUnavailableError from a cut-off node, is no answer)
+        silent: dict[int, float] = {}
 
         def finish(ref: Any) -> tuple[int, int]:
             k, i = inflight.pop(ref)
             beats.pop(i, None)
+            silent.pop(i, None)
             del sent[i]
             return k, i
 
@@ -190,7 +194,13 @@ class FaultTolerantPool:
                     self.start_failures = 0
                     self.last_start = time.time()
                 elif ref in answers:      # (a dead actor's result ref says so, below)
-                    beats.pop(answers[ref], None)
+                    i = answers[ref]
+                    beats.pop(i, None)
+                    try:
+                        ray.get(ref, timeout=0)
+                    except SYSTEM_FAILURES:
+                        continue              # silent stays; the next heartbeat follows
+                    silent.pop(i, None)
                 elif ref in inflight:
                     k, i = inflight[ref]
                     try:
@@ -204,13 +214,13 @@ class FaultTolerantPool:
                     yield k, result
             now = time.time()
             for ref, (k, i) in list(inflight.items()):
-                if i not in beats:
-                    if now - sent[i] >= self.heartbeat_interval:
-                        beats[i], sent[i] = self.actors[i].pid.remote(), now
+                if i not in beats and now - sent[i] >= self.heartbeat_interval:
+                    beats[i], sent[i] = self.actors[i].pid.remote(), now
+                    silent.setdefault(i, now)
                 # Answered while we were away (yielding to the caller) is answered.
-                elif (now - sent[i] > self.no_progress_timeout
-                      and not ray.wait([beats[i]], timeout=0)[0]):
-                    lost(ref, f"no heartbeat answer for {now - sent[i]:.0f}s")
+                elif (i in silent and now - silent[i] > self.no_progress_timeout
+                      and not (i in beats and ray.wait([beats[i]], timeout=0)[0])):
+                    lost(ref, f"no heartbeat answer for {now - silent[i]:.0f}s")
             if not inflight and not self.idle and now - self.last_start > self.start_timeout:
                 raise PoolFailure(f"no worker could be started for {self.start_timeout:.0f}s "
                                   "(does the cluster have free CPUs/GPUs?)")

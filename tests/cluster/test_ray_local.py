@@ -229,6 +229,43 @@ def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
 
 
 @worker_actor
+class CutOff(Worker):
+    """Answers the readiness ping, then every heartbeat fails as from a node the driver can no
+    longer reach (ActorUnavailableError) while its work never returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.pings = 0
+
+    @ray.method(concurrency_group="heartbeat")
+    def pid(self) -> int:
+        self.pings += 1
+        if self.pings > 1:
+            from ray.exceptions import ActorUnavailableError
+            raise ActorUnavailableError("the node cannot be reached", None)
+        return os.getpid()
+
+    def run(self, item):
+        time.sleep(3600)
+
+
+def test_failing_heartbeats_are_no_answer(local_ray):
+    """A heartbeat that fails is not an answer: the actor is replaced after the no-progress
+    timeout (counted as an answer, it kept the driver waiting for the work forever), and its
+    batch, which loses every worker, stops the run."""
+    from cluster.pool import PoolFailure
+    pool = FaultTolerantPool(lambda: CutOff.options(num_cpus=0.25).remote(), 1,
+                             no_progress_timeout=2.0, heartbeat_interval=0.25, max_attempts=2)
+    t0 = time.time()
+    try:
+        with pytest.raises(PoolFailure, match="lost its worker 2 times in a row .*no heartbeat"):
+            list(pool.map_unordered(lambda a, s: a.run.remote(s), [1]))
+    finally:
+        pool.close()
+    assert pool.failures == 1 and time.time() - t0 < 60
+
+
+@worker_actor
 class BadStart(Worker):
     """A worker whose constructor raises (bad input, a module its node lacks) or whose
     process dies while it starts."""
