@@ -99,7 +99,8 @@ def test_ray_job_submit_runs_the_phase2_job(ray_head, tmp_path):
     out = tmp_path / "submitted"
     env_json = '{"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}}'
     r = subprocess.run([RAY, "job", "submit", "--address", dashboard, "--working-dir", ".",
-                        "--runtime-env-json", env_json, "--", sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
+                        "--runtime-env-json", env_json, "--", sys.executable, "-m",
+                        "jobs.two_phase_training", "--scm-type", "easy",
                         "--methods", "random_active", "--seeds", "2", "--n-observational", "10",
                         "--n-interventions", "3", "--num-workers", "1", "--no-plots", "--quiet",
                         "--output-dir", str(out)],
