@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: see README ("What the main job does").
+# Main job: see README ("What `make main` does, prints and writes").
 main: $(STAMP)
 	$(PY) -m jobs.main
 
