@@ -172,10 +172,10 @@ class PolicyNet(hk.Module):
         value_logits = hk.Linear(cfg.n_bins, w_init=jnp.zeros, name="value_head")(e)
         if cfg.lookahead and cfg.lookahead_prior > 0:
             # A network that reads the lookahead as one input column among many does not learn
-            # to follow it (README, "How much is there to gain?"): GRPO's signal is too weak to
-            # discover a ranking it already has as an input. Adding it to the logits directly
-            # makes the plug-in chooser the starting point; the scales and the heads learn
-            # how far to trust it and what to add.
+            # to follow it (docs/EXPERIMENTS.md, "How much is there to gain?"): GRPO's signal is
+            # too weak to discover a ranking it already has as an input. Adding it to the logits
+            # directly makes the plug-in chooser the starting point; the scales and the heads
+            # learn how far to trust it and what to add.
             la = x.features[:, -2:]                                              # (d, 2) low, high
             init = hk.initializers.Constant(cfg.lookahead_prior)
             s_var = hk.get_parameter("lookahead_var_scale", (), init=init)

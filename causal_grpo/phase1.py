@@ -67,7 +67,7 @@ class Stage:
 
 
 # Sized for the 15-minute budget on 2 CPU cores with the lookahead input (2 d more posterior
-# updates per decision; README, "Speed and memory"); with the batch-last DP it takes about
+# updates per decision; docs/BENCHMARKS.md); with the batch-last DP it takes about
 # 6.5 minutes. Starting from the lookahead prior the policy needs far fewer iterations than
 # the 386 the plain network took.
 DEFAULT_CURRICULUM = (

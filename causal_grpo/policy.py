@@ -7,7 +7,8 @@ per decision, and the seed API's stateful function (``two_phase.GRPOIntervention
 that selector. So the states the loss sees are exactly the states the policy acted on.
 
 With ``PolicyConfig.lookahead`` the input also carries :func:`lookahead_features`: a one-step,
-data-only lookahead the network cannot compute itself (README, "How much is there to gain?").
+data-only lookahead the network cannot compute itself (docs/EXPERIMENTS.md, "How much is there
+to gain?").
 
 :class:`PolicyHandle` carries a loaded policy to the sweep (``policy_handle``).
 """
@@ -34,10 +35,10 @@ if TYPE_CHECKING:
 Array = jax.Array
 LookaheadDraws = Union[int, str]   # a positive int, or "auto" (see auto_lookahead_draws)
 
-# Acting-time lookahead budget (README, "Lookahead draws when acting"): what 8 draws cost at
-# d = 10, i.e. 8 x 2d updates of a 10-variable exact posterior. An update's work grows as
-# d^2 2^d (the DP's subset transforms), so the budget buys 8 draws up to d = 10, 3 at d = 11
-# and 1 from d = 12 on (on 2 CPU cores one update is 0.1 ms at d = 10, 6 ms at d = 15).
+# Acting-time lookahead budget (docs/EXPERIMENTS.md, "Lookahead draws when acting"): what 8
+# draws cost at d = 10, i.e. 8 x 2d updates of a 10-variable exact posterior. An update's work
+# grows as d^2 2^d (the DP's subset transforms), so the budget buys 8 draws up to d = 10, 3 at
+# d = 11 and 1 from d = 12 on (on 2 CPU cores one update is 0.1 ms at d = 10, 6 ms at d = 15).
 AUTO_DRAWS_MAX = 8
 AUTO_DRAWS_REF_D = 10
 
@@ -63,7 +64,7 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     """(d, 2): each variable's one-step plug-in gain at the low and the high end of the range.
 
     ``draws`` outcomes per candidate (1 in training; more when acting makes the input less
-    noisy, README "Lookahead draws when acting") are simulated from the linear SCM fitted to
+    noisy, docs/EXPERIMENTS.md) are simulated from the linear SCM fitted to
     the data on the point estimate of ``obs.probs`` (the features' graph: the posterior's, or
     the bootstrap graph for ``grpo_bootstrap``), ``surrogate`` is updated from ``state`` with
     each, and the gain is the mean drop in expected SHD against that point estimate
