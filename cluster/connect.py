@@ -22,6 +22,10 @@ from urllib.parse import urlparse
 from causal_grpo.errors import UserError
 
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
+# The driver's JAX settings that change what a computation returns: a local Ray's workers
+# inherit them, a remote cluster's only if passed on.
+NUMERICS_ENV = ("JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION", "JAX_DEFAULT_PRNG_IMPL",
+                "JAX_THREEFRY_PARTITIONABLE")
 
 
 def worker_env(gpus_per_worker: float) -> dict[str, str]:
@@ -39,6 +43,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
                "TQDM_DISABLE": "1"}
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
+    env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
     return env
 
 

@@ -172,6 +172,16 @@ def _sleepers(n):
                              no_progress_timeout=2.0, heartbeat_interval=0.25, max_attempts=3)
 
 
+def test_an_autoscaling_cluster_gets_an_hour_to_start_a_worker(local_ray, monkeypatch):
+    """A GPU node the autoscaler adds boots and pulls its image first: with
+    CAUSAL_GRPO_AUTOSCALING=1 the pool waits an hour, not 15 minutes, for a first worker."""
+    from cluster.pool import ActorGroup
+    for env, timeout in (("1", 3600.0), ("0", 900.0)):
+        monkeypatch.setenv("CAUSAL_GRPO_AUTOSCALING", env)
+        with ActorGroup(Sleeper, lambda: (), 1) as group:
+            assert group.pool.start_timeout == timeout
+
+
 def test_slow_work_is_never_taken_for_a_hang(local_ray):
     """A batch far longer than the no-progress timeout completes on its first worker."""
     pool = _sleepers(1)

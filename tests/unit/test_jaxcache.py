@@ -93,3 +93,10 @@ def test_a_cli_computes_with_the_cpu_numerics_of_a_ray_worker(monkeypatch):
     assert seen.split() == worker_env(0)["XLA_FLAGS"].split() == [
         "--xla_cpu_use_thunk_runtime=false", "--xla_cpu_multi_thread_eigen=false"]
     assert "XLA_FLAGS" not in worker_env(0.5)
+    # JAX settings that change results reach every worker, also on a remote cluster; where JAX
+    # runs (JAX_PLATFORMS) stays each worker's own.
+    monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    for gpus in (0, 0.5):
+        assert worker_env(gpus)["JAX_DEFAULT_MATMUL_PRECISION"] == "highest"
+    assert "JAX_PLATFORMS" not in worker_env(0.5)
