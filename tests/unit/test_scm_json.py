@@ -149,7 +149,7 @@ INVALID = [
     ("coef_beyond_float32", mutate(lambda o: (o["edges"].__setitem__(0, ["A", "B", 1e39]),
                                               o["noise_std"].__setitem__("A", 1e-37),
                                               o.__setitem__("intervention_range", [0, 1e-30]))),
-     r"coefficient of 1e\+39 is above the float32-safe"),
+     r"coefficient 1e\+39 of edge A->B is above the float32-safe"),
     ("unknown_key", mutate(_set("colour", "red")), "unknown key"),
     ("bad_name", mutate(_set("name", "has space")), "name"),
     ("one_variable", {"variables": ["A"], "target": "A", "edges": [], "noise_std": 1.0},
