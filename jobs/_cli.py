@@ -161,13 +161,12 @@ def positive_float(name: str, allow_zero: bool = False,
 
 def gpus_per_worker(text: str) -> float:
     """``--gpus-per-worker``: a share of one GPU, or a whole number of GPUs (as Ray accepts)."""
+    from cluster.connect import check_gpus_per_worker
     v = positive_float("--gpus-per-worker", allow_zero=True, maximum=1024)(text)
-    if v > 1 and v != int(v):
-        raise argparse.ArgumentTypeError(
-            f"--gpus-per-worker above 1 must be a whole number, got {shown(text)}")
-    if 0 < v < 1e-4:
-        raise argparse.ArgumentTypeError(
-            f"--gpus-per-worker must be 0 or at least 0.0001 (Ray's unit), got {shown(text)}")
+    try:
+        check_gpus_per_worker(v)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return v
 
 
