@@ -139,6 +139,14 @@ def available_memory_bytes() -> int:
     return avail
 
 
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident memory (VmRSS), or None where /proc cannot tell (gone, not Linux)."""
+    for line in (_read_first(f"/proc/{pid}/status") or "").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def format_bytes(n: float) -> str:
     """``1.5 GB``-style size for messages (decimal units)."""
     units = ("B", "kB", "MB", "GB", "TB", "PB")

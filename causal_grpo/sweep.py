@@ -11,6 +11,7 @@ run the sweep and in whatever order. Each finished batch is written atomically t
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -18,7 +19,7 @@ import json
 import os
 import sys
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -141,44 +142,101 @@ class _Program:
     def __init__(self, run):
         self.run = run
         self.executables: dict[str, Any] = {}
+        self.needs: dict[str, int] = {}
 
-    def __call__(self, args: tuple, what: str, share: int = 1):
+    def __call__(self, args: tuple, what: str, share: int = 1, registry: str | None = None):
         shapes = str(jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args))
         if shapes not in self.executables:
             exe = self.run.lower(*args).compile()
-            check_program_memory(exe, what, share)
+            self.needs[shapes] = check_program_memory(exe, what, share, registry)
             self.executables[shapes] = exe
-        return self.executables[shapes](*args)
+        with running_program(registry, self.needs[shapes]):
+            return jax.block_until_ready(self.executables[shapes](*args))
 
 
-def check_program_memory(executable: Any, what: str, share: int = 1) -> None:
+def check_program_memory(executable: Any, what: str, share: int = 1,
+                         registry: str | None = None) -> int:
     """Refuse (one-line :class:`UserError`) a compiled program whose buffers, by XLA's own
     buffer assignment, exceed this process's part of the memory still available: all of it,
     or 1/``share`` where ``share`` workers run such programs on one machine (measured: a
     25-seed ``dense10`` policy batch, 10.6 GB by this figure, peaked at 11.7 GB of RSS over a
-    1.1 GB start). On an accelerator the buffers live in its memory, not the host's: only
-    the CPU backend is checked."""
+    1.1 GB start). What the other workers' running programs already took (``registry``,
+    :func:`held_by_others`) counts towards the share, not against it. On an accelerator the
+    buffers live in its memory, not the host's: only the CPU backend is checked. Returns the
+    program's need in bytes (0 where unknown)."""
     if jax.default_backend() != "cpu":
-        return
+        return 0
     try:
         m = executable.memory_analysis()
         need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     except (AttributeError, NotImplementedError, TypeError):
-        return
+        return 0
     available = io.available_memory_bytes()
-    if need * share > available:
-        shared = f" for each of {share} workers" if share > 1 else ""
-        raise UserError(f"{what} would need about {io.format_bytes(need)} of memory{shared} "
-                        f"and this machine has {io.format_bytes(available)} available; lower "
+    shared = available + (held_by_others(registry) if share > 1 else 0)
+    if need > available or need * share > shared:
+        each = f" for each of {share} workers" if share > 1 else ""
+        raise UserError(f"{what} would need about {io.format_bytes(need)} of memory{each} "
+                        f"and this machine has {io.format_bytes(shared)} available; lower "
                         f"--batch-size{' or --num-workers' if share > 1 else ''}")
+    return int(need)
+
+
+def held_by_others(registry: str | None) -> int:
+    """Memory that the other workers of a sweep on this machine have taken for the programs
+    they are running now, by the notes of :func:`running_program` in ``registry``: per worker,
+    what its resident memory grew by since its program began, at most that program's need.
+    MemAvailable already lacks it, so a worker checking its share adds it back rather than
+    counting a running sibling twice (with two workers, the second to compile was refused
+    whenever memory held two programs but not three)."""
+    if registry is None:
+        return 0
+    try:
+        names = os.listdir(registry)
+    except OSError:
+        return 0
+    held = 0
+    for name in names:
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(os.path.join(registry, name)) as f:
+                need, start = (int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+        now = io.resident_bytes(int(name))       # None: that worker is gone
+        if now is not None:
+            held += min(need, max(0, now - start))
+    return held
+
+
+@contextlib.contextmanager
+def running_program(registry: str | None, need: int) -> Iterator[None]:
+    """While a program runs, note in ``registry`` (one file named by this process's id) its
+    need and this process's resident memory before it, for :func:`held_by_others`."""
+    start = io.resident_bytes(os.getpid())
+    path = None
+    if registry is not None and start is not None and need:
+        try:
+            os.makedirs(registry, exist_ok=True)
+            io.write_text(os.path.join(registry, str(os.getpid())), f"{need} {start}")
+            path = os.path.join(registry, str(os.getpid()))
+        except OSError:      # an unwritable temp space costs the note, not the batch
+            pass
+    try:
+        yield
+    finally:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None,
-              sources: dict[str, ScmSource] | None = None, memory_share: int = 1
-              ) -> dict[str, np.ndarray]:
+              sources: dict[str, ScmSource] | None = None, memory_share: int = 1,
+              memory_registry: str | None = None) -> dict[str, np.ndarray]:
     """Run one batch in this process; returns stacked numpy arrays, leading axis = seeds.
     Refused before it runs when its program's buffers exceed 1/``memory_share`` of the
-    available memory (:func:`check_program_memory`; share: workers on this machine).
+    available memory (:func:`check_program_memory`; share: workers on this machine, which
+    note what they hold in ``memory_registry``, a directory of this machine).
 
     Keys: every :class:`StepRecord` field (S, T+1), ``final_probs`` (S, d, d), ``true_adj``
     (S, d, d), ``target`` (S,), ``seed`` (S,). The batch is padded to ``cfg.batch_size`` by
@@ -193,7 +251,7 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
     params = policy.params if batch.method.needs_policy else None
     res = run((keys, scms, params, method_id(batch.method)),
               f"a batch of {cfg.batch_size} seeds of {batch.method.value} on {batch.scm}",
-              memory_share)
+              memory_share, memory_registry)
     n = len(batch.seeds)
     out = {f: np.asarray(getattr(res.record, f))[:n] for f in StepRecord._fields}
     out["final_probs"] = np.asarray(res.final_probs)[:n]

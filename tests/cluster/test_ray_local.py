@@ -100,8 +100,9 @@ class TestTwoWorkers:
         exe = next(iter(next(iter(sweep._RUNNERS.values())).executables.values()))
         m = exe.memory_analysis()
         need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-        shares = [a.__ray_call__.remote(lambda w: w.memory_share) for a in pool2.actors]
-        assert ray.get(shares) == [2, 2]
+        shares = [a.__ray_call__.remote(lambda w: (w.memory_share, w.memory_registry))
+                  for a in pool2.actors]
+        assert ray.get(shares) == [(2, pool2.memory_registry)] * 2   # one registry per pool
         monkeypatch.setattr(io, "available_memory_bytes", lambda: int(1.5 * need))
         sweep._RUNNERS.clear()
         run_batch(batch, cfg, None, SOURCES, memory_share=1)          # fits alone
@@ -112,6 +113,9 @@ class TestTwoWorkers:
 
     def test_sweep_on_two_workers_is_identical_to_in_process(self, pool2, reference):
         assert_same(dict(pool2.run(plan_batches(CFG))), reference)
+        # The workers noted each running program in the pool's registry and removed the note
+        # when it returned.
+        assert os.path.isdir(pool2.memory_registry) and os.listdir(pool2.memory_registry) == []
 
 
     def test_killing_an_actor_mid_sweep_loses_nothing(self, pool2, reference):

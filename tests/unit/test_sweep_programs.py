@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import weakref
 
+import numpy as np
+
 from causal_grpo import sweep
 from causal_grpo.active_learning import EpisodeConfig, Method
 from causal_grpo.scm_families import resolve_scm
@@ -66,3 +68,99 @@ def test_a_batch_whose_buffers_exceed_memory_is_refused_before_it_runs(monkeypat
     out = sweep.run_batch(batch, cfg)
     assert np.all(np.isfinite(out["f1"])) and len(program.executables) == 1
 
+
+
+def _program_need(monkeypatch) -> tuple[sweep.Batch, sweep.SweepConfig, int]:
+    sweep._RUNNERS.clear()
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, batch_size=2,
+                            episode=EPISODE)
+    batch = sweep.plan_batches(cfg)[0]
+    program = sweep._runner(EPISODE, Method.RANDOM, 4, None)
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: 10 ** 12)
+    sweep.run_batch(batch, cfg)
+    (need,) = program.needs.values()
+    sweep._RUNNERS.clear()
+    return batch, cfg, need
+
+
+def test_a_running_siblings_memory_counts_towards_the_share_not_against_it(monkeypatch,
+                                                                          tmp_path):
+    """Two workers share a machine with memory for two programs. While the first runs its
+    program, MemAvailable lacks what it took: the second, checking its half, adds that back
+    from the first's note (a real process holding real memory), and is refused once that
+    process is gone (then the memory would be free: MemAvailable, mocked here, would show it)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from causal_grpo.errors import UserError
+
+    batch, cfg, need = _program_need(monkeypatch)
+    sibling = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import sys
+def rss():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                if l.startswith("VmRSS:"))
+start = rss()
+held = bytearray(b"x") * {need + 2 ** 20}     # written, so resident
+print(start, flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        start = int(sibling.stdout.readline())
+        registry = tmp_path / "registry"
+        registry.mkdir()
+        (registry / str(sibling.pid)).write_text(f"{need} {start}")
+        (registry / "stray").write_text("not a worker")
+        assert sweep.held_by_others(str(registry)) == need
+        monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: int(1.5 * need))
+        out = sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(registry))
+        assert np.all(np.isfinite(out["f1"]))
+        sweep._RUNNERS.clear()
+        with pytest.raises(UserError, match="for each of 2 workers"):      # no note: refused
+            sweep.run_batch(batch, cfg, memory_share=2)
+    finally:
+        sibling.kill()
+        sibling.wait()
+    sweep._RUNNERS.clear()
+    assert sweep.held_by_others(str(registry)) == 0                        # gone
+    with pytest.raises(UserError, match="for each of 2 workers"):
+        sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(registry))
+
+
+def test_a_program_is_noted_while_it_runs_and_only_then(monkeypatch, tmp_path):
+    """The note names this process, holds the program's need and the resident memory before
+    it, and is gone when the batch returns; an unwritable registry costs the note only."""
+    import os
+
+    batch, cfg, need = _program_need(monkeypatch)
+    registry = tmp_path / "registry"
+    seen = []
+    real = sweep.running_program
+
+    def spy(reg, n):
+        cm = real(reg, n)
+
+        class Spy:
+            def __enter__(self):
+                cm.__enter__()
+                seen.append({p.name: p.read_text() for p in registry.iterdir()})
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+        return Spy()
+
+    monkeypatch.setattr(sweep, "running_program", spy)
+    sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(registry))
+    (note,) = seen
+    (text,) = note.values()
+    assert list(note) == [str(os.getpid())]
+    assert int(text.split()[0]) == need and 0 < int(text.split()[1]) <= sweep.io.resident_bytes(
+        os.getpid())
+    assert list(registry.iterdir()) == []
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    out = sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(blocked / "reg"))
+    assert np.all(np.isfinite(out["f1"]))
