@@ -275,6 +275,7 @@ def test_no_interventions(capsys, tmp_path):
     (["--learning-rate", "nan"], "--learning-rate"),
     (["--num-workers", "1", "--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number"),
     (["--num-workers", "1", "--gpus-per-worker", "-1"], "--gpus-per-worker"),
+    (["--num-workers", "1", "--gpus-per-worker", "inf"], "--gpus-per-worker"),
     (["--num-workers", "1", "--gpus-per-worker", "1.5"], "whole number"),
     (["--num-workers", "1", "--gpus-per-worker", "0.00001"], "at least 0.0001"),
 ])
