@@ -133,12 +133,12 @@ def check_resources(gpus_per_worker: float, num_workers: int) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
-    if num_workers > cpus and not _autoscaling():
+    if num_workers > cpus and not autoscaling():
         raise UserError(f"--num-workers {num_workers} needs {num_workers} CPUs; the Ray cluster "
                         f"has {cpus:g}")
     if gpus_per_worker <= 0:
         return
-    if _autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
+    if autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
         return
     per_node = [n.get("Resources", {}).get("GPU", 0.0) for n in nodes]
     total = sum(per_node)
@@ -153,7 +153,7 @@ def check_resources(gpus_per_worker: float, num_workers: int) -> None:
                         f"{total:g} GPUs (at most {fit} workers)")
 
 
-def _autoscaling() -> bool:
+def autoscaling() -> bool:
     """True when the cluster may add nodes (then pending GPU workers will be scheduled)."""
     return os.environ.get("CAUSAL_GRPO_AUTOSCALING", "0") == "1"
 

@@ -243,12 +243,12 @@ class ActorGroup:
 
     def __init__(self, actor_cls, make_args: Callable[[], tuple], num_workers: int,
                  address: str | None = None, gpus_per_worker: float = 0.0, **pool_kwargs):
-        from cluster.connect import check_gpus_per_worker, check_resources, connect, worker_env
-        from cluster.connect import _autoscaling
+        from cluster.connect import (autoscaling, check_gpus_per_worker, check_resources,
+                                     connect, worker_env)
         check_gpus_per_worker(gpus_per_worker)
         self.started = connect(address)
         check_resources(gpus_per_worker, num_workers)
-        if _autoscaling():   # a new GPU node boots and pulls its image before any actor starts
+        if autoscaling():   # a new GPU node boots and pulls its image before any actor starts
             pool_kwargs.setdefault("start_timeout", 3600.0)
         opts = {"num_cpus": 1, "num_gpus": gpus_per_worker,
                 "runtime_env": {"env_vars": worker_env(gpus_per_worker)}}
