@@ -37,7 +37,7 @@ from causal_grpo.checkpoint import LoadedPolicy, load_grpo_policy
 from causal_grpo.errors import UserError
 from causal_grpo.features import Buffer
 from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
-                                resolve_lookahead_draws)
+                                refit_posterior, resolve_lookahead_draws)
 from causal_grpo.scm import SCM, SCMSpec, propagate
 from causal_grpo.scm_families import resolve_scm
 from causal_grpo.surrogate import Surrogate, make_surrogate
@@ -82,16 +82,20 @@ class GRPOInterventionFn:
         self._key = jax.random.PRNGKey(seed) if key is None else key
         self._calls = 0
         self.history: list[dict] = []
-        select = make_policy_selector(loaded.config, greedy, lookahead_draws)
+        # The lookahead refits this function's own posterior settings, as the sweep's selector
+        # refits the episode's.
+        select = make_policy_selector(loaded.config, greedy, lookahead_draws, posterior)
 
         def obs(buffer, state, step):
             return observe(shapes, buffer, step, sur.edge_probs(state))
 
         def dist(key, params, buffer, state, step):
-            out = policy_output(key, obs(buffer, state, step), params, loaded.config, None,
-                                lookahead_draws)[1]
+            o = obs(buffer, state, step)
+            refit = refit_posterior(key, o, posterior) if loaded.config.lookahead else None
+            out = policy_output(key, o, params, loaded.config, refit, lookahead_draws)[1]
             return jax.nn.softmax(out.var_logits), jax.nn.softmax(out.value_logits, axis=-1)
 
+        self._obs = obs
         self._select = jax.jit(lambda key, params, buffer, state, step:
                                select(key, obs(buffer, state, step), params))
         self._dist = jax.jit(dist)

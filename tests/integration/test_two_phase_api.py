@@ -79,14 +79,21 @@ def test_untrained_policy_is_saved_as_step_0(trained):
 def test_seed_api_and_jitted_selector_choose_the_same_actions(trained):
     """The default policy (lookahead on, auto draws): run_active_learning driven by the seed
     API's function and the jitted sweep cell, on the same cells and acting keys, choose the
-    same interventions at every step."""
+    same interventions at every step; under posterior settings other than the default (BGE,
+    in-degree 1), which the function's lookahead refits with, as the sweep's does."""
+    import jax
+
     from causal_grpo.active_learning import Method, cell_keys
-    from causal_grpo.policy import policy_handle
+    from causal_grpo.policy import policy_handle, policy_output, refit_posterior
     from causal_grpo.scm_families import easy
+    from causal_grpo.surrogate import SurrogateConfig
+    from causal_grpo.surrogate_bayes import AnalyticConfig, Score
     from causal_grpo.sweep import Batch, SweepConfig, cell_scm_and_key, run_batch
     loaded = load_grpo_policy(str(trained / "final"))
     assert loaded.config.lookahead and loaded.config.lookahead_prior > 0
-    ep = EpisodeConfig(n_observational=20, n_interventions=5)
+    post = AnalyticConfig(score=Score.BGE, max_indegree=1)
+    ep = EpisodeConfig(n_observational=20, n_interventions=5,
+                       surrogate=SurrogateConfig(analytic=post))
     seeds = (0, 1, 2)
     cfg = SweepConfig(scms=("easy",), methods=(Method.GRPO_ACTIVE,), seeds=3, episode=ep,
                       base_seed=7, batch_size=3)
@@ -94,8 +101,15 @@ def test_seed_api_and_jitted_selector_choose_the_same_actions(trained):
                        {"easy": easy()})
     for s in seeds:
         key = cell_keys(cell_scm_and_key(easy(), 7, s)[1])["select"]
-        fn = create_grpo_intervention_fn(loaded, easy(), capacity=ep.capacity, key=key)
+        fn = create_grpo_intervention_fn(loaded, easy(), capacity=ep.capacity, key=key,
+                                         posterior=post)
         res = run_active_learning(easy(), ep, intervention_fn=fn, seed=s, base_seed=7)
+        # The distribution it reports is the network's on the lookahead of that posterior.
+        k, params, buffer, state, step = fn._args()
+        o = jax.jit(lambda b, st, t: fn._obs(b, st, t))(buffer, state, step)
+        out = policy_output(k, o, params, loaded.config, refit_posterior(k, o, post), "auto")[1]
+        np.testing.assert_allclose(fn.action_distribution()[0],
+                                   np.asarray(jax.nn.softmax(out.var_logits)), atol=1e-4)
         chosen = [easy().variables.index(i["variable"]) for i in res["interventions"]]
         assert chosen == list(jitted["variable"][s, 1:]), (s, chosen, jitted["variable"][s])
         np.testing.assert_allclose([i["value"] for i in res["interventions"]],
