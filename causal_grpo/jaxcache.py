@@ -36,6 +36,18 @@ def pin_cpu_numerics(environ: "os._Environ | dict" = os.environ) -> None:
         environ["XLA_FLAGS"] = " ".join(flags + [CPU_XLA_FLAG])
 
 
+def numerics() -> dict[str, bool | str]:
+    """JAX's settings that change what a computation returns (their environment variables
+    travel to Ray workers: ``cluster.connect.NUMERICS_ENV``): part of every resume key, so a
+    run is never continued, nor a cell reused, under other numbers."""
+    import jax
+    c = jax.config
+    return {"enable_x64": bool(c.jax_enable_x64),
+            "default_matmul_precision": str(c.jax_default_matmul_precision),
+            "default_prng_impl": str(c.jax_default_prng_impl),
+            "threefry_partitionable": bool(c.jax_threefry_partitionable)}
+
+
 def cache_dir() -> str | None:
     """The cache directory this process would use, or None when disabled."""
     setting = os.environ.get(ENV_VAR)

@@ -24,6 +24,7 @@ episodes of an iteration across processes (``cluster/``) reproduces the same bat
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -418,6 +419,28 @@ def restore_trainer_state(template: grpo.TrainState, arrays: dict) -> tuple[grpo
     return jax.tree_util.tree_unflatten(treedef, new), int(arrays["iteration"])
 
 
+MISSING = object()
+
+
+def config_differences(stored: Any, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, current value)`` for every setting that differs between a
+    stored training config and this run's (:data:`MISSING` where one has no such key)."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d} if prefix else {"": d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+        return out
+    a, b = flat(stored if stored is not None else {}), flat(current)
+    return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(set(a) | set(b))
+            if a.get(k, MISSING) != b.get(k, MISSING)]
+
+
+def _shown(v: Any) -> str:
+    return "absent" if v is MISSING else json.dumps(v, default=str)
+
+
 def latest_checkpoint(out_dir: str) -> tuple[str, int] | None:
     """The ``step_<n>`` checkpoint with the largest n that has a trainer state, if any."""
     import os
@@ -443,35 +466,48 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
     (one row per iteration). Returns the final metrics.
     """
-    import json
     import os
     import pandas as pd
     from causal_grpo import io
     import zipfile
     from causal_grpo.checkpoint import TRAINER_FILE, read_config, save_checkpoint
     from causal_grpo.errors import UserError
+    from causal_grpo.jaxcache import numerics
 
     trainer = Trainer(cfg, collect_fn)
     evaluator = Evaluator(cfg) if cfg.eval_every > 0 else None
     state, start = trainer.initial_state(), 0
     log_path = os.path.join(out_dir, "train_log.csv")
     rows: list[dict] = []
-    train_dict = config_to_dict(cfg)
+    train_dict = config_to_dict(cfg) | {"numerics": numerics()}
     final_dir = os.path.join(out_dir, "final")
     # What a resume reads is checked here: a damaged file is named in one line (UserError),
     # with what to remove, rather than ending in a traceback.
-    stored_configs = {}
-    for existing in ([final_dir] if resume else []) + ([latest_checkpoint(out_dir)[0]]
-                                                       if resume and latest_checkpoint(out_dir) else []):
-        path = os.path.join(existing, "config.json")
-        if os.path.exists(path):
-            stored_configs[existing] = stored = read_config(path)
-            current = json.loads(json.dumps(train_dict, default=str))
-            if stored.get("training") != current:
-                raise UserError(f"{out_dir} holds a run with a different configuration; "
-                                "use a new --output-dir (or the same flags to resume)")
+    stored_configs, added = {}, []
+    # A finished run is judged by its final config alone (nothing else of it is read).
+    existing = None
+    if resume and os.path.exists(os.path.join(final_dir, "config.json")):
+        existing = final_dir
+    elif resume and latest_checkpoint(out_dir):
+        existing = latest_checkpoint(out_dir)[0]
+    if existing is not None and os.path.exists(os.path.join(existing, "config.json")):
+        stored_configs[existing] = stored = read_config(os.path.join(existing, "config.json"))
+        current = json.loads(json.dumps(train_dict, default=str))
+        diff = config_differences(stored.get("training"), current)
+        # A finished run trained before a setting existed is complete as it stands; an
+        # unfinished one would go on under settings it did not start with.
+        added = [k for k, there, _ in diff if there is MISSING]
+        if diff and (existing != final_dir or len(added) < len(diff)):
+            shown = "; ".join(f"{k}: {_shown(a)} there, {_shown(b)} here"
+                              for k, a, b in diff[:3])
+            more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise UserError(f"{out_dir} holds a run with a different configuration ({shown}"
+                            f"{more}); use a new --output-dir (or the flags it was run "
+                            "with, by the same code, to resume)")
     if final_dir in stored_configs:
-        log(f"{final_dir} exists: training already complete")
+        new = sorted({k.split(".")[0] for k in added})
+        since = f" (trained before its settings had {', '.join(new)})" if new else ""
+        log(f"{final_dir} exists: training already complete{since}")
         metrics = stored_configs[final_dir].get("metrics")
         if not isinstance(metrics, dict):
             raise UserError(f"{final_dir}/config.json has no metrics: a damaged run; remove "
@@ -482,19 +518,27 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
         try:
             with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
                 state, start = restore_trainer_state(state, {k: z[k] for k in z.files})
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
             raise UserError(f"{found[0]}/{TRAINER_FILE} is unreadable ({type(e).__name__}); "
                             f"remove {found[0]} to resume from the checkpoint before it") from None
+        if start != found[1] or start > cfg.iterations:
+            raise UserError(f"{found[0]}/{TRAINER_FILE} holds iteration {start} of "
+                            f"{cfg.iterations}, its directory says {found[1]}; remove "
+                            f"{found[0]} to resume from the checkpoint before it")
+        elapsed = 0.0
         if os.path.exists(log_path):
             try:
                 rows = [r for r in pd.read_csv(log_path).to_dict("records")
                         if r["iteration"] < start]
+                elapsed = float(rows[-1].get("elapsed_s", 0.0)) if rows else 0.0
+                if not math.isfinite(elapsed):
+                    raise ValueError("elapsed_s")
             except (OSError, ValueError, KeyError, TypeError, pd.errors.EmptyDataError) as e:
                 raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
                                 "resume (the log then starts at the resumed iteration)") from None
         log(f"resuming from {found[0]} (iteration {start})")
     # Elapsed time goes on from the run's earlier part.
-    t_start = time.time() - (float(rows[-1].get("elapsed_s", 0.0)) if rows else 0.0)
+    t_start = time.time() - (elapsed if found is not None else 0.0)
     last_eval: dict = {}
 
     def checkpoint(name: str, iteration: int, metrics: dict) -> None:

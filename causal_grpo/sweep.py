@@ -29,6 +29,7 @@ from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
                                          make_plugin_selector, method_id)
 from causal_grpo.errors import UserError
+from causal_grpo.jaxcache import numerics
 from causal_grpo.policy import PolicyHandle, make_policy_selector, resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
@@ -270,7 +271,8 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
 def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource]) -> str:
     """Content digest of everything that determines a cell's numbers (resume key).
 
-    It includes the code version, so cells computed by other code are never reused.
+    It includes the code version and JAX's numerics settings, so cells computed by other code
+    or under other numbers are never reused.
     """
     def scm_id(name: str) -> Any:
         src = sources[name]
@@ -282,7 +284,7 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
         "scms": {n: scm_id(n) for n in cfg.scms},
         "policy": policy.digest if policy else None,
-        "code": code_version(),
+        "code": code_version(), "numerics": numerics(),
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

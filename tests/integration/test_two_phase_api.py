@@ -141,6 +141,52 @@ def test_resuming_with_other_flags_is_refused(trained):
                         "--episodes", "48", "--max-variables", "5", "--group-size", "8"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "different configuration" in r.stderr, r.stderr
+    assert "grpo.group_size: 4 there, 8 here" in r.stderr, r.stderr
+
+
+def _without(config_json, *keys):
+    import json
+    cfg = json.loads(config_json.read_text())
+    for k in keys:
+        del cfg["training"][k]
+    config_json.write_text(json.dumps(cfg))
+
+
+def test_a_run_from_before_a_setting_existed(trained, tmp_path, capsys):
+    """Finished before a setting (here: the numerics, rollout_chunk) was recorded, a run is
+    complete as it stands; unfinished, it is refused, naming what it lacks, rather than
+    continued under settings it did not start with. Other numerics are refused too."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _without(run / "final" / "config.json", "numerics", "rollout_chunk")
+    assert train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS) == 0
+    assert ("training already complete (trained before its settings had numerics, "
+            "rollout_chunk)") in capsys.readouterr().out
+    shutil.rmtree(run / "final")
+    _without(_newest_step(run) / "config.json", "numerics")
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "numerics.default_matmul_precision: absent there" in err, err
+    step = _newest_step(run) / "config.json"
+    cfg = json.loads((trained / "final" / "config.json").read_text())
+    cfg["training"]["numerics"]["threefry_partitionable"] = False
+    step.write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS)
+    err = capsys.readouterr().err
+    assert "numerics.threefry_partitionable: false there, true here" in err, err
+
+
+def test_numerics_follow_jaxs_environment():
+    code = "from causal_grpo.jaxcache import numerics; print(numerics())"
+    env = dict(os.environ, JAX_THREEFRY_PARTITIONABLE="0", JAX_DEFAULT_PRNG_IMPL="rbg")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "'default_prng_impl': 'rbg'" in out and "'threefry_partitionable': False" in out, out
 
 
 TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode", "4",
@@ -186,6 +232,9 @@ def _newest_step(run):
     ("trainer state truncated", "trainer_state.npz is unreadable"),
     ("train log garbage", "train_log.csv is unreadable"),
     ("train log empty", "train_log.csv is unreadable"),
+    ("train log elapsed not a number", "train_log.csv is unreadable"),
+    ("trainer state iteration not a number", "trainer_state.npz is unreadable"),
+    ("trainer state iteration -1", "holds iteration -1 of"),
 ])
 def test_a_damaged_run_directory_is_one_line_exit_2_on_resume(trained, tmp_path, capsys,
                                                               damage, needle):
@@ -207,6 +256,18 @@ def test_a_damaged_run_directory_is_one_line_exit_2_on_resume(trained, tmp_path,
     elif damage == "trainer state truncated":
         state = _newest_step(run) / C.TRAINER_FILE
         state.write_bytes(state.read_bytes()[:100])
+    elif damage.startswith("trainer state iteration"):
+        import numpy as np
+        path = _newest_step(run) / C.TRAINER_FILE
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["iteration"] = np.array([1, 1] if damage.endswith("number") else -1)
+        np.savez(path, **arrays)
+    elif damage == "train log elapsed not a number":
+        import pandas as pd
+        log = pd.read_csv(run / "train_log.csv")
+        log["elapsed_s"] = "abc"
+        log.to_csv(run / "train_log.csv", index=False)
     else:
         (run / "train_log.csv").write_text("" if damage.endswith("empty") else '"a,\n1,2,3\n')
     with pytest.raises(SystemExit) as e:

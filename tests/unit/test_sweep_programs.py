@@ -164,3 +164,14 @@ def test_a_program_is_noted_while_it_runs_and_only_then(monkeypatch, tmp_path):
     blocked.write_text("")
     out = sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(blocked / "reg"))
     assert np.all(np.isfinite(out["f1"]))
+
+
+def test_cells_under_other_numerics_are_not_reused(monkeypatch):
+    """JAX's PRNG implementation or precision changes a cell's numbers: the cache key has it."""
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
+    sources = {"er4": resolve_scm("er4")}
+    before = sweep.sweep_digest(cfg, None, sources)
+    assert sweep.sweep_digest(cfg, None, sources) == before
+    now = sweep.numerics()
+    monkeypatch.setattr(sweep, "numerics", lambda: {**now, "default_prng_impl": "rbg"})
+    assert sweep.sweep_digest(cfg, None, sources) != before
