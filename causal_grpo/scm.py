@@ -142,10 +142,6 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
         j = int(np.argmax(s < MIN_ABS_NUMBER))
         raise SCMError(f"SCM '{spec.name}': noise_std {s[j]:g} of {v[j]} is below float32's "
                        f"smallest normal number {MIN_ABS_NUMBER:.3g}")
-    lo, hi = np.float32(spec.intervention_range[0]), np.float32(spec.intervention_range[1])
-    if not lo < hi:
-        raise SCMError(f"SCM '{spec.name}': intervention_range {list(spec.intervention_range)} "
-                       f"has the same ends in float32")
     bounds = value_bounds(w, s, spec.intervention_range)
     # The first variable in causal order that exceeds the bound is where the growth starts.
     over = [j for j in topological_order(w != 0) if not bounds[j] <= MAX_ABS_VALUE]
@@ -155,6 +151,11 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
             f"SCM '{spec.name}': variable {v[j]} could reach |{v[j]}| = {bounds[j]:.3g} in "
             f"simulation (bound from noise_std, edge coefficients and intervention_range along "
             f"its paths), above the float32-safe {MAX_ABS_VALUE:g}; rescale the SCM")
+    # Within the bound, so the ends cast to float32 without overflow.
+    lo, hi = np.float32(spec.intervention_range[0]), np.float32(spec.intervention_range[1])
+    if not lo < hi:
+        raise SCMError(f"SCM '{spec.name}': intervention_range {list(spec.intervention_range)} "
+                       f"has the same ends in float32")
     # Each number itself too: a coefficient of 1e39 on a parent held tiny keeps the bound along
     # paths small, and becomes inf in float32.
     big = np.argwhere(np.abs(w) > MAX_ABS_VALUE)

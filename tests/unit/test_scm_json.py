@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -145,6 +146,11 @@ INVALID = [
     ("range_shape", mutate(_set("intervention_range", [0.0])), r"\[lo, hi\]"),
     ("range_equal_in_float32", mutate(_set("intervention_range", [1.0, 1.0000000001])),
      "same ends in float32"),
+    # Ends beyond float32 (or equal there only because they are huge) are out of its bound.
+    ("range_beyond_float32", mutate(_set("intervention_range", [1e39, 2e39])),
+     "above the float32-safe"),
+    ("range_huge_and_close", mutate(_set("intervention_range", [1e20, 1e20 + 1e12])),
+     "above the float32-safe"),
     # A parent held tiny keeps the bound along paths small; the coefficient is inf in float32.
     ("coef_beyond_float32", mutate(lambda o: (o["edges"].__setitem__(0, ["A", "B", 1e39]),
                                               o["noise_std"].__setitem__("A", 1e-37),
@@ -174,7 +180,8 @@ def test_invalid_file_raises(tmp_path, case_id, obj, pattern):
         obj = _raw_text(case_id)
     # A neutral file name, so the path in the message cannot satisfy the pattern by itself.
     path = write(tmp_path, obj, "scm.json")
-    with pytest.raises(SCMError, match=pattern) as ei:
+    with pytest.raises(SCMError, match=pattern) as ei, warnings.catch_warnings():
+        warnings.simplefilter("error")     # a warning would print more than the one line
         load_scm_json(path)
     msg = str(ei.value)
     assert "\n" not in msg, msg
