@@ -25,8 +25,10 @@ NaN must crash the run, loudly.
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -56,11 +58,18 @@ def _start_failure(e: Exception) -> Exception | None:
         return PoolFailure(f"a worker's runtime environment could not be set up: "
                            f"{str(e).strip().splitlines()[-1]}")
     if isinstance(e, ActorDiedError) and e.actor_init_failed:
-        # Ray's message ends with the constructor's exception as "module.Class: text".
+        # Ray's message ends with the constructor's exception as "module.Class: text"; the
+        # exception itself does not travel with it. Our UserErrors (SCMError, CheckpointError
+        # and the rest subclass it) stop the run as bad input.
         last = str(e).strip().splitlines()[-1]
-        prefix = f"{UserError.__module__}.{UserError.__name__}: "
-        if last.startswith(prefix):
-            return UserError(last[len(prefix):])
+        named = re.fullmatch(r"(causal_grpo(?:\.\w+)*)\.(\w+): (.*)", last, re.DOTALL)
+        if named:
+            try:
+                cls = getattr(importlib.import_module(named[1]), named[2], None)
+            except ImportError:
+                cls = None
+            if isinstance(cls, type) and issubclass(cls, UserError):
+                return UserError(named[3])
         return PoolFailure(f"a worker failed to start: {last}")
     return None
 
