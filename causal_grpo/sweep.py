@@ -175,9 +175,11 @@ def check_program_memory(executable: Any, what: str, share: int = 1,
     available = io.available_memory_bytes()
     shared = available + (held_by_others(registry) if share > 1 else 0)
     if need > available or need * share > shared:
-        each = f" for each of {share} workers" if share > 1 else ""
+        # The figure that refused it: what is free now, or what the workers share.
+        each = f" for each of {share} workers" if need <= available else ""
+        has = io.format_bytes(shared if need <= available else available)
         raise UserError(f"{what} would need about {io.format_bytes(need)} of memory{each} "
-                        f"and this machine has {io.format_bytes(shared)} available; lower "
+                        f"and this machine has {has} available; lower "
                         f"--batch-size{' or --num-workers' if share > 1 else ''}")
     return int(need)
 
@@ -204,9 +206,12 @@ def held_by_others(registry: str | None) -> int:
                 need, start = (int(x) for x in f.read().split())
         except (OSError, ValueError):
             continue
-        now = io.resident_bytes(int(name))       # None: that worker is gone
-        if now is not None:
-            held += min(need, max(0, now - start))
+        now = io.resident_bytes(int(name))
+        if now is None:          # a worker killed while it ran: its memory is free again
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(registry, name))
+            continue
+        held += min(need, max(0, now - start))
     return held
 
 
@@ -229,6 +234,10 @@ def running_program(registry: str | None, need: int) -> Iterator[None]:
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            # The last note out removes the directory (a sibling's note keeps it; one that
+            # loses the race to create its note skips that note, not its batch).
+            with contextlib.suppress(OSError):
+                os.rmdir(registry)
 
 
 def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None,

@@ -53,9 +53,10 @@ class SweepPool(ActorGroup):
             policy_data = (jax.device_get(policy.params), policy.digest, policy.config,
                            policy.greedy, policy.lookahead_draws)
         # Where this pool's workers on one machine note what their running programs hold
-        # (causal_grpo.sweep.held_by_others): a directory of that machine's temp space.
-        self.memory_registry = os.path.join(tempfile.gettempdir(), "causal-grpo-memory",
-                                            uuid.uuid4().hex)
+        # (causal_grpo.sweep.held_by_others): a directory of that machine's temp space, of
+        # this pool alone (no shared parent another user may own).
+        self.memory_registry = os.path.join(tempfile.gettempdir(),
+                                            f"causal-grpo-memory-{uuid.uuid4().hex}")
         payload = (cfg, sources, policy_data, num_workers, self.memory_registry)
         super().__init__(SweepWorker, lambda: payload, num_workers, address, gpus_per_worker,
                          **pool_kwargs)

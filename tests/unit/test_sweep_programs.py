@@ -126,8 +126,17 @@ sys.stdin.read()
         sibling.wait()
     sweep._RUNNERS.clear()
     assert sweep.held_by_others(str(registry)) == 0                        # gone
+    assert not (registry / str(sibling.pid)).exists()                      # its note too
     with pytest.raises(UserError, match="for each of 2 workers"):
         sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(registry))
+    # Refused because it does not fit in what is free now: that is the figure named.
+    sweep._RUNNERS.clear()
+    monkeypatch.setattr(sweep, "held_by_others", lambda reg: 10 * need)
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: need // 2)
+    with pytest.raises(UserError) as e:
+        sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(registry))
+    assert "for each of" not in str(e.value)
+    assert f"has {sweep.io.format_bytes(need // 2)} available" in str(e.value)
 
 
 def test_a_program_is_noted_while_it_runs_and_only_then(monkeypatch, tmp_path):
@@ -146,7 +155,8 @@ def test_a_program_is_noted_while_it_runs_and_only_then(monkeypatch, tmp_path):
         class Spy:
             def __enter__(self):
                 cm.__enter__()
-                seen.append({p.name: p.read_text() for p in registry.iterdir()})
+                if reg == str(registry):
+                    seen.append({p.name: p.read_text() for p in registry.iterdir()})
 
             def __exit__(self, *exc):
                 return cm.__exit__(*exc)
@@ -159,7 +169,7 @@ def test_a_program_is_noted_while_it_runs_and_only_then(monkeypatch, tmp_path):
     assert list(note) == [str(os.getpid())]
     assert int(text.split()[0]) == need and 0 < int(text.split()[1]) <= sweep.io.resident_bytes(
         os.getpid())
-    assert list(registry.iterdir()) == []
+    assert not registry.exists()              # the last note out removes the directory
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     out = sweep.run_batch(batch, cfg, memory_share=2, memory_registry=str(blocked / "reg"))
