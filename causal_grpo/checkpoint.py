@@ -81,6 +81,15 @@ def _versions() -> dict:
             "numpy": np.__version__, "causal_grpo_format": VERSION}
 
 
+def _fsync(path: str) -> None:
+    """Flush a file or a directory (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, training: dict,
                     metrics: dict, trainer_state: dict[str, np.ndarray] | None = None) -> str:
     """Write a complete checkpoint directory atomically (replacing an existing one)."""
@@ -101,11 +110,17 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
         if trainer_state is not None:
             np.savez(os.path.join(tmp, TRAINER_FILE), **trainer_state)
         os.chmod(tmp, 0o755)
+        # On disk before the rename makes them the checkpoint: after a power loss a
+        # checkpoint is complete or absent, never present with empty files.
+        for name in os.listdir(tmp):
+            _fsync(os.path.join(tmp, name))
+        _fsync(tmp)
         old = None
         if os.path.exists(directory):
             old = tempfile.mkdtemp(prefix=".old-ckpt-", dir=parent)
             os.rename(directory, os.path.join(old, "x"))
         os.rename(tmp, directory)
+        _fsync(parent)
         if old:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -51,6 +51,30 @@ def observation(d=5, n=12, seed=0):
                        jnp.asarray(0))
 
 
+def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Every file, the directory, and the parent after the rename are flushed (a power loss
+    must not leave a checkpoint whose files are empty)."""
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        real_fsync(fd)
+
+    def rename(a, b):
+        events.append(("rename", os.path.basename(b)))
+        real_rename(a, b)
+
+    monkeypatch.setattr(C.os, "fsync", fsync)
+    monkeypatch.setattr(C.os, "rename", rename)
+    C.save_checkpoint(str(tmp_path / "ck"), random_params(), CFG, {}, {},
+                      trainer_state={"iteration": np.array(3)})
+    done = events.index(("rename", "ck"))
+    flushed = {name for kind, name in events[:done] if kind == "fsync"}
+    assert {C.PARAMS_FILE, C.CONFIG_FILE, C.TRAINER_FILE} <= flushed
+    assert any(name.startswith(".tmp-ckpt-") for name in flushed)          # the directory
+    assert ("fsync", tmp_path.name) in events[done:]                       # the parent
+
+
 def test_the_policy_file_is_plain_builtins_only(ckpt):
     """Format 2: no global in the pickle stream; arrays as {dtype, shape, bytes} records that
     decode to the saved values."""
