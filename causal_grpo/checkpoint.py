@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causal_grpo import io
 from causal_grpo.errors import UserError
 from causal_grpo.features import N_FEATURES
 from causal_grpo.networks import PolicyConfig, dummy_input, make_policy
@@ -95,7 +96,7 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
     """Write a complete checkpoint directory atomically (replacing an existing one)."""
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-ckpt-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=io.CKPT_TMP_PREFIX, dir=parent)
     try:
         blob = {"format": FORMAT, "version": VERSION,
                 "architecture": dataclasses.asdict(policy_cfg),
@@ -117,7 +118,7 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
         _fsync(tmp)
         old = None
         if os.path.exists(directory):
-            old = tempfile.mkdtemp(prefix=".old-ckpt-", dir=parent)
+            old = tempfile.mkdtemp(prefix=io.CKPT_OLD_PREFIX, dir=parent)
             os.rename(directory, os.path.join(old, "x"))
         os.rename(tmp, directory)
         _fsync(parent)

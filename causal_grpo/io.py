@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from typing import Any, Callable, Iterator
@@ -14,6 +15,8 @@ from causal_grpo.errors import UserError
 
 
 TMP_PREFIX = ".tmp-"
+# A checkpoint being written, and the one it replaces (checkpoint.save_checkpoint).
+CKPT_TMP_PREFIX, CKPT_OLD_PREFIX = ".tmp-ckpt-", ".old-ckpt-"
 
 
 def _umask() -> int:
@@ -59,7 +62,8 @@ def write_atomic(path: str, writer: Callable[[str], None]) -> None:
 
 
 def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
-    """Delete temporaries of :func:`atomic_path` older than ``min_age_s`` in ``directory``.
+    """Delete temporaries of :func:`atomic_path` (and checkpoint directories being written
+    or replaced) older than ``min_age_s`` in ``directory``.
 
     A writer killed mid-write leaves its temporary behind. Writing a result takes
     milliseconds, so one a minute old belongs to a dead writer, not a live one.
@@ -71,6 +75,12 @@ def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
             try:
                 if now - os.stat(path).st_mtime > min_age_s:
                     os.unlink(path)
+            except FileNotFoundError:
+                pass
+        elif name.startswith((CKPT_TMP_PREFIX, CKPT_OLD_PREFIX)) and os.path.isdir(path):
+            try:
+                if now - os.stat(path).st_mtime > min_age_s:
+                    shutil.rmtree(path, ignore_errors=True)
             except FileNotFoundError:
                 pass
 

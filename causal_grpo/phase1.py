@@ -474,6 +474,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     from causal_grpo.errors import UserError
     from causal_grpo.jaxcache import numerics
 
+    if os.path.isdir(out_dir):
+        io.drop_stale_partials(out_dir)          # what a killed run was writing
     trainer = Trainer(cfg, collect_fn)
     evaluator = Evaluator(cfg) if cfg.eval_every > 0 else None
     state, start = trainer.initial_state(), 0

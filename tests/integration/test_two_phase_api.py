@@ -1,6 +1,7 @@
 """The seed document's three steps, end to end, and checkpoint errors at the CLI."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -129,11 +130,20 @@ def test_random_default_matches_the_jitted_sweep_data():
 
 
 def test_resuming_a_finished_run_changes_nothing(trained):
+    """... and drops what a killed run was writing (an hour old), not what a live one is."""
+    import time
     before = (trained / "final" / "policy_params.pkl").read_bytes()
+    for name in (".tmp-ckpt-dead", ".old-ckpt-dead", ".tmp-ckpt-live"):
+        (trained / name).mkdir()
+        (trained / name / "x").write_text("partial")
+        if name.endswith("dead"):
+            os.utime(trained / name, (time.time() - 3600,) * 2)
     assert train_grpo.main(["--output-dir", str(trained), "--episodes", "48", "--max-variables", "5",
                             "--steps-per-episode", "4", "--group-size", "4",
                             "--eval-every", "0", "--checkpoint-every", "2"]) == 0
     assert (trained / "final" / "policy_params.pkl").read_bytes() == before
+    assert sorted(p.name for p in trained.glob(".*ckpt*")) == [".tmp-ckpt-live"]
+    shutil.rmtree(trained / ".tmp-ckpt-live")
 
 
 def test_resuming_with_other_flags_is_refused(trained):
