@@ -51,11 +51,14 @@ __all__ = ["load_grpo_policy", "create_grpo_intervention_fn", "run_active_learni
 class GRPOInterventionFn:
     """A trained policy with its own history, choosing interventions from data alone.
 
-    It keeps every sample it is shown (``observe``) and its own exact DAG posterior of them;
-    each call builds the Phase-2 observation from that history (surrogate features, never the
-    true graph) and asks the jitted Phase-2 selector (``policy.make_policy_selector``) for
+    It keeps every sample it is shown (``observe``) and its own DAG posterior of them; each
+    call builds the Phase-2 observation from that history (surrogate features, never the true
+    graph) and asks the jitted Phase-2 selector (``policy.make_policy_selector``) for
     ``(variable_index, value)``. Call t acts with key ``fold_in(key, t)``, as a sweep cell's
-    selector does with its "select" key. Create it with :func:`create_grpo_intervention_fn`.
+    selector does with its "select" key. Up to the exact posterior's size it then chooses as
+    the sweep cell does; above it, its order-MCMC chains start from ``PRNGKey(seed)``, not
+    from the cell's key, so it acts like the cell in distribution, not choice by choice.
+    Create it with :func:`create_grpo_intervention_fn`.
     """
 
     def __init__(self, loaded: LoadedPolicy, d: int, target: int, names: tuple[str, ...],
