@@ -254,7 +254,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
         args.output_dir, cfg, sources, results, posterior=posterior, compare=args.compare,
         plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
-                      "grpo_checkpoint": args.grpo_checkpoint})
+                      "compare": args.compare, "grpo_checkpoint": args.grpo_checkpoint})
     print(table)
     print(f"results written to {os.path.abspath(args.output_dir)}")
     return 0

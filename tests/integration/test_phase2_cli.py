@@ -53,7 +53,7 @@ def test_outputs_and_their_contents(run_dir):
     assert slm["final_shd"] == pytest.approx(sub[sub.step == 4]["shd"].mean())
     assert set(result["methods"]) == {"random_active", "uncertainty_active"}
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["episode"]["n_interventions"] == 4
+    assert cfg["episode"]["n_interventions"] == 4 and cfg["compare"] is False
     # easy (5 variables) is under the exact DP's limit: named so, and no chains to disagree.
     name = "exact DP over orders, BIC, in-degree <= 4"
     assert cfg["posterior"] == {"easy": name} and result["posterior"] == name
