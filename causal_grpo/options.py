@@ -118,3 +118,22 @@ def check_options(cfg: Any) -> None:
         for name in path:
             value = getattr(value, name)
         check(opt, value)
+
+
+MISSING = object()
+
+
+def differences(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` for every setting where two recorded configs
+    (nested dicts of plain values) differ; :data:`MISSING` where one of them lacks the key."""
+    da, db = isinstance(a, dict), isinstance(b, dict)
+    # A section one side lacks is compared setting by setting (an empty one as a whole).
+    if (da and db) or (da and a and b is MISSING) or (db and b and a is MISSING):
+        a, b = (a if da else {}), (b if db else {})
+        out: list[tuple[str, Any, Any]] = []
+        for k in sorted(a.keys() | b.keys(), key=str):
+            out += differences(a.get(k, MISSING), b.get(k, MISSING),
+                               f"{key}.{k}" if key else str(k))
+        return out
+    return [] if a == b else [(key, a, b)]
+

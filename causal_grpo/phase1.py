@@ -39,7 +39,7 @@ from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runne
 from causal_grpo.features import BootstrapConfig, bootstrap_noise, bootstrap_probs
 from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy
-from causal_grpo.options import check_options, option
+from causal_grpo.options import MISSING, check_options, differences, option
 from causal_grpo.policy import act, make_policy_selector
 from causal_grpo.results import f1_auc, paired_p
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
@@ -419,24 +419,6 @@ def restore_trainer_state(template: grpo.TrainState, arrays: dict) -> tuple[grpo
     return jax.tree_util.tree_unflatten(treedef, new), int(arrays["iteration"])
 
 
-MISSING = object()
-
-
-def config_differences(stored: Any, current: dict) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, stored value, current value)`` for every setting that differs between a
-    stored training config and this run's (:data:`MISSING` where one has no such key)."""
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d} if prefix else {"": d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
-        return out
-    a, b = flat(stored if stored is not None else {}), flat(current)
-    return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(set(a) | set(b))
-            if a.get(k, MISSING) != b.get(k, MISSING)]
-
-
 def _shown(v: Any) -> str:
     return "absent" if v is MISSING else json.dumps(v, default=str)
 
@@ -495,7 +477,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     if existing is not None and os.path.exists(os.path.join(existing, "config.json")):
         stored_configs[existing] = stored = read_config(os.path.join(existing, "config.json"))
         current = json.loads(json.dumps(train_dict, default=str))
-        diff = config_differences(stored.get("training"), current)
+        diff = differences(stored.get("training"), current)
         # A finished run trained before a setting existed is complete as it stands; an
         # unfinished one would go on under settings it did not start with.
         added = [k for k, there, _ in diff if there is MISSING]

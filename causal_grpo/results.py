@@ -27,6 +27,7 @@ from scipy import stats as sps
 from causal_grpo import io
 from causal_grpo.active_learning import StepRecord
 from causal_grpo.errors import UserError
+from causal_grpo.options import differences
 from causal_grpo.scm import SCMSpec
 
 EARLY_STEPS = 10
@@ -400,8 +401,7 @@ def claim_output_dir(out_dir: str, settings: dict) -> None:
                         ) from None
     settings = _normalised(settings)
     if recorded != settings:
-        differ = sorted(k for k in recorded.keys() | settings.keys()
-                        if recorded.get(k) != settings.get(k))
+        differ = sorted({k.split(".")[0] for k, _, _ in differences(recorded, settings)})
         raise UserError(f"output directory {out_dir} holds a run with other settings "
                         f"({', '.join(differ)} differ); use another --output-dir")
 
