@@ -538,7 +538,8 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
             if isinstance(v, float) and not math.isfinite(v):
                 raise FloatingPointError(f"non-finite {k} at iteration {it}")
         done = it + 1
-        if evaluator is not None and (done % cfg.eval_every == 0 or done == cfg.iterations or it == start):
+        # A resumed run checks where an uninterrupted one would: its log is that run's log.
+        if evaluator is not None and (done % cfg.eval_every == 0 or done == cfg.iterations or it == 0):
             last_eval = evaluator(state.params)
             m |= last_eval
             log(f"[eval] iteration {done}: held-out {cfg.eval_scm} F1-AUC(1-{cfg.eval_steps}) "

@@ -209,15 +209,20 @@ TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode",
 
 def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, tmp_path):
     # With a checkpoint every iteration and the log written every 10, a run killed at its
-    # third iteration resumed from step_2 with none of the rows before it. The fixture's
-    # training (same programs) has compiled what this one runs.
+    # third iteration resumed from step_2 with none of the rows before it; and it checked the
+    # held-out SCM once more, at the first iteration it ran. The fixture's training (same
+    # programs) has compiled what this one runs.
+    import dataclasses
+
     import pandas as pd
 
     from causal_grpo import phase1 as P
 
     _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
-        TRAIN_ARGS + ["--checkpoint-every", "1", "--output-dir", str(tmp_path)]))
-    assert cfg.iterations >= 3
+        TRAIN_ARGS + ["--checkpoint-every", "1", "--episodes", "80", "--output-dir",
+                      str(tmp_path)]))
+    cfg = dataclasses.replace(cfg, eval_every=2, eval_scm="easy", eval_seeds=2, eval_steps=2)
+    assert cfg.iterations == 5
     trainer, calls = P.Trainer(cfg), []
 
     def killed_at_the_third(stage, params, keys):
@@ -232,6 +237,9 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
     rows = pd.read_csv(tmp_path / "train_log.csv")
     assert rows["iteration"].tolist() == list(range(cfg.iterations))
     assert rows["elapsed_s"].is_monotonic_increasing
+    checked = rows.loc[rows["eval_f1_auc_policy"].notna(), "iteration"].tolist()
+    assert checked == [0] + [i for i in range(1, cfg.iterations)
+                             if (i + 1) % 2 == 0 or i + 1 == cfg.iterations], checked
 
 
 def _newest_step(run):
