@@ -438,45 +438,40 @@ def latest_checkpoint(out_dir: str) -> tuple[str, int] | None:
     return best
 
 
-def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,
-                 log: Callable[[str], None] = print, log_every: int = 10,
-                 resume: bool = True) -> dict:
-    """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
+class Resume(NamedTuple):
+    """What ``out_dir`` holds of this run, read and checked before any compute."""
+    finished: dict | None                 # a finished run's final metrics
+    note: str                             # what to log about it
+    state: grpo.TrainState | None         # the newest checkpoint's trainer state
+    start: int                            # the iteration to go on from
+    rows: list[dict]                      # the train log's rows before ``start``
+    elapsed: float                        # seconds the run took before ``start``
 
-    Writes ``out_dir/step_0/`` (the untrained policy) before the first update,
-    ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
-    at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
-    (one row per iteration). Returns the final metrics.
-    """
+
+def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
+    """Read what ``out_dir`` holds of a run of ``cfg``; a run of other settings or a damaged
+    file is a :class:`UserError` naming it (with what to remove), rather than a traceback."""
     import os
-    import pandas as pd
-    from causal_grpo import io
     import zipfile
-    from causal_grpo.checkpoint import TRAINER_FILE, read_config, save_checkpoint
+
+    import pandas as pd
+
+    from causal_grpo.checkpoint import TRAINER_FILE, read_config
     from causal_grpo.errors import UserError
     from causal_grpo.jaxcache import numerics
 
-    if os.path.isdir(out_dir):
-        io.drop_stale_partials(out_dir)          # what a killed run was writing
-    trainer = Trainer(cfg, collect_fn)
-    evaluator = Evaluator(cfg) if cfg.eval_every > 0 else None
-    state, start = trainer.initial_state(), 0
-    log_path = os.path.join(out_dir, "train_log.csv")
-    rows: list[dict] = []
-    train_dict = config_to_dict(cfg) | {"numerics": numerics()}
+    nothing = Resume(None, "", None, 0, [], 0.0)
+    if not resume:
+        return nothing
     final_dir = os.path.join(out_dir, "final")
-    # What a resume reads is checked here: a damaged file is named in one line (UserError),
-    # with what to remove, rather than ending in a traceback.
-    stored_configs, added = {}, []
+    found = latest_checkpoint(out_dir)
     # A finished run is judged by its final config alone (nothing else of it is read).
-    existing = None
-    if resume and os.path.exists(os.path.join(final_dir, "config.json")):
-        existing = final_dir
-    elif resume and latest_checkpoint(out_dir):
-        existing = latest_checkpoint(out_dir)[0]
+    existing = final_dir if os.path.exists(os.path.join(final_dir, "config.json")) else (
+        found[0] if found else None)
     if existing is not None and os.path.exists(os.path.join(existing, "config.json")):
-        stored_configs[existing] = stored = read_config(os.path.join(existing, "config.json"))
-        current = json.loads(json.dumps(train_dict, default=str))
+        stored = read_config(os.path.join(existing, "config.json"))
+        current = json.loads(json.dumps(config_to_dict(cfg) | {"numerics": numerics()},
+                                        default=str))
         diff = differences(stored.get("training"), current)
         # A finished run trained before a setting existed is complete as it stands; an
         # unfinished one would go on under settings it did not start with.
@@ -488,41 +483,78 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
             raise UserError(f"{out_dir} holds a run with a different configuration ({shown}"
                             f"{more}); use a new --output-dir (or the flags it was run "
                             "with, by the same code, to resume)")
-    if final_dir in stored_configs:
-        new = sorted({k.split(".")[0] for k in added})
-        since = f" (trained before its settings had {', '.join(new)})" if new else ""
-        log(f"{final_dir} exists: training already complete{since}")
-        metrics = stored_configs[final_dir].get("metrics")
-        if not isinstance(metrics, dict):
-            raise UserError(f"{final_dir}/config.json has no metrics: a damaged run; remove "
-                            f"{final_dir} to finish it again from its newest checkpoint")
-        return metrics
-    found = latest_checkpoint(out_dir) if resume else None
-    if found is not None:
+        if existing == final_dir:
+            new = sorted({k.split(".")[0] for k in added})
+            since = f" (trained before its settings had {', '.join(new)})" if new else ""
+            metrics = stored.get("metrics")
+            if not isinstance(metrics, dict):
+                raise UserError(f"{final_dir}/config.json has no metrics: a damaged run; remove "
+                                f"{final_dir} to finish it again from its newest checkpoint")
+            return nothing._replace(
+                finished=metrics, note=f"{final_dir} exists: training already complete{since}")
+    if found is None:
+        return nothing
+    template = grpo.init_train_state(init_params(cfg), cfg.grpo)
+    try:
+        with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
+            state, start = restore_trainer_state(template, {k: z[k] for k in z.files})
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise UserError(f"{found[0]}/{TRAINER_FILE} is unreadable ({type(e).__name__}); "
+                        f"remove {found[0]} to resume from the checkpoint before it") from None
+    if start != found[1] or start > cfg.iterations:
+        raise UserError(f"{found[0]}/{TRAINER_FILE} holds iteration {start} of "
+                        f"{cfg.iterations}, its directory says {found[1]}; remove "
+                        f"{found[0]} to resume from the checkpoint before it")
+    rows, elapsed = [], 0.0
+    log_path = os.path.join(out_dir, "train_log.csv")
+    if os.path.exists(log_path):
         try:
-            with np.load(os.path.join(found[0], TRAINER_FILE)) as z:
-                state, start = restore_trainer_state(state, {k: z[k] for k in z.files})
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-            raise UserError(f"{found[0]}/{TRAINER_FILE} is unreadable ({type(e).__name__}); "
-                            f"remove {found[0]} to resume from the checkpoint before it") from None
-        if start != found[1] or start > cfg.iterations:
-            raise UserError(f"{found[0]}/{TRAINER_FILE} holds iteration {start} of "
-                            f"{cfg.iterations}, its directory says {found[1]}; remove "
-                            f"{found[0]} to resume from the checkpoint before it")
-        elapsed = 0.0
-        if os.path.exists(log_path):
-            try:
-                rows = [r for r in pd.read_csv(log_path).to_dict("records")
-                        if r["iteration"] < start]
-                elapsed = float(rows[-1].get("elapsed_s", 0.0)) if rows else 0.0
-                if not math.isfinite(elapsed):
-                    raise ValueError("elapsed_s")
-            except (OSError, ValueError, KeyError, TypeError, pd.errors.EmptyDataError) as e:
-                raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
-                                "resume (the log then starts at the resumed iteration)") from None
-        log(f"resuming from {found[0]} (iteration {start})")
+            rows = [r for r in pd.read_csv(log_path).to_dict("records")
+                    if r["iteration"] < start]
+            elapsed = float(rows[-1].get("elapsed_s", 0.0)) if rows else 0.0
+            if not math.isfinite(elapsed):
+                raise ValueError("elapsed_s")
+        except (OSError, ValueError, KeyError, TypeError, pd.errors.EmptyDataError) as e:
+            raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
+                            "resume (the log then starts at the resumed iteration)") from None
+    return Resume(None, f"resuming from {found[0]} (iteration {start})", state, start, rows,
+                  elapsed)
+
+
+def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,
+                 log: Callable[[str], None] = print, log_every: int = 10,
+                 resume: bool = True) -> dict:
+    """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
+
+    Writes ``out_dir/step_0/`` (the untrained policy) before the first update,
+    ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
+    at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
+    (one row per iteration). Returns the final metrics.
+    """
+    import os
+
+    import pandas as pd
+
+    from causal_grpo import io
+    from causal_grpo.checkpoint import save_checkpoint
+    from causal_grpo.jaxcache import numerics
+
+    if os.path.isdir(out_dir):
+        io.drop_stale_partials(out_dir)          # what a killed run was writing
+    # Everything read from out_dir is checked before anything is compiled or run.
+    got = read_resume(cfg, out_dir, resume)
+    if got.note:
+        log(got.note)
+    if got.finished is not None:
+        return got.finished
+    trainer = Trainer(cfg, collect_fn)
+    evaluator = Evaluator(cfg) if cfg.eval_every > 0 else None
+    state = got.state if got.state is not None else trainer.initial_state()
+    start, rows, found = got.start, got.rows, got.state is not None
+    log_path = os.path.join(out_dir, "train_log.csv")
+    train_dict = config_to_dict(cfg) | {"numerics": numerics()}
     # Elapsed time goes on from the run's earlier part.
-    t_start = time.time() - (elapsed if found is not None else 0.0)
+    t_start = time.time() - got.elapsed
     last_eval: dict = {}
 
     def checkpoint(name: str, iteration: int, metrics: dict) -> None:
@@ -530,7 +562,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
                         metrics | {"iteration": iteration},
                         trainer_state_arrays(state, iteration))
 
-    if found is None:   # the untrained policy: what training adds is measured against it
+    if not found:   # the untrained policy: what training adds is measured against it
         checkpoint("step_0", 0, {})
     for it in range(start, cfg.iterations):
         state, m = trainer.step(state, it)

@@ -242,6 +242,38 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
                              if (i + 1) % 2 == 0 or i + 1 == cfg.iterations], checked
 
 
+def test_a_refused_resume_builds_nothing_and_starts_no_ray(trained, tmp_path, monkeypatch):
+    """Other settings or a damaged file are refused before the trainer, the held-out check
+    (which compiles and runs its episodes) or Ray's rollout actors exist; a finished run
+    starts no Ray either."""
+    import dataclasses
+
+    import cluster.grpo_driver
+    from causal_grpo import phase1 as P
+    from causal_grpo.errors import UserError
+    from cluster.train import train
+
+    def started(*args, **kwargs):
+        raise AssertionError("built before what the directory holds was checked")
+
+    for module, name in ((P, "Trainer"), (P, "Evaluator"), (cluster.grpo_driver, "RolloutPool")):
+        monkeypatch.setattr(module, name, started)
+    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
+        TRAIN_ARGS + ["--output-dir", str(trained)]))
+    finished = C.read_config(str(trained / "final" / "config.json"))["metrics"]
+    assert train(cfg, str(trained), num_workers=1) == finished
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "final")
+    for workers in (0, 1):
+        with pytest.raises(UserError, match="different configuration"):
+            train(dataclasses.replace(cfg, seed=1), str(run), num_workers=workers)
+    (_newest_step(run) / C.TRAINER_FILE).write_bytes(b"damaged")
+    for workers in (0, 1):
+        with pytest.raises(UserError, match="unreadable"):
+            train(cfg, str(run), num_workers=workers)
+
+
 def _newest_step(run):
     return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
                key=lambda p: int(p.name[5:]))
