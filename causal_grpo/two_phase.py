@@ -2,6 +2,7 @@
 
     from causal_grpo.two_phase import (load_grpo_policy, create_grpo_intervention_fn,
                                        run_active_learning)
+    from causal_grpo.active_learning import EpisodeConfig
     from causal_grpo.scm_families import medium
 
     scm = medium()
@@ -39,7 +40,7 @@ from causal_grpo.features import Buffer
 from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
                                 refit_posterior, resolve_lookahead_draws)
 from causal_grpo.scm import SCM, SCMSpec, propagate
-from causal_grpo.scm_families import resolve_scm
+from causal_grpo.scm_families import FamilyConfig, resolve_scm
 from causal_grpo.surrogate import Surrogate, make_surrogate
 from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
 from causal_grpo.sweep import cell_scm_and_key
@@ -174,7 +175,9 @@ def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM 
         names = tuple(f"X{i}" for i in range(d))
         own = (float(scm.low), float(scm.high))
     else:
-        raise UserError(f"scm must be an SCMSpec, an SCM or a name, got {type(scm).__name__}")
+        raise UserError("create_grpo_intervention_fn needs a fixed SCM (easy/medium/hard, a JSON "
+                        f"path, an SCMSpec or an SCM), got {type(scm).__name__}"
+                        + (" (a family of random graphs)" if isinstance(scm, FamilyConfig) else ""))
     return GRPOInterventionFn(loaded_policy, d, target, names,
                               own if intervention_range is None else intervention_range,
                               capacity=capacity, seed=seed, greedy=greedy,

@@ -190,6 +190,8 @@ def test_intervention_fn_sees_its_history(ckpt):
     fn = create_grpo_intervention_fn(loaded, spec, intervention_range=(-2.0, 2.0))
     with pytest.raises(UserError, match="no data"):
         fn()
+    with pytest.raises(UserError, match="needs a fixed SCM.*a family of random graphs"):
+        create_grpo_intervention_fn(loaded, "er10")
     rng = np.random.default_rng(0)
     fn.observe(rng.normal(size=(20, 5)))
     pv1, pb1 = fn.action_distribution()
