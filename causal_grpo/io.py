@@ -123,6 +123,22 @@ def ensure_writable_dir(path: str) -> str:
     return path
 
 
+def check_output_file(path: str, flag: str) -> str:
+    """Refuse now an output file that could not be written at the end of a run: no file name,
+    a directory, a folder that cannot be written, a name too long for its temporary."""
+    if not path or path.endswith(os.sep) or os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is not a file name; give one, e.g. table.csv")
+    directory = ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+    try:        # the temporary atomic_path writes it through
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, suffix="-" + os.path.basename(path),
+                                     dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write it ({e.strerror})") from None
+    return path
+
+
 def _read_first(path: str) -> str | None:
     try:
         with open(path) as f:

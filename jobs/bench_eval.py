@@ -394,6 +394,19 @@ def claim_eval_dir(out: str) -> None:
                         "use another --output-dir")
 
 
+def _check_memory(args, sources: dict, n_methods: int) -> None:
+    """Refuse, before any work, an evaluation whose batches and records cannot fit."""
+    from jobs._cli import phase2_memory_bytes, refuse_oversized
+
+    batch, n_obs = min(args.batch_size, args.seeds), 50     # the most a protocol observes
+    need = phase2_memory_bytes(max(s.d for s in sources.values()), batch, n_obs,
+                               args.n_interventions, len(sources) * n_methods * args.seeds)
+    refuse_oversized(need, {"--seeds": (args.seeds, 50), "--batch-size": (batch, 25),
+                            "--n-interventions": (args.n_interventions, AUC_STEPS)},
+                     f"{len(sources)} SCMs x {n_methods} methods x {args.seeds} seeds x "
+                     f"{args.n_interventions + 1} steps")
+
+
 def bench_eval(args):
     """Run (or resume) the evaluation, write its tables to ``--output-dir`` and print them."""
     from causal_grpo import io
@@ -404,7 +417,15 @@ def bench_eval(args):
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}
+    # One run given twice would count as two in "holds in every run".
+    runs = [os.path.realpath(r) for r in args.grpo_checkpoint]
+    if len(set(runs)) < len(runs):
+        raise UserError(f"--grpo-checkpoint lists a run twice: {' '.join(args.grpo_checkpoint)}")
+    if args.protocol_checkpoint is not None and not any(
+            getattr(s, "kind", None) is GraphKind.DENSE for s in sources.values()):
+        raise UserError("--protocol-checkpoint is for the dense<d> SCMs, and --scms has none")
     policies = _policies(args.grpo_checkpoint, args.protocol_checkpoint, args.lookahead_draws)
+    _check_memory(args, sources, len(REFERENCES) + len(policies))
     io.ensure_writable_dir(args.output_dir)
     claim_eval_dir(args.output_dir)
     cells, cost = run_cells(args, sources, policies)

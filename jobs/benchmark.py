@@ -277,6 +277,8 @@ def bench_posterior(args) -> "pd.DataFrame":
     bad = [d for d in args.d if not 2 <= d <= exact_max]
     if bad:
         raise UserError(f"posterior: --d must lie in [2, {exact_max}] (the exact DP), got {bad}")
+    for d in args.d:
+        B.check_fits(B.AnalyticConfig(), d, args.batch)
     rows = []
     for d in args.d:
         n = args.batch
@@ -303,8 +305,9 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("gies", help="exact DAG posterior vs GIES on ER graphs")
-    g.add_argument("--d", type=list_of(positive_int("--d", 3, 1000)), default=[10, 15])
-    g.add_argument("--budgets", type=list_of(positive_int("--budgets", 0)),
+    g.add_argument("--d", type=list_of(positive_int("--d", 3, 1000), distinct=True),
+                   default=[10, 15])
+    g.add_argument("--budgets", type=list_of(positive_int("--budgets", 0), distinct=True),
                    default=[0, 10, 25, 50, 100])
     g.add_argument("--degree", type=list_of(positive_float("--degree", allow_zero=True), 2),
                    default=[2.0, 3.0],
@@ -315,7 +318,8 @@ def build_parser() -> ArgumentParser:
 
     q = sub.add_parser("phase2", help="Phase-2 runs per second")
     q.add_argument("--scm", default="hard")
-    q.add_argument("--surrogates", type=list_of(_surrogate), default=["analytic", "neural"])
+    q.add_argument("--surrogates", type=list_of(_surrogate, distinct=True),
+                   default=["analytic", "neural"])
     q.add_argument("--seeds", type=positive_int("--seeds"), default=64)
     q.add_argument("--neural-seeds", type=positive_int("--neural-seeds"), default=64)
     q.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
@@ -335,7 +339,8 @@ def build_parser() -> ArgumentParser:
                         "and draw)")
 
     e = sub.add_parser("posterior", help="where an exact posterior update's time goes")
-    e.add_argument("--d", type=list_of(positive_int("--d")), default=[5, 8, 10, 12, 15])
+    e.add_argument("--d", type=list_of(positive_int("--d"), distinct=True),
+                   default=[5, 8, 10, 12, 15])
     e.add_argument("--batch", type=positive_int("--batch"), default=64,
                    help="posteriors updated per vmapped call")
     e.add_argument("--seconds", type=positive_float("--seconds"), default=3.0,
@@ -348,7 +353,8 @@ def build_parser() -> ArgumentParser:
     r = sub.add_parser("ray", help="Phase-2 sweep time on 0, 1, 2 Ray workers")
     r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
                    help="approximate work per measurement")
-    r.add_argument("--workers", type=list_of(positive_int("--workers", 0)), default=[0, 1, 2])
+    r.add_argument("--workers", type=list_of(positive_int("--workers", 0), distinct=True),
+                   default=[0, 1, 2])
     from jobs.bench_eval import add_parser as add_eval_parser
     add_eval_parser(sub)
     for sp in sub.choices.values():
@@ -376,11 +382,14 @@ def _check_memory(args) -> None:
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.out:        # a table that cannot be written is refused now, not after the run
-        from causal_grpo import io
-        io.ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
-        if os.path.isdir(args.out):
-            raise UserError(f"--out {args.out} is a directory; give a file name")
+    from causal_grpo import io
+    if args.out is not None:    # a table that cannot be written is refused now, not after the run
+        if args.cmd == "eval" and os.path.abspath(args.out).startswith(
+                os.path.join(os.path.abspath(args.output_dir), "")):
+            raise UserError(f"--out {args.out} is inside --output-dir, where eval writes its own "
+                            "tables (a rerun would take it for another job's file); write it "
+                            "elsewhere")
+        io.check_output_file(args.out, "--out")
     if args.cmd in ("gies", "phase2", "ceiling"):
         _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
@@ -391,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                "phase1": ("jobs.bench_grpo", "bench_phase1"), "ray": ("jobs.bench_ray", "bench_ray")}
     module, function = runners[args.cmd]
     df = getattr(importlib.import_module(module), function)(args)
-    if args.out:
+    if args.out is not None:
         io.write_atomic(args.out, lambda p: df.to_csv(p, index=False))
     return 0
 

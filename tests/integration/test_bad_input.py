@@ -7,6 +7,7 @@ refusal that came only after the compute (as on main at 465dede) cannot pass.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import jax
@@ -313,6 +314,12 @@ def test_float_flags_accept_their_range():
     (["scale", "--degree", "1e300,1e301"], "--degree"),
     (["phase1", "--workers", "1"], "unrecognized arguments"),
     (["ceiling", "--scms", "easy,easy"], "--scms lists an SCM twice"),
+    (["gies", "--d", "5,5"], "--d: lists a value twice"),
+    (["gies", "--budgets", "0,0"], "--budgets: lists a value twice"),
+    (["posterior", "--d", "3,3"], "--d: lists a value twice"),
+    (["ray", "--workers", "0,0"], "--workers: lists a value twice"),
+    (["phase2", "--surrogates", "analytic,analytic"], "--surrogates: lists a value twice"),
+    (["posterior", "--d", "3", "--batch", "100000000"], "needs about"),
     (["ceiling", "--scms", "er100000000", "--seeds", "1"], "would need about"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "nan"],
      "--gpus-per-worker"),
@@ -327,8 +334,26 @@ def test_benchmark_out_that_cannot_be_written_is_refused_before_the_run(capsys, 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for out, needle in [(blocker / "t.csv", "cannot create output directory"),
-                        (tmp_path, "is a directory")]:
+                        (tmp_path, "is not a file name"), ("", "is not a file name"),
+                        (f"{tmp_path}/new/", "is not a file name"),
+                        (tmp_path / ("a" * 250 + ".csv"), "cannot write it")]:
         line = refused(capsys, tmp_path, "scale", "--dims", "100", "--out", str(out),
+                       main=benchmark.main, output=False)
+        assert needle in line, line
+    assert not (tmp_path / "new").exists()
+
+
+def test_eval_refuses_runs_it_would_count_twice_or_not_use(capsys, tmp_path):
+    run = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "seed0")
+    out = str(tmp_path / "out")
+    for args, needle in [([run, run + "/", "--output-dir", out], "lists a run twice"),
+                         ([run, "--protocol-checkpoint", run, "--scms", "easy", "--output-dir",
+                           out], "--scms has none"),
+                         ([run, "--output-dir", out, "--out", f"{out}/summary.csv"],
+                          "is inside --output-dir"),
+                         ([run, "--output-dir", out, "--seeds", "2147483647"],
+                          "--seeds 2147483647 is too large")]:
+        line = refused(capsys, tmp_path, "eval", "--grpo-checkpoint", *args,
                        main=benchmark.main, output=False)
         assert needle in line, line
 
