@@ -5,9 +5,11 @@
 * otherwise: start a local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
   longer exists in Ray 2.60).
 
-CPU-only workers and the driver run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x,
-``num_gpus=0`` no longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a
-JAX memory fraction matching their share, so several can share one card. What actors print
+CPU-only workers run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x, ``num_gpus=0`` no
+longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a JAX memory fraction
+matching their share, so several can share one card; a driver whose workers take GPU shares
+allocates GPU memory only as it needs it (``jobs._cli.gpus_per_worker``), instead of JAX's
+default 75% of the card its workers share. What actors print
 reaches the driver's output (Ray's log monitor, ``log_to_driver``), and so a job's log.
 """
 
@@ -21,6 +23,8 @@ from urllib.parse import urlparse
 
 from causal_grpo.errors import UserError
 
+# The driver's library digest (version.code_version), which every worker checks its own against.
+DRIVER_CODE_ENV = "CAUSAL_GRPO_DRIVER_CODE"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 # The driver's JAX settings that change what a computation returns: a local Ray's workers
 # inherit them, a remote cluster's only if passed on.
@@ -33,6 +37,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
     from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics
+    from causal_grpo.version import code_version
     if gpus_per_worker <= 0:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
         pin_cpu_numerics(env)
@@ -44,6 +49,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
+    env[DRIVER_CODE_ENV] = code_version().split("+")[-1]
     return env
 
 

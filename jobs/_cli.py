@@ -167,6 +167,8 @@ def gpus_per_worker(text: str) -> float:
         check_gpus_per_worker(v)
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    if v > 0:   # read when JAX first starts, after parsing: its workers may share this GPU
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return v
 
 

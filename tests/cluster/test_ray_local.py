@@ -287,6 +287,8 @@ class BadStart(Worker):
         super().__init__()
         if kind == "die":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "ok":
+            return
         if kind == "user":     # a subclass of UserError, as every bad-input error is
             from causal_grpo.checkpoint import CheckpointError
             raise CheckpointError("the policy file holds no policy")
@@ -322,6 +324,31 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_error(local_ray, caps
         pool.close()
     assert e.value.code == code and pool.failures == (5 if kind == "die" else 0)
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
+
+
+def test_a_worker_with_other_library_code_than_the_driver_stops_the_run(local_ray, capsys):
+    """Attached to a cluster outside `ray job submit`, a worker imports its node's own copy of
+    the library; its cells would be stored under the driver's code version. Here the driver's
+    digest it is given differs from the one it computes."""
+    from cluster.connect import DRIVER_CODE_ENV, worker_env
+    from jobs._cli import user_errors_exit_2
+    env = worker_env(0) | {DRIVER_CODE_ENV: "0" * 16}
+    pool = FaultTolerantPool(lambda: BadStart.options(
+        num_cpus=0.25, runtime_env={"env_vars": env}).remote("ok"), 1, start_timeout=30.0)
+
+    @user_errors_exit_2("job")
+    def job():
+        list(pool.map_unordered(lambda a, s: a.run.remote(s), [1]))
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            job()
+    finally:
+        pool.close()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and " runs other causal_grpo code (" in line, line
+    assert line.endswith(" than the driver (0000000000000000); submit the job with `ray job "
+                         "submit --working-dir .` or install the driver's code on every node")
 
 
 TINY = P.Phase1Config(

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from causal_grpo import jaxcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,3 +102,26 @@ def test_a_cli_computes_with_the_cpu_numerics_of_a_ray_worker(monkeypatch):
     for gpus in (0, 0.5):
         assert worker_env(gpus)["JAX_DEFAULT_MATMUL_PRECISION"] == "highest"
     assert "JAX_PLATFORMS" not in worker_env(0.5)
+
+
+def test_a_driver_with_gpu_workers_takes_gpu_memory_as_needed(monkeypatch):
+    """JAX preallocates 75% of a GPU when it starts; the workers' shares of that card would
+    not fit beside a driver on it."""
+    from jobs._cli import gpus_per_worker
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    gpus_per_worker("0")
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+    gpus_per_worker("0.25")
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+def test_workers_refuse_library_code_other_than_the_drivers(monkeypatch):
+    from causal_grpo.errors import UserError
+    from cluster.connect import DRIVER_CODE_ENV, worker_env
+    from cluster.pool import Worker
+    for gpus in (0, 0.5):
+        monkeypatch.setenv(DRIVER_CODE_ENV, worker_env(gpus)[DRIVER_CODE_ENV])
+        Worker()
+    monkeypatch.setenv(DRIVER_CODE_ENV, "0" * 16)
+    with pytest.raises(UserError, match=r"other causal_grpo code \(\w{16}\) than the driver"):
+        Worker()
