@@ -277,11 +277,13 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
 
 # --------------------------------------------------------------------------- persistence
 
-def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource]) -> str:
+def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource],
+                 device: str = "cpu") -> str:
     """Content digest of everything that determines a cell's numbers (resume key).
 
-    It includes the code version and JAX's numerics settings, so cells computed by other code
-    or under other numbers are never reused.
+    It includes the code version, JAX's numerics settings and the kind of device the cells
+    are computed on (``jax.default_backend()`` names; "cpu" adds nothing, so CPU keys stay
+    as they were), so cells computed by other code or under other numbers are never reused.
     """
     def scm_id(name: str) -> Any:
         src = sources[name]
@@ -294,7 +296,7 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "scms": {n: scm_id(n) for n in cfg.scms},
         "policy": policy.digest if policy else None,
         "code": code_version(), "numerics": numerics(),
-    }, sort_keys=True, default=str)
+    } | ({"device": device} if device != "cpu" else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

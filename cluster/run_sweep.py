@@ -33,6 +33,15 @@ def in_process(todo: list, cfg: SweepConfig, policy: PolicyHandle | None, source
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def cell_device(num_workers: int, gpus_per_worker: float) -> str:
+    """The kind of device a sweep's cells are computed on: GPU and CPU kernels differ in their
+    last bits, so a sweep resumed on the other kind must not reuse the first one's cells."""
+    if num_workers > 0:
+        return "gpu" if gpus_per_worker > 0 else "cpu"     # worker_env pins CPU workers
+    import jax
+    return jax.default_backend()
+
+
 def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, output_dir: str,
               num_workers: int = 0, address: str | None = None, gpus_per_worker: float = 0.0,
               progress: bool = True, settings: dict | None = None,
@@ -54,7 +63,8 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
     if settings is not None:
         claim_output_dir(output_dir, settings)
     io.drop_stale_partials(output_dir)          # tables a killed run was writing
-    store = CellStore(os.path.join(output_dir, "cells"), sweep_digest(cfg, policy, sources))
+    store = CellStore(os.path.join(output_dir, "cells"), sweep_digest(
+        cfg, policy, sources, cell_device(num_workers, gpus_per_worker)))
     batches = plan_batches(cfg)
     stored = ((b, store.load(b)) for b in batches)
     results = {b: arrays for b, arrays in stored if arrays is not None}

@@ -185,3 +185,15 @@ def test_cells_under_other_numerics_are_not_reused(monkeypatch):
     now = sweep.numerics()
     monkeypatch.setattr(sweep, "numerics", lambda: {**now, "default_prng_impl": "rbg"})
     assert sweep.sweep_digest(cfg, None, sources) != before
+
+
+def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
+    """GPU and CPU kernels differ in their last bits: a sweep resumed with or without
+    --gpus-per-worker keys its cells apart; CPU keys are the ones CPU runs always had."""
+    from cluster.run_sweep import cell_device
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
+    sources = {"er4": resolve_scm("er4")}
+    assert [cell_device(*a) for a in ((2, 0.0), (2, 0.25), (0, 0.0))] == ["cpu", "gpu", "cpu"]
+    cpu = sweep.sweep_digest(cfg, None, sources)
+    assert sweep.sweep_digest(cfg, None, sources, cell_device(2, 0.0)) == cpu
+    assert sweep.sweep_digest(cfg, None, sources, cell_device(2, 0.5)) != cpu
