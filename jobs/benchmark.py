@@ -371,6 +371,22 @@ def _surrogate(text: str) -> str:
 def _check_memory(args) -> None:
     """gies, phase2 and (unless --batch-size) ceiling run all seeds of a graph in one vmapped
     batch."""
+    if args.cmd == "phase2":    # one batch per surrogate, each with its own seeds
+        from causal_grpo import surrogate_bayes
+        from causal_grpo.scm_families import resolve_scm
+        d = resolve_scm(args.scm).d
+        for kind in args.surrogates:
+            flag, seeds = (("--seeds", args.seeds) if kind == "analytic"
+                           else ("--neural-seeds", args.neural_seeds))
+            need = phase2_memory_bytes(d, seeds, args.n_observational, args.n_interventions,
+                                       seeds, kind == "neural")
+            refuse_oversized(need, {flag: (seeds, 64),
+                                    "--n-observational": (args.n_observational, 30),
+                                    "--n-interventions": (args.n_interventions, 50)},
+                             f"{seeds} {kind} runs of {args.n_interventions + 1} steps at d = {d}")
+            if kind == "analytic":
+                surrogate_bayes.check_fits(surrogate_bayes.AnalyticConfig(), d, seeds)
+        return
     steps = max(getattr(args, "budgets", None) or [args.n_interventions])
     d = max(getattr(args, "d", None) or [2])
     need = phase2_memory_bytes(d, args.seeds, args.n_observational, steps, args.seeds)
