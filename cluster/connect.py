@@ -147,16 +147,23 @@ def check_resources(gpus_per_worker: float, num_workers: int) -> None:
     if autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
         return
     per_node = [n.get("Resources", {}).get("GPU", 0.0) for n in nodes]
+    node_cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
     total = sum(per_node)
     if gpus_per_worker > max(per_node, default=0.0):
         raise UserError(f"--gpus-per-worker {gpus_per_worker} is more than any node has "
                         f"(largest node: {max(per_node, default=0.0):g} GPUs, cluster: {total:g})")
     # In Ray's own units (1e-4 of a GPU): in floats 1 // 0.2 is 4, and Ray packs 5 such workers.
     share = round(gpus_per_worker * 10_000)
-    fit = sum(round(g * 10_000) // share for g in per_node)
+    by_gpus = [round(g * 10_000) // share for g in per_node]
+    fit = sum(by_gpus)
     if fit < num_workers:
         raise UserError(f"{num_workers} workers x {gpus_per_worker} GPUs do not fit the cluster's "
                         f"{total:g} GPUs (at most {fit} workers)")
+    # Each worker also takes one CPU, on the node of its GPU share.
+    fit = sum(min(n, int(c)) for n, c in zip(by_gpus, node_cpus))
+    if fit < num_workers:
+        raise UserError(f"{num_workers} workers x {gpus_per_worker} GPUs fit the cluster's GPUs, "
+                        f"but each also takes a CPU on its GPU's node: at most {fit} workers")
 
 
 def autoscaling() -> bool:

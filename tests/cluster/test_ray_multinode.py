@@ -39,7 +39,8 @@ def test_removing_a_node_mid_sweep_loses_nothing():
 def test_gpu_shares_are_counted_as_ray_packs_them(monkeypatch):
     """A cold cluster (head without CPUs, no GPU node yet, as ray_cluster.yaml starts) is
     refused unless it autoscales; once a 1-GPU node is there (declared: Ray schedules by the
-    count), 5 workers x 0.2 and 10 x 0.1 fit it as Ray packs them, 4 x 0.3 do not."""
+    count), 5 workers x 0.2 and 10 x 0.1 fit it as Ray packs them, 4 x 0.3 do not; each worker
+    also needs a CPU on its GPU's node."""
     from causal_grpo.errors import UserError
     from cluster.connect import check_resources
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -59,6 +60,11 @@ def test_gpu_shares_are_counted_as_ray_packs_them(monkeypatch):
             check_resources(0.3, 4)
         with pytest.raises(UserError, match="more than any node has"):
             check_resources(2, 1)
+        cluster.add_node(num_cpus=2, num_gpus=1)        # GPUs for 10 such workers, CPUs for 2
+        cluster.wait_for_nodes()
+        check_resources(0.1, 12)
+        with pytest.raises(UserError, match="takes a CPU on its GPU's node: at most 12 workers"):
+            check_resources(0.1, 13)
     finally:
         ray.shutdown()
         cluster.shutdown()
