@@ -90,9 +90,11 @@ def _decision_ms(post, d: int, keys, scms, buffer, probs, reps: int = 3) -> dict
 _NOT_SETTINGS = ("cmd", "out", "families", "dims")
 
 
-def settings_digest(args) -> str:
-    """What a row's numbers depend on: every other argument, the library's code version and
-    the benchmark's own code (this module, GIES, the shared helpers)."""
+def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: object = None
+                    ) -> str:
+    """What a row's numbers depend on: every argument but ``not_settings``, ``extra`` (e.g. a
+    policy's digest), the library's code version and the benchmark's own code (this module,
+    GIES, the shared helpers)."""
     from causal_grpo.version import code_version
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -100,8 +102,9 @@ def settings_digest(args) -> str:
     for name in ("bench_scale.py", "_gies_fast.py", "benchmark.py"):
         with open(os.path.join(here, name), "rb") as f:
             files[name] = hashlib.sha256(f.read()).hexdigest()
-    settings = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
-    blob = json.dumps({"settings": settings, "code": code_version(), "files": files},
+    settings = {k: v for k, v in vars(args).items() if k not in not_settings}
+    blob = json.dumps({"settings": settings, "code": code_version(), "files": files,
+                       **({"extra": extra} if extra is not None else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import resource
 import sys
@@ -200,8 +201,25 @@ def bench_ceiling(args) -> "pd.DataFrame":
                     f"(--batch-size {batch} x --draws {args.draws} at {d} variables) "
                     f"and this machine has {io.format_bytes(io.available_memory_bytes())} "
                     "available: lower --batch-size or --draws")
+    # With --out, each SCM's rows are kept in FILE.rows/ as it finishes: a rerun of the same
+    # command (same settings, code and policy) goes on from the SCMs not done.
+    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    if store:
+        io.drop_stale_partials(store)
+    from jobs.bench_scale import settings_digest
     rows = []
     for name, d in dims.items():
+        path = store and os.path.join(store, settings_digest(
+            args, ("cmd", "out", "scms", "grpo_checkpoint"),
+            {"scm": name, "policy": policy.digest if policy else None}) + ".json")
+        kept = _kept_ceiling_rows(path)
+        if kept is not None:
+            rows += kept
+            for r in kept:
+                print(f"{name:8s} {r['method']:22s} F1-AUC 1-{args.n_interventions} "
+                      f"{r['f1_auc']:.3f}  delta {r['delta']:+.3f}  p {r['p']:.2g}  (kept)",
+                      flush=True)
+            continue
         builtin = make_batch_runner(cfg, d)
 
         def reference(i):
@@ -226,15 +244,35 @@ def bench_ceiling(args) -> "pd.DataFrame":
                 if m == "expected_gain_oracle":
                     oracle_s += time.time() - t0
         auc = {m: f1_auc(np.concatenate(v)) for m, v in f1.items()}
+        done = []
         for m, a in auc.items():
             diff = a - auc["random_active"]
             p = paired_p(diff) if m != "random_active" else float("nan")
-            rows.append({"scm": name, "method": m, "f1_auc": a.mean(), "delta": diff.mean(),
-                         "p": p, "seeds": args.seeds})
+            done.append({"scm": name, "method": m, "f1_auc": float(a.mean()),
+                         "delta": float(diff.mean()), "p": float(p), "seeds": args.seeds})
             print(f"{name:8s} {m:22s} F1-AUC 1-{args.n_interventions} {a.mean():.3f}  "
                   f"delta {diff.mean():+.3f}  p {p:.2g}", flush=True)
         print(f"{name}: oracle {oracle_s:.0f} s ({args.draws} draws per candidate)", flush=True)
+        if path:
+            io.write_json(path, done)
+        rows += done
     return pd.DataFrame(rows)
+
+
+def _kept_ceiling_rows(path: str | None) -> list[dict] | None:
+    """An SCM's rows kept at ``path``, or None (none kept, or unreadable: computed again)."""
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+    except (OSError, ValueError):
+        return None
+    columns = ("scm", "method", "f1_auc", "delta", "p", "seeds")      # as computed
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) and set(r) == set(columns)
+                                                    for r in rows)):
+        return None
+    return [{k: r[k] for k in columns} for r in rows]
 
 
 def posterior_update_parts(d: int, n: int, rows: int = 40) -> tuple[dict, "jax.Array"]:

@@ -173,14 +173,30 @@ def test_ceiling_benchmark_refuses_what_its_references_cannot_run():
     assert r.returncode == 2 and len(lines) == 1 and "lower --batch-size" in lines[0], r.stderr
 
 
-def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path):
+def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path, monkeypatch):
     # The references' rows must be the Phase-2 sweep's own cells (the README compares them with
     # the frozen evaluation's); with the base seed dropped, er6 would draw other graphs.
     # In two batches, which must come back in seed order.
     common = ["--seeds", "4", "--n-observational", "10", "--n-interventions", "4"]
-    assert benchmark.main(["ceiling", "--scms", "er6", "--draws", "1", "--base-seed", "77",
-                           "--batch-size", "2", "--out", str(tmp_path / "c.csv"), *common]) == 0
+    argv = ["ceiling", "--scms", "er6", "--draws", "1", "--base-seed", "77", "--batch-size", "2",
+            "--out", str(tmp_path / "c.csv"), *common]
+    assert benchmark.main(argv) == 0
+    table = (tmp_path / "c.csv").read_text()
     ceiling = pd.read_csv(tmp_path / "c.csv").set_index("method")["f1_auc"]
+    # A rerun keeps the finished SCM's rows (an interrupted one goes on from the next SCM);
+    # other settings compute their own.
+    from causal_grpo import active_learning
+
+    def computed(*args, **kwargs):
+        raise AssertionError("a kept SCM was computed again")
+
+    monkeypatch.setattr(active_learning, "make_batch_runner", computed)
+    (tmp_path / "c.csv").unlink()
+    assert benchmark.main(argv) == 0
+    assert (tmp_path / "c.csv").read_text() == table
+    with pytest.raises(AssertionError, match="computed again"):
+        benchmark.main([a if a != "77" else "78" for a in argv])
+    monkeypatch.undo()
     assert two_phase_training.main(["--scm-type", "er6", "--methods",
                                     "random_active,uncertainty_active", "--base-seed", "77",
                                     "--quiet", "--output-dir", str(tmp_path / "p2"), *common]) == 0
