@@ -75,3 +75,9 @@ def code_version() -> str:
         # Run from a source tree that was never installed: the source digest still identifies it.
         version = "0+uninstalled"
     return f"{version}+{source_digest()[:16]}"
+
+
+def source_id() -> str:
+    """The source part of :func:`code_version`: the same code on machines whose installed
+    package metadata may differ (a node installed from the same tree, a job's upload)."""
+    return code_version().split("+")[-1]
