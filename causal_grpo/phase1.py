@@ -523,13 +523,14 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
 
 def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,
                  log: Callable[[str], None] = print, log_every: int = 10,
-                 resume: bool = True) -> dict:
+                 resume: bool = True, read: Resume | None = None) -> dict:
     """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
 
     Writes ``out_dir/step_0/`` (the untrained policy) before the first update,
     ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
     at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
-    (one row per iteration). Returns the final metrics.
+    (one row per iteration). Returns the final metrics. ``read``: what
+    :func:`read_resume` already found in ``out_dir`` (else it is read here).
     """
     import os
 
@@ -542,7 +543,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     if os.path.isdir(out_dir):
         io.drop_stale_partials(out_dir)          # what a killed run was writing
     # Everything read from out_dir is checked before anything is compiled or run.
-    got = read_resume(cfg, out_dir, resume)
+    got = read if read is not None else read_resume(cfg, out_dir, resume)
     if got.note:
         log(got.note)
     if got.finished is not None:

@@ -8,9 +8,12 @@ from causal_grpo.phase1 import Phase1Config, read_resume, run_training
 
 def train(cfg: Phase1Config, output_dir: str, num_workers: int = 0, address: str | None = None,
           gpus_per_worker: float = 0.0) -> dict:
-    # What the directory holds is checked (and a finished run returned) before Ray starts.
-    if num_workers == 0 or read_resume(cfg, output_dir).finished is not None:
+    if num_workers == 0:
         return run_training(cfg, output_dir)
+    # What the directory holds is checked (and a finished run returned) before Ray starts.
+    read = read_resume(cfg, output_dir)
+    if read.finished is not None:
+        return run_training(cfg, output_dir, read=read)
     from cluster.grpo_driver import RolloutPool
     with RolloutPool(cfg, num_workers, address=address, gpus_per_worker=gpus_per_worker) as pool:
-        return run_training(cfg, output_dir, collect_fn=pool.collect)
+        return run_training(cfg, output_dir, collect_fn=pool.collect, read=read)

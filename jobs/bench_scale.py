@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -109,16 +110,17 @@ def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _stored_row(path: str | None) -> dict | None:
-    """The row kept at ``path``, or None (none kept, or unreadable: then it is measured again)."""
-    if path is None or not os.path.exists(path):
+def kept(path: str | None, valid: Callable[[Any], bool]) -> Any:
+    """What a benchmark kept at ``path`` (JSON), or None (none kept, or unreadable or not
+    ``valid``: then it is measured again)."""
+    if not path or not os.path.exists(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
-            row = json.load(f)
-        return row if isinstance(row, dict) and "s_per_run" in row else None
+            found = json.load(f)
     except (OSError, ValueError):
         return None
+    return found if valid(found) else None
 
 
 def _progress(row: dict, stored: bool) -> str:
@@ -175,7 +177,7 @@ def bench_scale(args) -> pd.DataFrame:
     for family in args.families:
         for d in args.dims:
             path = os.path.join(store, f"{family}{d}-{digest}.json") if store else None
-            row = _stored_row(path)
+            row = kept(path, lambda r: isinstance(r, dict) and "s_per_run" in r)
             if row is not None:
                 rows.append(row)
                 print(_progress(row, stored=True), flush=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import resource
 import sys
@@ -260,19 +259,13 @@ def bench_ceiling(args) -> "pd.DataFrame":
 
 
 def _kept_ceiling_rows(path: str | None) -> list[dict] | None:
-    """An SCM's rows kept at ``path``, or None (none kept, or unreadable: computed again)."""
-    if not path or not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
-    except (OSError, ValueError):
-        return None
-    columns = ("scm", "method", "f1_auc", "delta", "p", "seeds")      # as computed
-    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) and set(r) == set(columns)
-                                                    for r in rows)):
-        return None
-    return [{k: r[k] for k in columns} for r in rows]
+    """An SCM's rows kept at ``path``, in the columns' computed order, or None."""
+    from jobs.bench_scale import kept
+
+    columns = ("scm", "method", "f1_auc", "delta", "p", "seeds")
+    rows = kept(path, lambda rows: isinstance(rows, list) and bool(rows) and all(
+        isinstance(r, dict) and set(r) == set(columns) for r in rows))
+    return None if rows is None else [{k: r[k] for k in columns} for r in rows]
 
 
 def posterior_update_parts(d: int, n: int, rows: int = 40) -> tuple[dict, "jax.Array"]:
