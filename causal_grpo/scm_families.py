@@ -16,7 +16,10 @@
 
 "Expected degree" is the graph-theoretic one: the mean number of neighbours (parents plus
 children) of a variable, so an ER graph on d variables has edge probability
-``expected_degree / (d - 1)`` and about ``d * expected_degree / 2`` edges.
+``expected_degree / (d - 1)`` and about ``d * expected_degree / 2`` edges. A scale-free graph
+only approaches that (see :func:`_sf_adj`): every variable but its first has at least one
+parent and at most as many as come before it, so below degree 2 it is a tree (d - 1 edges) and
+at small d it has fewer edges (sf10 at the default degree 2-3: 11.1 on average, not 12.5).
 """
 
 from __future__ import annotations
@@ -184,9 +187,10 @@ def _er_adj(key: Array, d: int, degree: Array) -> Array:
 
 
 def _sf_adj(key: Array, d: int, degree: Array) -> Array:
-    """Preferential-attachment DAG: each new node gets about degree/2 parents among earlier ones."""
+    """Preferential-attachment DAG: each new node gets about degree/2 parents among earlier ones
+    (at least 1, at most the number of earlier nodes: the module docstring's caveat)."""
     k_perm, k_att, k_m = jax.random.split(key, 3)
-    # floor(degree/2) or one more, so the mean number of parents is degree/2 (not a tree).
+    # floor(degree/2) or one more: degree/2 on average before the bounds.
     half = degree / 2.0
     m_all = jnp.floor(half) + jax.random.bernoulli(k_m, half - jnp.floor(half), (d,))
     m_all = jnp.maximum(1, m_all).astype(jnp.int32)

@@ -270,6 +270,18 @@ def test_scale_free_is_connected_enough(family_draws):
     assert np.all(s.adj.sum(axis=(1, 2)) >= D - 1)
 
 
+@pytest.mark.parametrize("degree,edges", [(1.5, 9), (4.0, 17)])
+def test_scale_free_parents_are_bounded_as_documented(degree, edges):
+    """Each of the 9 later nodes of sf10 gets max(1, degree/2) parents, at most as many as come
+    before it: a tree below degree 2, and 1 + 2 * 8 = 17 edges (not 20) at degree 4."""
+    cfg = FamilyConfig(kind=GraphKind.SCALE_FREE, d=10, expected_degree=(degree, degree))
+    draw = jax.jit(jax.vmap(lambda k: sample_family(k, cfg).adj))
+    adj = np.asarray(draw(jax.random.split(jax.random.PRNGKey(3), 8)))
+    assert adj.sum(axis=(1, 2)).tolist() == [edges] * 8
+    assert all(sorted(a.sum(0).tolist()) == sorted([0] + [min(max(1, degree // 2), j)
+                                                        for j in range(1, 10)]) for a in adj)
+
+
 def test_mixed_covers_several_kinds(family_draws):
     _, s = family_draws[GraphKind.MIXED]
     counts = set(int(c) for c in s.adj.sum(axis=(1, 2)))
