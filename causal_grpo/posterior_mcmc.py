@@ -207,8 +207,9 @@ def update_state(cfg: AnalyticConfig, state: McmcState, values: Array, intervene
 # at d = 100, so the what-if posterior keeps the candidate sets fixed and, instead of new MCMC
 # steps, reweights a fixed sample of orders from the current posterior by importance
 # sampling: order o's weight after the row is W_new(o) / W_now(o), and the edge marginals are
-# the weighted mean of the Rao-Blackwellised marginals at each order under the new scores. So
-# an outcome that favours one orientation moves weight onto the orders that agree with it.
+# the weighted mean of the Rao-Blackwellised marginals at each order under the new scores. The
+# sample sits in one mode (see what_if_state), so an outcome moves weight between orders near
+# it; an orientation that every order of the sample agrees on stays where it is.
 # Only the nodes that have an intervened variable among their candidates are rescored (at
 # most 2K, strongest candidate first): those are the parent sets an intervention informs; the
 # other nodes' scores would move by one more ordinary sample, which they ignore.
@@ -255,10 +256,14 @@ def what_if_state(cfg: AnalyticConfig, state: McmcState, probs: Array) -> WhatIf
     :func:`order_of` ``probs`` (cost: chains x 32 steps, a thirtieth of an update's chain steps at
     the default 1000).
 
-    ``probs`` is the caller's best belief, e.g. the episode posterior's marginals: a state
-    refitted from scratch (random orders, one update's steps) mixes far worse at d = 100
-    (final F1 0.54 against 0.69 for the carried chains on er100, 4 seeds), while chains started
-    at ``order_of`` the carried marginals match them (F1 0.69, edge MAE 0.003).
+    ``probs`` is the caller's best belief, e.g. the episode posterior's marginals. All chains
+    start at one order, so the sample sits in one mode: it keeps little of the episode
+    posterior's orientation uncertainty (which at d >= 20 lies mostly between its chains), and
+    a pair whose orientation that posterior leaves open is often decided in it (summed
+    orientation entropy 3.4 nats against 18.0 on sf100 after 30 + 5 rows). That is chosen: a
+    sample started from the episode's own chain orders kept the uncertainty and made the
+    lookahead worse on validation seeds (docs/BENCHMARKS.md, "The what-if sample started from
+    the episode's chains").
     """
     alpha = _alpha(state.stats, state.var_mask, state.cand, cfg)
     run = functools.partial(_chain, alpha=alpha, cand=state.cand, steps=WHAT_IF_STEPS)
