@@ -212,22 +212,19 @@ def _sf_adj(key: Array, d: int, degree: Array) -> Array:
     return adj[perm][:, perm]
 
 
-def _shape_adj(kind: GraphKind, key: Array, d: int) -> tuple[Array, Array]:
-    """Chain / fork / collider on a random labelling: (adj, natural target)."""
+def _shape_adj(kind: GraphKind, key: Array, d: int) -> Array:
+    """Chain / fork / collider on a random labelling (the target is drawn like every family's:
+    :func:`_with_target_and_padding`)."""
     perm = jax.random.permutation(key, d)  # perm[k] is the variable at position k
     pos = jnp.arange(d)
     if kind is GraphKind.CHAIN:
         base = (pos[:, None] + 1 == pos[None, :])
-        tgt_pos = d - 1
     elif kind is GraphKind.FORK:
         base = (pos[:, None] == 0) & (pos[None, :] > 0)
-        tgt_pos = d - 1
     else:  # collider
         base = (pos[:, None] < d - 1) & (pos[None, :] == d - 1)
-        tgt_pos = d - 1
     inv = jnp.argsort(perm)  # position of each variable
-    adj = base[inv][:, inv].astype(jnp.float32)
-    return adj, perm[tgt_pos]
+    return base[inv][:, inv].astype(jnp.float32)
 
 
 def dense_edge_prob(d: int) -> float:
@@ -275,7 +272,7 @@ _GRAPH_KINDS = (GraphKind.ER, GraphKind.SCALE_FREE, GraphKind.CHAIN, GraphKind.F
 
 def _graph_builders(d: int, degree: Array) -> list:
     def shaped(kind):
-        return lambda k: _shape_adj(kind, k, d)[0]
+        return lambda k: _shape_adj(kind, k, d)
     return [lambda k: _er_adj(k, d, degree), lambda k: _sf_adj(k, d, degree),
             shaped(GraphKind.CHAIN), shaped(GraphKind.FORK), shaped(GraphKind.COLLIDER)]
 
