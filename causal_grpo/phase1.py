@@ -398,6 +398,22 @@ def config_to_dict(cfg: Phase1Config) -> dict:
     return jsonable(dataclasses.asdict(cfg))
 
 
+def run_record(cfg: Phase1Config, collect: str | None = None) -> dict:
+    """A run's settings as its checkpoints record them (``config.json``'s "training"), the key a
+    resume must match: the configuration, JAX's numerics and, unless it all runs on CPUs, the
+    kind of device of the rollouts (``collect``; None: this process's) and of the updates (this
+    process's): GPU and CPU kernels differ in their last bits, so a run never goes on on the
+    other kind, as a sweep's cells are keyed by theirs."""
+    import jax
+
+    from causal_grpo.jaxcache import numerics
+    update = jax.default_backend()
+    collect = collect or update
+    where = {} if collect == update == "cpu" else {"device": {"rollouts": collect,
+                                                              "updates": update}}
+    return config_to_dict(cfg) | {"numerics": numerics()} | where
+
+
 def trainer_state_arrays(state: grpo.TrainState, iteration: int) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_leaves(state)
     out = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
@@ -448,9 +464,11 @@ class Resume(NamedTuple):
     elapsed: float                        # seconds the run took before ``start``
 
 
-def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
-    """Read what ``out_dir`` holds of a run of ``cfg``; a run of other settings or a damaged
-    file is a :class:`UserError` naming it (with what to remove), rather than a traceback."""
+def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
+                collect: str | None = None) -> Resume:
+    """Read what ``out_dir`` holds of a run of ``cfg`` (rollouts on ``collect``: see
+    :func:`run_record`); a run of other settings or a damaged file is a :class:`UserError`
+    naming it (with what to remove), rather than a traceback."""
     import os
     import zipfile
 
@@ -458,7 +476,6 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
 
     from causal_grpo.checkpoint import TRAINER_FILE, read_config
     from causal_grpo.errors import UserError
-    from causal_grpo.jaxcache import numerics
 
     nothing = Resume(None, "", None, 0, [], 0.0)
     if not resume:
@@ -470,8 +487,7 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
         found[0] if found else None)
     if existing is not None and os.path.exists(os.path.join(existing, "config.json")):
         stored = read_config(os.path.join(existing, "config.json"))
-        current = json.loads(json.dumps(config_to_dict(cfg) | {"numerics": numerics()},
-                                        default=str))
+        current = json.loads(json.dumps(run_record(cfg, collect), default=str))
         diff = differences(stored.get("training"), current)
         # A finished run trained before a setting existed is complete as it stands; an
         # unfinished one would go on under settings it did not start with.
@@ -523,14 +539,16 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True) -> Resume:
 
 def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,
                  log: Callable[[str], None] = print, log_every: int = 10,
-                 resume: bool = True, read: Resume | None = None) -> dict:
+                 resume: bool = True, read: Resume | None = None,
+                 collect: str | None = None) -> dict:
     """Train, evaluate every ``eval_every`` iterations, checkpoint; resumes from ``out_dir``.
 
     Writes ``out_dir/step_0/`` (the untrained policy) before the first update,
     ``out_dir/step_<n>/`` every ``checkpoint_every`` iterations and ``out_dir/final/``
     at the end (each with ``policy_params.pkl`` and ``config.json``), and ``train_log.csv``
     (one row per iteration). Returns the final metrics. ``read``: what
-    :func:`read_resume` already found in ``out_dir`` (else it is read here).
+    :func:`read_resume` already found in ``out_dir`` (else it is read here); ``collect``: the
+    kind of device ``collect_fn`` runs on (None: this process's; :func:`run_record`).
     """
     import os
 
@@ -538,12 +556,11 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
 
     from causal_grpo import io
     from causal_grpo.checkpoint import save_checkpoint
-    from causal_grpo.jaxcache import numerics
 
     if os.path.isdir(out_dir):
         io.drop_stale_partials(out_dir)          # what a killed run was writing
     # Everything read from out_dir is checked before anything is compiled or run.
-    got = read if read is not None else read_resume(cfg, out_dir, resume)
+    got = read if read is not None else read_resume(cfg, out_dir, resume, collect)
     if got.note:
         log(got.note)
     if got.finished is not None:
@@ -553,7 +570,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     state = got.state if got.state is not None else trainer.initial_state()
     start, rows, found = got.start, got.rows, got.state is not None
     log_path = os.path.join(out_dir, "train_log.csv")
-    train_dict = config_to_dict(cfg) | {"numerics": numerics()}
+    train_dict = run_record(cfg, collect)
     # Elapsed time goes on from the run's earlier part.
     t_start = time.time() - got.elapsed
     last_eval: dict = {}

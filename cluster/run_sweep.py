@@ -34,8 +34,9 @@ def in_process(todo: list, cfg: SweepConfig, policy: PolicyHandle | None, source
 
 
 def cell_device(num_workers: int, gpus_per_worker: float) -> str:
-    """The kind of device a sweep's cells are computed on: GPU and CPU kernels differ in their
-    last bits, so a sweep resumed on the other kind must not reuse the first one's cells."""
+    """The kind of device a sweep's cells (or Phase 1's rollouts) are computed on: GPU and CPU
+    kernels differ in their last bits, so a sweep resumed on the other kind must not reuse the
+    first one's cells (nor a training go on there)."""
     if num_workers > 0:
         return "gpu" if gpus_per_worker > 0 else "cpu"     # worker_env pins CPU workers
     import jax

@@ -274,6 +274,39 @@ def test_a_refused_resume_builds_nothing_and_starts_no_ray(trained, tmp_path, mo
             train(cfg, str(run), num_workers=workers)
 
 
+def test_a_run_does_not_go_on_on_another_kind_of_device(trained, tmp_path, monkeypatch):
+    """GPU and CPU kernels differ in their last bits: a CPU run's checkpoint is refused for
+    rollouts on GPU workers or updates on a GPU driver (before Ray or the trainer); a finished
+    run stays finished; a CPU run's record is what it was before devices were recorded."""
+    import jax
+
+    import cluster.grpo_driver
+    from causal_grpo import phase1 as P
+    from causal_grpo.errors import UserError
+    from cluster.train import train
+
+    def started(*args, **kwargs):
+        raise AssertionError("built before what the directory holds was checked")
+
+    for module, name in ((P, "Trainer"), (P, "Evaluator"), (cluster.grpo_driver, "RolloutPool")):
+        monkeypatch.setattr(module, name, started)
+    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
+        TRAIN_ARGS + ["--output-dir", str(trained)]))
+    assert "device" not in P.run_record(cfg)
+    assert P.run_record(cfg, "gpu")["device"] == {"rollouts": "gpu", "updates": "cpu"}
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "final")
+    with pytest.raises(UserError, match="different configuration.*device"):
+        train(cfg, str(run), num_workers=1, gpus_per_worker=0.5)
+    finished = C.read_config(str(trained / "final" / "config.json"))["metrics"]
+    assert train(cfg, str(trained), num_workers=1, gpus_per_worker=0.5) == finished
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(UserError, match="different configuration.*device"):
+        train(cfg, str(run))
+    assert train(cfg, str(trained)) == finished
+
+
 def _newest_step(run):
     return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
                key=lambda p: int(p.name[5:]))
