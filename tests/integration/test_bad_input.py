@@ -326,6 +326,7 @@ def test_float_flags_accept_their_range():
      "at d = 20000 would need about"),
     (["phase2", "--scm", "nonsense"], "nonsense"),
     (["ceiling", "--scms", "er100000000", "--seeds", "1"], "would need about"),
+    (["ceiling", "--scms", "er10", "--seeds", "1", "--draws", "100000"], "would need about"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "nan"],
      "--gpus-per-worker"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "-3"],
