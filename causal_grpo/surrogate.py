@@ -45,6 +45,8 @@ class Surrogate(NamedTuple):
     # (state, (d, d) edge probabilities to start from) -> (surrogate, its state).
     # None: the surrogate's own update is cheap enough.
     what_if: Callable[[Any, Array], tuple["Surrogate", Any]] | None = None
+    # Rows it keeps (a neural surrogate's buffer; later rows are dropped); None: all.
+    capacity: int | None = None
 
 
 class SurrogateKind(enum.Enum):

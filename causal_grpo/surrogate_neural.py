@@ -152,4 +152,5 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
         )
         return train(state, cfg.steps_per_sample * r)
 
-    return Surrogate(init=init, update=update, edge_probs=lambda s: s.edge_probs)
+    return Surrogate(init=init, update=update, edge_probs=lambda s: s.edge_probs,
+                     capacity=capacity)

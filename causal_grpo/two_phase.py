@@ -224,6 +224,10 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     d, n0, T = spec.d, config.n_observational, config.n_interventions
     lo, hi = spec.intervention_range
     sur = surrogate or make_surrogate(config.surrogate, d, config.capacity)
+    if sur.capacity is not None and sur.capacity < config.capacity:
+        raise UserError(f"the surrogate keeps {sur.capacity} rows and the episode has "
+                        f"{config.capacity} ({n0} observational + {T} interventions): build it "
+                        f"with capacity >= {config.capacity}")
     fn = intervention_fn if intervention_fn is not None else _RandomFn(d, spec.target, lo, hi, seed)
     start = jax.jit(lambda k, s: start_episode(k, s, sur, n0, config.capacity, T))(key, scm_t)
     x0, state, eps = start.x0, start.state, start.eps

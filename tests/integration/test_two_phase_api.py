@@ -10,7 +10,7 @@ import pytest
 
 from causal_grpo import checkpoint as C
 from causal_grpo.active_learning import EpisodeConfig
-from causal_grpo.scm_families import medium
+from causal_grpo.scm_families import easy, medium
 from causal_grpo.two_phase import (create_grpo_intervention_fn, load_grpo_policy,
                                    run_active_learning)
 from jobs import train_grpo
@@ -119,6 +119,17 @@ def test_seed_api_and_jitted_selector_choose_the_same_actions(trained):
         assert chosen == list(jitted["variable"][s, 1:]), (s, chosen, jitted["variable"][s])
         np.testing.assert_allclose([i["value"] for i in res["interventions"]],
                                    jitted["value"][s, 1:], atol=1e-5)
+
+
+def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
+    """A neural surrogate keeps `capacity` rows and drops later ones: given one smaller than the
+    episode, the run would silently learn from part of its data."""
+    from causal_grpo.errors import UserError
+    from causal_grpo.surrogate_neural import NeuralConfig, make_neural_surrogate
+    sur = make_neural_surrogate(NeuralConfig(), easy().d, capacity=10)
+    with pytest.raises(UserError, match=r"keeps 10 rows and the episode has 13 \(8 obs"):
+        run_active_learning(easy(), EpisodeConfig(n_observational=8, n_interventions=5),
+                            surrogate=sur)
 
 
 def test_random_default_matches_the_jitted_sweep_data():
