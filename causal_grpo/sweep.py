@@ -329,14 +329,23 @@ class CellStore:
     def load(self, batch: Batch) -> dict[str, np.ndarray] | None:
         """The stored arrays of ``batch``; None if absent or unreadable.
 
-        An unreadable cell (truncated, garbage, other keys or seeds) is named on stderr and
-        moved aside to ``<name>.corrupt``, so the caller recomputes it.
+        A damaged cell (truncated, garbage, other keys or seeds) is named on stderr and moved
+        aside to ``<name>.corrupt``, so the caller recomputes it; a file the system cannot read
+        now (permissions, too many open files, a lost mount) is a :class:`UserError`: its
+        content may be fine, and is kept.
         """
+        import io as stdio
         path = self.path(batch)
         if not os.path.exists(path):
             return None
         try:
-            z = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read the stored cell {path} ({e.strerror or e}); fix "
+                            "that and rerun (finished cells are kept)") from None
+        try:
+            z = np.load(stdio.BytesIO(data), allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("a single array, not an .npz archive")
             with z:

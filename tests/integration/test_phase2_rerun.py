@@ -145,6 +145,25 @@ def test_a_corrupt_cell_is_named_moved_aside_and_recomputed(done, computed, caps
     assert (done / "steps.csv").read_bytes() == steps
 
 
+def test_a_cell_the_system_cannot_read_is_one_line_and_kept(done, computed, capsys,
+                                                            monkeypatch):
+    """Too many open files (or a lost mount, or permissions) says nothing about the cell's
+    content: it stops the run with one line instead of discarding a finished cell."""
+    import builtins
+    cell = sorted((done / "cells").rglob("*.npz"))[0]
+    real_open = builtins.open
+
+    def exhausted(path, *a, **k):
+        if str(path) == str(cell):
+            raise OSError(24, "Too many open files")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", exhausted)
+    line = refused(BASE + ["--output-dir", str(done)], capsys)
+    assert f"cannot read the stored cell {cell} (Too many open files)" in line, line
+    assert cell.exists() and not computed
+
+
 # 20 batches of 64 vmapped seeds, each a few hundred ms: with the compilation cache warm a
 # resumed run computes its batches back to back, and with 10 a clean-clone CI run once saw
 # one finish before its signal.
