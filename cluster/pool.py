@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
                             ObjectLostError, OutOfMemoryError, OwnerDiedError, RayActorError,
-                            RuntimeEnvSetupError, WorkerCrashedError)
+                            RayTaskError, RuntimeEnvSetupError, WorkerCrashedError)
 
 from causal_grpo.errors import RunFailure, UserError
 
@@ -195,6 +195,9 @@ class FaultTolerantPool:
             if ready:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             answers = {ref: i for i, ref in beats.items()}
+            # What stops the run waits until the other results that are ready have been
+            # yielded: finished batches are stored, not recomputed by the rerun.
+            stop: BaseException | None = None
             for ref in ready:
                 if ref in self.pings:
                     i = self.pings.pop(ref)
@@ -228,12 +231,20 @@ class FaultTolerantPool:
                     try:
                         result = ray.get(ref, timeout=60)
                     except SYSTEM_FAILURES as e:
-                        lost(ref, type(e).__name__)
+                        try:
+                            lost(ref, type(e).__name__)
+                        except PoolFailure as failure:
+                            stop = stop or failure
+                        continue
+                    except RayTaskError as e:      # the batch's own error: not retried
+                        stop = stop or e
                         continue
                     finish(ref)
                     self.idle.append(i)
                     self.last_start = time.time()
                     yield k, result
+            if stop is not None:
+                raise stop
             now = time.time()
             for ref, (k, i) in list(inflight.items()):
                 if i not in beats and now - sent[i] >= self.heartbeat_interval:

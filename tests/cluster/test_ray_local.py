@@ -163,8 +163,9 @@ class Sleeper(Worker):
     def run(self, item):
         if item == "crash":
             os.kill(os.getpid(), signal.SIGKILL)
-        if item == "refuse":
+        if item in ("refuse", "refuse after 1 s"):
             from causal_grpo.errors import UserError
+            time.sleep(0.0 if item == "refuse" else 1.0)
             raise UserError("a batch of 9 seeds would need about 99 GB of memory")
         time.sleep(item)
         return item
@@ -239,6 +240,26 @@ def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "job: error: a batch of 9 seeds would need about 99 GB of memory"]
+
+
+def test_a_failing_batch_stops_the_run_after_the_results_ready_beside_it(local_ray):
+    """Batches 1 (refused) and 2 finish while the caller stores batch 0; batch 2's finished
+    result is yielded (and stored by the sweep) before the refusal stops the run."""
+    from causal_grpo.errors import UserError
+    pool = _sleepers(3)
+    run = lambda a, s: a.run.remote(s)    # noqa: E731
+    got = []
+    try:
+        while len(pool.idle) < 3:             # every worker started: all three batches at once
+            list(pool.map_unordered(run, [0.5] * 3))
+        with pytest.raises(UserError):
+            for k, _ in pool.map_unordered(run, [0.0, "refuse after 1 s", 1.0]):
+                got.append(k)
+                if k == 0:
+                    time.sleep(3.0)
+    finally:
+        pool.close()
+    assert got == [0, 2]
 
 
 @worker_actor
