@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -45,14 +46,80 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     # mkstemp creates 0600; results are ordinary files, so honour the umask like open() does.
     os.chmod(tmp, 0o666 & ~_umask())
+    staged = getattr(_update, "files", None)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if staged is None:
+            os.replace(tmp, path)
+        else:                                   # renamed when the one_update block ends
+            staged.append((tmp, path))
+            tmp = ""
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_update = threading.local()
+
+
+@contextlib.contextmanager
+def one_update() -> Iterator[None]:
+    """Several files written as one update: inside the block, :func:`atomic_path` (so every
+    ``write_*`` here) and :func:`remove` only stage their work; when the block ends the renames
+    and removals happen together, with SIGINT and SIGTERM held back, so that an interrupt
+    leaves all of the old files or all of the new ones (only a kill -9 in those microseconds
+    could split them). An exception in the block leaves the old files and no temporaries."""
+    if getattr(_update, "files", None) is not None:    # inside another: that one publishes
+        yield
+        return
+    files: list[tuple[str | None, str]] = []
+    _update.files = files
+    try:
+        yield
+        with _signals_held():
+            for tmp, path in files:
+                if tmp is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                else:
+                    os.replace(tmp, path)
+    finally:
+        _update.files = None
+        for tmp, _ in files:
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def remove(path: str) -> None:
+    """Delete ``path`` (inside :func:`one_update`, with its other files)."""
+    staged = getattr(_update, "files", None)
+    if staged is not None:
+        staged.append((None, path))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive in the block take effect when it ends (main thread; a
+    signal's Python handler runs there only, so elsewhere there is nothing to hold)."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda n, _frame: got.append(n)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def write_atomic(path: str, writer: Callable[[str], None]) -> None:

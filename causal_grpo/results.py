@@ -442,7 +442,8 @@ def comparison(cfg, sources: dict, batch_results: dict, posterior: dict[str, str
 def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, *,
                          posterior: dict[str, str], compare: bool = False, plots: bool = True,
                          extra_config: dict | None = None) -> str:
-    """Write every Phase-2 output file atomically; returns the markdown comparison table.
+    """Write every Phase-2 output file, all as one update (:func:`io.one_update`); returns the
+    markdown comparison table.
 
     Files of :data:`VARIABLE_OUTPUTS` that this call does not write are removed, so none
     from an earlier invocation stays beside the new results.
@@ -466,39 +467,42 @@ def write_phase2_outputs(out_dir: str, cfg, sources: dict, batch_results: dict, 
         written.add(name)
         return os.path.join(out_dir, name)
 
-    io.write_atomic(out("steps.csv"), lambda p: steps.to_csv(p, index=False))
-    io.write_atomic(out("summary.csv"), lambda p: summary.to_csv(p, index=False))
-    if paired is not None and not paired.empty:
-        io.write_atomic(out("paired.csv"), lambda p: paired.to_csv(p, index=False))
-    io.write_text(out("comparison.md"), table + "\n")
+    # One update: an interrupt leaves the earlier run's files or all of these, never a mix.
+    with io.one_update():
+        io.write_atomic(out("steps.csv"), lambda p: steps.to_csv(p, index=False))
+        io.write_atomic(out("summary.csv"), lambda p: summary.to_csv(p, index=False))
+        if paired is not None and not paired.empty:
+            io.write_atomic(out("paired.csv"), lambda p: paired.to_csv(p, index=False))
+        io.write_text(out("comparison.md"), table + "\n")
 
-    config = sweep_settings(cfg, sources) | {"posterior": posterior} | (extra_config or {})
-    io.write_json(out("config.json"), config)
+        config = sweep_settings(cfg, sources) | {"posterior": posterior} | (extra_config or {})
+        io.write_json(out("config.json"), config)
 
-    methods = [m.value for m in cfg.methods]
-    primary = next((m for m in ("grpo_active",) if m in methods), methods[0])
-    for scm in cfg.scms:
-        src = sources[scm]
-        per_method = {m: method_metrics(steps, scm, m) for m in methods}
-        base = {"scm": scm, "variables": list(names[scm]),
-                "target": (names[scm][src.target] if isinstance(src, SCMSpec) else "per seed"),
-                "posterior": posterior[scm], "config": config, "method": primary}
-        result = base | per_method[primary] | {"methods": per_method}
-        io.write_pickle(out(f"phase2_result_{scm}.pkl"), result)
-        if compare:
-            cmp = base | {"methods": per_method,
-                          "summary": summary[summary["scm"] == scm].to_dict("records"),
-                          "paired_vs_random": ([] if paired is None else paired[
-                              (paired["scm"] == scm) & (paired["baseline"] == "random_active")
-                          ].to_dict("records"))}
-            io.write_pickle(out(f"comparison_results_{scm}.pkl"), cmp)
-        if plots:
-            # The temporary name ends in the target's name, so matplotlib writes PNG.
-            io.write_atomic(out(f"plot_{scm}.png"), lambda p, scm=scm: plot_curves(steps, scm, p))
-    for pattern in VARIABLE_OUTPUTS:
-        for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
-            if os.path.basename(path) not in written:
-                os.unlink(path)
+        methods = [m.value for m in cfg.methods]
+        primary = next((m for m in ("grpo_active",) if m in methods), methods[0])
+        for scm in cfg.scms:
+            src = sources[scm]
+            per_method = {m: method_metrics(steps, scm, m) for m in methods}
+            base = {"scm": scm, "variables": list(names[scm]),
+                    "target": (names[scm][src.target] if isinstance(src, SCMSpec) else "per seed"),
+                    "posterior": posterior[scm], "config": config, "method": primary}
+            result = base | per_method[primary] | {"methods": per_method}
+            io.write_pickle(out(f"phase2_result_{scm}.pkl"), result)
+            if compare:
+                cmp = base | {"methods": per_method,
+                              "summary": summary[summary["scm"] == scm].to_dict("records"),
+                              "paired_vs_random": ([] if paired is None else paired[
+                                  (paired["scm"] == scm) & (paired["baseline"] == "random_active")
+                              ].to_dict("records"))}
+                io.write_pickle(out(f"comparison_results_{scm}.pkl"), cmp)
+            if plots:
+                # The temporary name ends in the target's name, so matplotlib writes PNG.
+                io.write_atomic(out(f"plot_{scm}.png"),
+                                lambda p, scm=scm: plot_curves(steps, scm, p))
+        for pattern in VARIABLE_OUTPUTS:
+            for path in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+                if os.path.basename(path) not in written:
+                    io.remove(path)
     return table
 
 

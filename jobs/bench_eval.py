@@ -439,17 +439,20 @@ def bench_eval(args):
     table = markdown(methods, paired, pooled, dense, last)
 
     out = args.output_dir
-    for name, df in (("steps", steps), ("per_seed", auc), ("methods", methods),
-                     ("paired", paired), ("pooled", pooled), ("dense", dense)):
-        io.write_atomic(os.path.join(out, f"{name}.csv"), lambda p, df=df: df.to_csv(p, index=False))
-    io.write_text(os.path.join(out, "eval.md"), table)
-    io.write_json(os.path.join(out, "config.json"), {
-        "argv": sys.argv[1:], "scms": list(sources), "seeds": args.seeds,
-        "base_seed": args.base_seed, "n_interventions": args.n_interventions,
-        "lookahead_draws": args.lookahead_draws, "runs": list(args.grpo_checkpoint),
-        "protocol_run": args.protocol_checkpoint,
-        "policy_digests": [[r, label, p.digest] for r, label, p in policies],
-        "references": list(REFERENCES), "alpha": ALPHA})
+    # One update: an interrupt leaves the earlier evaluation's tables or all of these.
+    with io.one_update():
+        for name, df in (("steps", steps), ("per_seed", auc), ("methods", methods),
+                         ("paired", paired), ("pooled", pooled), ("dense", dense)):
+            io.write_atomic(os.path.join(out, f"{name}.csv"),
+                            lambda p, df=df: df.to_csv(p, index=False))
+        io.write_text(os.path.join(out, "eval.md"), table)
+        io.write_json(os.path.join(out, "config.json"), {
+            "argv": sys.argv[1:], "scms": list(sources), "seeds": args.seeds,
+            "base_seed": args.base_seed, "n_interventions": args.n_interventions,
+            "lookahead_draws": args.lookahead_draws, "runs": list(args.grpo_checkpoint),
+            "protocol_run": args.protocol_checkpoint,
+            "policy_digests": [[r, label, p.digest] for r, label, p in policies],
+            "references": list(REFERENCES), "alpha": ALPHA})
     print(table)
     print(f"eval: {time.time() - t0:.0f} s; written to {os.path.abspath(out)}", flush=True)
     return pooled

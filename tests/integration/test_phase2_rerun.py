@@ -145,6 +145,28 @@ def test_a_corrupt_cell_is_named_moved_aside_and_recomputed(done, computed, caps
     assert (done / "steps.csv").read_bytes() == steps
 
 
+def test_an_interrupt_while_the_tables_are_written_leaves_the_earlier_ones(done, monkeypatch):
+    """The tables, pickles and plots are one update: interrupted at the last file, the
+    directory holds the earlier run's files only (steps.csv was the first written)."""
+    from causal_grpo import io, results
+    for name in ("steps.csv", "summary.csv", "comparison.md"):
+        (done / name).write_text("earlier run")
+    def files():
+        return {p: p.read_bytes() for p in done.rglob("*") if p.is_file()}
+
+    before = files()
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "plot_curves", interrupted)
+    with pytest.raises(SystemExit) as e:
+        two_phase_training.main(BASE + ["--output-dir", str(done)])
+    assert e.value.code == 130
+    assert files() == before
+    assert not [p for p in done.iterdir() if p.name.startswith(io.TMP_PREFIX)]
+
+
 def test_a_cell_the_system_cannot_read_is_one_line_and_kept(done, computed, capsys,
                                                             monkeypatch):
     """Too many open files (or a lost mount, or permissions) says nothing about the cell's

@@ -31,6 +31,50 @@ def test_failed_writer_leaves_old_file_and_no_partial(tmp_path):
     assert os.listdir(tmp_path) == ["r.csv"]
 
 
+def _old_files(tmp_path):
+    for name in ("a.txt", "b.txt", "stale.txt"):
+        (tmp_path / name).write_text("old")
+
+
+def test_one_update_interrupted_while_writing_leaves_every_old_file(tmp_path):
+    _old_files(tmp_path)
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with io.one_update():
+            io.write_text(str(tmp_path / "a.txt"), "new")
+            io.remove(str(tmp_path / "stale.txt"))
+            io.write_atomic(str(tmp_path / "b.txt"), interrupted)
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt", "stale.txt"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"old"}
+
+
+def test_one_update_holds_an_interrupt_until_every_file_is_in_place(tmp_path, monkeypatch):
+    """Ctrl-C at the first rename takes effect after the last one."""
+    import signal
+    _old_files(tmp_path)
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):
+        if not renamed:
+            os.kill(os.getpid(), signal.SIGINT)
+        real_replace(src, dst)
+        renamed.append(os.path.basename(dst))
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with io.one_update():
+            io.write_text(str(tmp_path / "a.txt"), "new")
+            io.write_text(str(tmp_path / "b.txt"), "new")
+            io.remove(str(tmp_path / "stale.txt"))
+    assert renamed == ["a.txt", "b.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"new"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_partial_file_is_hidden_but_keeps_the_extension(tmp_path):
     # A writer killed mid-way leaves its temporary behind; globs for results must not see it,
     # while format-sniffing writers (savefig) still need the extension.
