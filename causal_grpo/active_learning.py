@@ -356,6 +356,19 @@ class EpisodeConfig:
     # lookahead: ``policy.resolve_lookahead_draws``), so it acts at the policy's draws.
     lookahead_draws: int | str = "auto"
 
+    def __post_init__(self) -> None:
+        # Checked here so that the Python API refuses what the CLIs refuse, in one line,
+        # instead of a shape error from inside a jitted episode.
+        import numbers
+
+        from causal_grpo.errors import UserError
+        from causal_grpo.options import shown
+        for name, low in (("n_observational", 2), ("n_interventions", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise UserError(f"EpisodeConfig.{name} must be an integer >= {low}, "
+                                f"got {shown(v)}")
+
     @property
     def capacity(self) -> int:
         return self.n_observational + self.n_interventions

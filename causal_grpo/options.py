@@ -15,6 +15,12 @@ from typing import Any, Iterator
 
 from causal_grpo.errors import UserError
 
+# Counts and sizes become shapes and int32 indices under JAX (x64 off): nothing larger fits.
+INT_MAX = 2**31 - 1
+# jax.random.PRNGKey keeps only a seed's low 32 bits, so a larger seed would silently repeat
+# the cells of a smaller one.
+SEED_MAX = 2**32 - 1
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:

@@ -37,6 +37,7 @@ from causal_grpo.active_learning import EpisodeConfig, observe, start_episode
 from causal_grpo.checkpoint import LoadedPolicy, load_grpo_policy
 from causal_grpo.errors import UserError
 from causal_grpo.features import Buffer
+from causal_grpo.options import INT_MAX, SEED_MAX, Option, check
 from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
                                 refit_posterior, resolve_lookahead_draws)
 from causal_grpo.scm import SCM, SCMSpec, propagate
@@ -66,6 +67,9 @@ class GRPOInterventionFn:
                  intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
                  greedy: bool = False, lookahead_draws: LookaheadDraws = "auto",
                  key: jax.Array | None = None, posterior: AnalyticConfig = AnalyticConfig()):
+        for name, value, low, high in (("seed", seed, 0, SEED_MAX),
+                                       ("capacity", capacity, 1, INT_MAX)):
+            check(Option(name, "", int, low, high), value)
         lo, hi = (float(x) for x in intervention_range)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
@@ -125,6 +129,11 @@ class GRPOInterventionFn:
         self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
         for row, mask in zip(x, m):
             self.history.append({"values": row, "intervened": mask})
+
+    @property
+    def rows_seen(self) -> int:
+        """Rows observed so far (the history one episode builds)."""
+        return self._count
 
     def _args(self) -> tuple:
         if self._count == 0:
@@ -217,6 +226,11 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
       "final_f1", "final_shd"}, "target_optimization": {...}, "interventions": [...]}``,
       metrics at every step (index 0 = after the observational data).
     """
+    for name, value in (("seed", seed), ("base_seed", base_seed)):
+        check(Option(name, "", int, 0, SEED_MAX), value)
+    if getattr(intervention_fn, "rows_seen", 0):
+        raise UserError(f"the intervention function already holds {intervention_fn.rows_seen} "
+                        "rows of another episode; create a new one for each episode")
     spec = resolve_scm(scm) if isinstance(scm, str) else scm
     if not isinstance(spec, SCMSpec):
         raise UserError("run_active_learning needs a fixed SCM (easy/medium/hard, JSON or SCMSpec)")
@@ -247,8 +261,12 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     interventions = []
     for t in range(T):
         j, v = fn()
-        if not (0 <= j < d) or j == spec.target:
-            raise UserError(f"intervention function chose variable {j}: must be a non-target variable")
+        if (isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < d
+                or j == spec.target):
+            raise UserError(f"intervention function chose variable {j!r}: must be the index "
+                            "of a non-target variable")
+        if not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
+            raise UserError(f"intervention function chose value {v!r}: must be a finite number")
         v = float(np.clip(v, lo, hi))
         mask = jnp.arange(d) == j
         x = step_fn(eps[t], mask, jnp.float32(v))

@@ -13,7 +13,7 @@ from typing import Callable
 
 from causal_grpo import options
 from causal_grpo.errors import RunFailure, UserError
-from causal_grpo.options import Option, shown
+from causal_grpo.options import INT_MAX, SEED_MAX, Option, shown
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -107,11 +107,6 @@ def user_errors_exit_2(prog: str) -> Callable:
     return deco
 
 
-# Counts and sizes become shapes and int32 indices under JAX (x64 off): nothing larger fits.
-INT_MAX = 2**31 - 1
-# jax.random.PRNGKey keeps only a seed's low 32 bits, so a larger seed would silently repeat
-# the cells of a smaller one.
-SEED_MAX = 2**32 - 1
 # No float setting of this project means anything beyond this; larger is a typo.
 FLOAT_MAX = 1e6
 

@@ -132,6 +132,63 @@ def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
                             surrogate=sur)
 
 
+@pytest.mark.parametrize("make, needle", [
+    (lambda: EpisodeConfig(n_interventions=-1), "EpisodeConfig.n_interventions must be an "
+                                                "integer >= 0, got -1"),
+    (lambda: EpisodeConfig(n_observational=2.5), "n_observational must be an integer >= 2"),
+    (lambda: EpisodeConfig(n_observational=1), "n_observational must be an integer >= 2"),
+    (lambda: run_active_learning(easy(), seed=-1), "seed must be an integer in [0, 4294967295]"),
+    (lambda: run_active_learning(easy(), seed="a"), "seed must be an integer, got 'a'"),
+    (lambda: run_active_learning(easy(), base_seed=2**40), "base_seed must be an integer in"),
+])
+def test_bad_api_input_is_one_user_error_before_any_compute(make, needle):
+    from causal_grpo.errors import UserError
+    with pytest.raises(UserError) as e:
+        make()
+    assert needle in str(e.value)
+
+
+class _Chooses:
+    """An intervention function of the seed API's shape that makes one fixed choice."""
+
+    def __init__(self, choice):
+        self.choice = choice
+
+    def observe(self, values, intervened):
+        pass
+
+    def __call__(self):
+        return self.choice
+
+
+@pytest.mark.parametrize("choice, needle", [
+    ((1, float("nan")), "chose value nan: must be a finite number"),
+    ((1.5, 0.0), "chose variable 1.5: must be the index of a non-target variable"),
+    ((True, 0.0), "chose variable True"),
+])
+def test_an_intervention_functions_bad_choice_is_one_user_error(choice, needle):
+    """A NaN value was clipped to NaN and the episode went on with F1 0."""
+    from causal_grpo.errors import UserError
+    with pytest.raises(UserError, match=needle):
+        run_active_learning(easy(), EpisodeConfig(n_observational=8, n_interventions=2),
+                            intervention_fn=_Chooses(choice))
+
+
+def test_an_intervention_function_is_for_one_episode(trained):
+    """Its history is its episode's: given to a second episode, the policy saw both episodes'
+    rows and chose differently on the same data."""
+    from causal_grpo.errors import UserError
+    fn = create_grpo_intervention_fn(load_grpo_policy(str(trained / "final")), easy())
+    for bad in ({"seed": -1}, {"capacity": 0}):
+        with pytest.raises(UserError, match=f"{next(iter(bad))} must be an integer in"):
+            create_grpo_intervention_fn(load_grpo_policy(str(trained / "final")), easy(), **bad)
+    fn.observe(np.zeros((3, easy().d)))
+    assert fn.rows_seen == 3
+    with pytest.raises(UserError, match="already holds 3 rows of another episode"):
+        run_active_learning(easy(), EpisodeConfig(n_observational=8, n_interventions=2),
+                            intervention_fn=fn)
+
+
 def test_random_default_matches_the_jitted_sweep_data():
     """run_active_learning and the jitted loop draw the same observational data per seed."""
     res = run_active_learning("medium", EpisodeConfig(n_observational=30, n_interventions=0), seed=3)
