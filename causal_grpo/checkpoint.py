@@ -117,10 +117,13 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
             _fsync(os.path.join(tmp, name))
         _fsync(tmp)
         old = None
-        if os.path.exists(directory):
-            old = tempfile.mkdtemp(prefix=io.CKPT_OLD_PREFIX, dir=parent)
-            os.rename(directory, os.path.join(old, "x"))
-        os.rename(tmp, directory)
+        # Ctrl-C waits for the swap; a kill -9 between its renames leaves the old checkpoint
+        # aside under its own name, which io.drop_stale_partials puts back.
+        with io.signals_held():
+            if os.path.exists(directory):
+                old = tempfile.mkdtemp(prefix=io.CKPT_OLD_PREFIX, dir=parent)
+                os.rename(directory, os.path.join(old, os.path.basename(directory)))
+            os.rename(tmp, directory)
         _fsync(parent)
         if old:
             shutil.rmtree(old, ignore_errors=True)

@@ -78,7 +78,7 @@ def one_update() -> Iterator[None]:
     _update.files = files
     try:
         yield
-        with _signals_held():
+        with signals_held():
             for tmp, path in files:
                 if tmp is None:
                     with contextlib.suppress(FileNotFoundError):
@@ -103,7 +103,7 @@ def remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive in the block take effect when it ends (main thread; a
     signal's Python handler runs there only, so elsewhere there is nothing to hold)."""
     import signal
@@ -130,7 +130,9 @@ def write_atomic(path: str, writer: Callable[[str], None]) -> None:
 
 def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
     """Delete temporaries of :func:`atomic_path` (and checkpoint directories being written
-    or replaced) older than ``min_age_s`` in ``directory``.
+    or replaced) older than ``min_age_s`` in ``directory``; a checkpoint set aside for its
+    replacement whose place is empty (its writer was killed between the two renames) is put
+    back instead.
 
     A writer killed mid-write leaves its temporary behind. Writing a result takes
     milliseconds, so one a minute old belongs to a dead writer, not a live one.
@@ -147,6 +149,11 @@ def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
         elif name.startswith((CKPT_TMP_PREFIX, CKPT_OLD_PREFIX)) and os.path.isdir(path):
             try:
                 if now - os.stat(path).st_mtime > min_age_s:
+                    if name.startswith(CKPT_OLD_PREFIX):
+                        for kept in os.listdir(path):
+                            if not os.path.exists(os.path.join(directory, kept)):
+                                os.rename(os.path.join(path, kept),
+                                          os.path.join(directory, kept))
                     shutil.rmtree(path, ignore_errors=True)
             except FileNotFoundError:
                 pass

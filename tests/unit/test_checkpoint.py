@@ -75,6 +75,31 @@ def test_a_checkpoint_is_on_disk_before_it_is_renamed_into_place(tmp_path, monke
     assert ("fsync", tmp_path.name) in events[done:]                       # the parent
 
 
+def test_a_checkpoint_killed_while_being_replaced_is_put_back(ckpt, monkeypatch):
+    """Killed between setting the old checkpoint aside and renaming the new one into place,
+    the directory holds neither; the next run's clean-up puts the old one back."""
+    from causal_grpo import io
+    path, params = ckpt
+    parent = os.path.dirname(path)
+    real_rename = os.rename
+
+    def killed_at_the_second(src, dst):
+        if os.path.basename(src).startswith(io.CKPT_TMP_PREFIX):
+            raise SystemExit(137)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", killed_at_the_second)
+    with pytest.raises(SystemExit):
+        C.save_checkpoint(path, random_params(1), CFG, {"note": "new"}, {})
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not os.path.exists(path)
+    io.drop_stale_partials(parent, min_age_s=0.0)
+    assert sorted(os.listdir(parent)) == ["ck"]
+    loaded = C.load_grpo_policy(path)
+    for a, b in zip(jax.tree_util.tree_leaves(loaded.params), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_the_policy_file_is_plain_builtins_only(ckpt):
     """Format 2: no global in the pickle stream; arrays as {dtype, shape, bytes} records that
     decode to the saved values."""
