@@ -310,24 +310,32 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
                              if (i + 1) % 2 == 0 or i + 1 == cfg.iterations], checked
 
 
-def test_a_refused_resume_builds_nothing_and_starts_no_ray(trained, tmp_path, monkeypatch):
-    """Other settings or a damaged file are refused before the trainer, the held-out check
-    (which compiles and runs its episodes) or Ray's rollout actors exist; a finished run
-    starts no Ray either."""
-    import dataclasses
-
+@pytest.fixture
+def nothing_built(trained, monkeypatch):
+    """The trained run's config, with the trainer, the held-out check and Ray's rollout
+    actors made to fail if built."""
     import cluster.grpo_driver
     from causal_grpo import phase1 as P
-    from causal_grpo.errors import UserError
-    from cluster.train import train
 
     def started(*args, **kwargs):
         raise AssertionError("built before what the directory holds was checked")
 
     for module, name in ((P, "Trainer"), (P, "Evaluator"), (cluster.grpo_driver, "RolloutPool")):
         monkeypatch.setattr(module, name, started)
-    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
-        TRAIN_ARGS + ["--output-dir", str(trained)]))
+    return train_grpo.config_from_args(train_grpo.build_parser().parse_args(
+        TRAIN_ARGS + ["--output-dir", str(trained)]))[1]
+
+
+def test_a_refused_resume_builds_nothing_and_starts_no_ray(trained, tmp_path, nothing_built):
+    """Other settings or a damaged file are refused before the trainer, the held-out check
+    (which compiles and runs its episodes) or Ray's rollout actors exist; a finished run
+    starts no Ray either."""
+    import dataclasses
+
+    from causal_grpo.errors import UserError
+    from cluster.train import train
+
+    cfg = nothing_built
     finished = C.read_config(str(trained / "final" / "config.json"))["metrics"]
     assert train(cfg, str(trained), num_workers=1) == finished
     run = tmp_path / "run"
@@ -342,24 +350,18 @@ def test_a_refused_resume_builds_nothing_and_starts_no_ray(trained, tmp_path, mo
             train(cfg, str(run), num_workers=workers)
 
 
-def test_a_run_does_not_go_on_on_another_kind_of_device(trained, tmp_path, monkeypatch):
+def test_a_run_does_not_go_on_on_another_kind_of_device(trained, tmp_path, nothing_built,
+                                                        monkeypatch):
     """GPU and CPU kernels differ in their last bits: a CPU run's checkpoint is refused for
     rollouts on GPU workers or updates on a GPU driver (before Ray or the trainer); a finished
     run stays finished; a CPU run's record is what it was before devices were recorded."""
     import jax
 
-    import cluster.grpo_driver
     from causal_grpo import phase1 as P
     from causal_grpo.errors import UserError
     from cluster.train import train
 
-    def started(*args, **kwargs):
-        raise AssertionError("built before what the directory holds was checked")
-
-    for module, name in ((P, "Trainer"), (P, "Evaluator"), (cluster.grpo_driver, "RolloutPool")):
-        monkeypatch.setattr(module, name, started)
-    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
-        TRAIN_ARGS + ["--output-dir", str(trained)]))
+    cfg = nothing_built
     assert "device" not in P.run_record(cfg)
     assert P.run_record(cfg, "gpu")["device"] == {"rollouts": "gpu", "updates": "cpu"}
     run = tmp_path / "run"
