@@ -10,7 +10,10 @@
                                          # the frozen evaluation (jobs/bench_eval.py)
     python -m jobs.benchmark scale       # posterior speed, memory, accuracy vs GIES, d = 10..100
 
-Every subcommand takes ``--out FILE`` to also write its table as CSV.
+Every subcommand takes ``--out FILE`` to also write its table as CSV; ``gies``, ``ceiling`` and
+``scale`` then also keep each finished row in ``FILE.rows/``, so that rerunning an interrupted
+command goes on from the rows it has not finished (timings are not stitched across runs: the
+other subcommands measure anew).
 """
 
 from __future__ import annotations
@@ -50,22 +53,47 @@ def _gies_fit(values, intervened, pooled: bool = False):
     return (est != 0).astype(int)
 
 
+def _gies_line(row: dict) -> str:
+    return (f"d={row['d']:2d} T={row['interventions']:3d}  exact-posterior F1 "
+            f"{row['ours_f1']:.3f} SHD {row['ours_shd']:5.2f}   GIES F1 {row['gies_f1']:.3f} "
+            f"SHD {row['gies_shd']:5.2f}")
+
+
 def bench_gies(args) -> "pd.DataFrame":
     """Mean final F1/SHD of the exact posterior vs GIES on identical data, per (d, budget)."""
+    import json
+
     import numpy as np
     import pandas as pd
 
+    from causal_grpo import io
     from causal_grpo import metrics as M
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
     from causal_grpo.results import mean_ci
     from causal_grpo.scm_families import FamilyConfig, GraphKind
     from causal_grpo.sweep import cell_batch
 
+    from jobs.bench_scale import kept, settings_digest
+
+    # With --out, each (d, budget) row is kept in FILE.rows/ as it finishes (GIES takes
+    # minutes per row at d = 100): a rerun of the same command goes on from the rows not done.
+    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    if store:
+        io.drop_stale_partials(store)
     rows = []
     for d in args.d:
         src = FamilyConfig(kind=GraphKind.ER, d=d, expected_degree=tuple(args.degree))
-        scms, keys = cell_batch(src, args.base_seed, range(args.seeds))
+        scms, keys = None, None
         for budget in args.budgets:
+            path = store and os.path.join(store, settings_digest(
+                args, ("cmd", "out", "d", "budgets"), {"d": d, "budget": budget}) + ".json")
+            row = kept(path, lambda r: isinstance(r, dict) and "gies_f1" in r)
+            if row is not None:
+                rows.append(row)
+                print(_gies_line(row) + "  (kept)", flush=True)
+                continue
+            if scms is None:
+                scms, keys = cell_batch(src, args.base_seed, range(args.seeds))
             cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=budget)
             res = make_batch_runner(cfg, d)(keys, scms, None, method_id(Method.RANDOM))
             ours, theirs = [], []
@@ -84,11 +112,12 @@ def bench_gies(args) -> "pd.DataFrame":
             for name, vals in (("ours", ours), ("gies", theirs)):
                 for m in ("f1", "shd"):
                     mu, ci = mean_ci(np.array([float(v[m]) for v in vals]))
-                    row[f"{name}_{m}"], row[f"{name}_{m}_ci95"] = mu, ci
+                    row[f"{name}_{m}"], row[f"{name}_{m}_ci95"] = float(mu), float(ci)
             row["gies_seconds_per_fit"] = t_gies / args.seeds
+            if path:    # in the row's own key order, so a resumed table has the same columns
+                io.write_text(path, json.dumps(row) + "\n")
             rows.append(row)
-            print(f"d={d:2d} T={budget:3d}  exact-posterior F1 {row['ours_f1']:.3f} SHD {row['ours_shd']:5.2f}"
-                  f"   GIES F1 {row['gies_f1']:.3f} SHD {row['gies_shd']:5.2f}", flush=True)
+            print(_gies_line(row), flush=True)
     df = pd.DataFrame(rows)
     print()
     print("| d | interventions | seeds | exact posterior F1 | GIES F1 | exact posterior SHD | GIES SHD |")

@@ -118,3 +118,25 @@ def test_the_chain_gap_is_that_of_the_episodes_reported(tmp_path, monkeypatch):
     gaps, probs = jax.jit(jax.vmap(replay))(keys, b.values, b.intervened, b.valid)
     np.testing.assert_allclose(np.asarray(probs), np.asarray(res.final_probs), atol=1e-5)
     assert 0 < gap < 1 and gap == pytest.approx(float(np.mean(gaps)), abs=1e-6)
+
+
+def test_gies_keeps_each_finished_row_and_a_rerun_measures_only_the_rest(capsys, tmp_path,
+                                                                         monkeypatch):
+    """GIES takes minutes per (d, budget) row at d = 100: an interrupted run goes on from the
+    rows it finished."""
+    out = str(tmp_path / "gies.csv")
+    args = ["gies", "--d", "5", "--budgets", "0,3", "--seeds", "2", "--out", out]
+    fits = []
+    real_fit = benchmark._gies_fit
+    monkeypatch.setattr(benchmark, "_gies_fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    assert benchmark.main(args) == 0
+    first = pd.read_csv(out).drop(columns="gies_seconds_per_fit")
+    assert len(fits) == 4 and len(os.listdir(out + ".rows")) == 2
+    capsys.readouterr()
+    newest = max(os.listdir(out + ".rows"),
+                 key=lambda n: os.stat(os.path.join(out + ".rows", n)).st_mtime_ns)
+    os.unlink(os.path.join(out + ".rows", newest))         # as if stopped during budget 3
+    assert benchmark.main(args) == 0
+    printed = capsys.readouterr().out
+    assert len(fits) == 6 and printed.count("(kept)") == 1
+    pd.testing.assert_frame_equal(pd.read_csv(out).drop(columns="gies_seconds_per_fit"), first)
