@@ -154,11 +154,44 @@ def episode_config(sources: dict, n_observational: int | None, n_interventions: 
                            "--n-observational")
     n_int = protocol_value(n_interventions, "n_interventions", N_INTERVENTIONS,
                            "--n-interventions")
-    need = [k for k in (getattr(src, "max_indegree", None) for src in sources.values()) if k]
-    if need and surrogate.kind is SurrogateKind.ANALYTIC and surrogate.analytic is None:
-        surrogate = dataclasses.replace(surrogate, analytic=AnalyticConfig(max_indegree=max(need)))
+    if surrogate.kind is SurrogateKind.ANALYTIC and surrogate.analytic is None:
+        indegree = sweep_indegree(sources, None)
+        if indegree:
+            surrogate = dataclasses.replace(surrogate,
+                                            analytic=AnalyticConfig(max_indegree=indegree))
     return EpisodeConfig(n_observational=n_obs, n_interventions=n_int, surrogate=surrogate,
                          lookahead_draws=lookahead_draws)
+
+
+def sweep_indegree(sources: dict, given: int | None) -> int | None:
+    """The analytic posterior's largest parent set for a sweep over ``sources``.
+
+    ``given`` (--max-indegree) wins; else a family that needs every parent set scored
+    (``dense<d>``) sets it, and None keeps the default. One posterior serves the whole sweep,
+    so SCMs it would score with a larger parent set than their own (``er10`` beside
+    ``dense10``) are refused: they would not give their own results, nor their speed.
+    """
+    from causal_grpo.errors import UserError
+    from causal_grpo.scm_families import FamilyConfig
+    from causal_grpo.surrogate_bayes import AnalyticConfig
+
+    if given is not None:
+        return given
+    needs = {name: getattr(src, "max_indegree", None) for name, src in sources.items()}
+    chosen = max((k for k in needs.values() if k), default=None)
+    default = AnalyticConfig().max_indegree
+
+    def scored(name: str, k: int) -> int:      # the exact DP takes k up to d - 1
+        src = sources[name]
+        return min(k, (src.padded if isinstance(src, FamilyConfig) else src.d) - 1)
+
+    off = [name for name, k in needs.items()
+           if scored(name, chosen or default) != scored(name, k or default)]
+    if off:
+        shown = ", ".join(f"{name}: {k or default}" for name, k in needs.items())
+        raise UserError(f"the SCMs' posteriors differ in their largest parent set ({shown}); "
+                        "give --max-indegree K or run them separately")
+    return chosen
 
 
 @user_errors_exit_2(PROG)
@@ -203,9 +236,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
                                lookahead_draws=args.lookahead_draws)
 
-    # --max-indegree wins; else a family that needs every parent set scored (dense<d>) sets it.
-    needed = [k for k in (getattr(src, "max_indegree", None) for src in sources.values()) if k]
-    indegree = args.max_indegree or (max(needed) if needed else None)
+    indegree = sweep_indegree(sources, args.max_indegree)
     analytic = AnalyticConfig(score=Score(args.score),
                               **({"max_indegree": indegree} if indegree else {}))
     neural = args.surrogate == "neural"

@@ -263,6 +263,12 @@ def test_lookahead_draws_outside_1_to_64(capsys, tmp_path, value):
     assert "--lookahead-draws must be 'auto' or an integer in [1, 64]" in line, line
 
 
+def test_scms_whose_posteriors_differ(capsys, tmp_path):
+    line = refused(capsys, tmp_path, "--scm-type", "dense10,er10", "--n-observational", "40",
+                   "--n-interventions", "10", *BASE[:2], *BASE[4:])
+    assert "largest parent set (dense10: 9, er10: 4)" in line and "--max-indegree" in line
+
+
 def test_no_interventions(capsys, tmp_path):
     line = refused(capsys, tmp_path, "--seeds", "2", "--n-interventions", "0")
     assert "--n-interventions must be an integer in [1, " in line, line

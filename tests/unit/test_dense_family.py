@@ -112,8 +112,14 @@ def test_the_protocol_reaches_the_episode_unless_flags_say_otherwise():
     # SCMs whose protocols differ need the flags.
     with pytest.raises(UserError, match="--n-observational"):
         episode_config(dense | er, None, 10, SurrogateConfig())
-    ep = episode_config(dense | er, 40, 10, SurrogateConfig())
-    assert ep.n_observational == 40 and ep.surrogate.analytic.max_indegree == 9
+    # One posterior serves them all: er10 is not scored with dense10's in-degree 9.
+    with pytest.raises(UserError, match=r"largest parent set \(dense10: 9, er10: 4\)"):
+        episode_config(dense | er, 40, 10, SurrogateConfig())
+    ep = episode_config(dense | er, 40, 10, SurrogateConfig(analytic=AnalyticConfig()))
+    assert ep.n_observational == 40 and ep.surrogate.analytic.max_indegree == 4
+    # dense8 scores every parent set (7) with dense10's 9 too: the exact DP takes k <= d - 1.
+    both = {n: resolve_scm(n) for n in ("dense8", "dense10")}
+    assert episode_config(both, None, None, SurrogateConfig()).surrogate.analytic.max_indegree == 9
 
 
 def test_the_policys_lookahead_refits_with_the_episodes_in_degree(monkeypatch):
