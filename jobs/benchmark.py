@@ -11,9 +11,9 @@
     python -m jobs.benchmark scale       # posterior speed, memory, accuracy vs GIES, d = 10..100
 
 Every subcommand takes ``--out FILE`` to also write its table as CSV; ``gies``, ``ceiling`` and
-``scale`` then also keep each finished row in ``FILE.rows/``, so that rerunning an interrupted
-command goes on from the rows it has not finished (timings are not stitched across runs: the
-other subcommands measure anew).
+``scale`` then also keep each finished row (``ceiling``: each batch of seeds) in ``FILE.rows/``,
+so that rerunning an interrupted command goes on from what it has not finished (timings are not
+stitched across runs: the other subcommands measure anew).
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ def bench_ceiling(args) -> "pd.DataFrame":
                 f"(--batch-size {batch} x --draws {args.draws} at {d} variables) "
                 f"and this machine has {io.format_bytes(io.available_memory_bytes())} "
                 "available: lower --batch-size or --draws")
-    # With --out, each SCM's rows are kept in FILE.rows/ as it finishes: a rerun of the same
-    # command (same settings, code and policy) goes on from the SCMs not done.
+    # With --out, each SCM's rows (and each batch of its seeds) are kept in FILE.rows/ as they
+    # finish: a rerun of the same command (same settings, code and policy) goes on from there.
     store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
     if store:
         io.drop_stale_partials(store)
@@ -269,14 +269,30 @@ def bench_ceiling(args) -> "pd.DataFrame":
             cfg, d, functools.partial(make_plugin_gain_selector, n_draws=args.draws))
         f1 = {m: [] for m in runners}
         oracle_s = 0.0
+        batch_paths = []
         for lo in range(0, args.seeds, batch):
-            scms, keys = cell_batch(sources[name], args.base_seed,
-                                    range(lo, min(args.seeds, lo + batch)))
+            seeds = range(lo, min(args.seeds, lo + batch))
+            # Each finished batch is kept too: an SCM at d = 100 takes tens of minutes.
+            batch_path = path and f"{path[:-len('.json')]}.seeds{lo}-{seeds[-1]}.json"
+            batch_paths.append(batch_path)
+            done_batch = _kept_ceiling_batch(batch_path, list(runners), len(seeds),
+                                             args.n_interventions + 1)
+            if done_batch is not None:
+                for m in runners:
+                    f1[m].append(done_batch[m])
+                continue
+            scms, keys = cell_batch(sources[name], args.base_seed, seeds)
+            computed = {}
             for m, run in runners.items():
                 t0 = time.time()
-                f1[m].append(np.asarray(run(keys, scms).record.f1))
+                computed[m] = np.asarray(run(keys, scms).record.f1)
                 if m == "expected_gain_oracle":
                     oracle_s += time.time() - t0
+            if batch_path:
+                io.write_json(batch_path, {m: {"dtype": str(a.dtype), "f1": a.tolist()}
+                                           for m, a in computed.items()})
+            for m, a in computed.items():
+                f1[m].append(a)
         auc = {m: f1_auc(np.concatenate(v)) for m, v in f1.items()}
         done = []
         for m, a in auc.items():
@@ -286,11 +302,37 @@ def bench_ceiling(args) -> "pd.DataFrame":
                          "delta": float(diff.mean()), "p": float(p), "seeds": args.seeds})
             print(f"{name:8s} {m:22s} F1-AUC 1-{args.n_interventions} {a.mean():.3f}  "
                   f"delta {diff.mean():+.3f}  p {p:.2g}", flush=True)
-        print(f"{name}: oracle {oracle_s:.0f} s ({args.draws} draws per candidate)", flush=True)
+        print(f"{name}: oracle {oracle_s:.0f} s in the batches computed by this run "
+              f"({args.draws} draws per candidate)", flush=True)
         if path:
-            io.write_json(path, done)
+            with io.one_update():
+                io.write_json(path, done)
+                for batch_path in batch_paths:
+                    io.remove(batch_path)
         rows += done
     return pd.DataFrame(rows)
+
+
+def _kept_ceiling_batch(path: str | None, methods: list[str], seeds: int, steps: int
+                        ) -> dict | None:
+    """A batch's per-seed F1 curves kept at ``path`` ({method: (seeds, steps) array}), or
+    None. The values come back in their computed dtype, so the table is the same bit for bit."""
+    import numpy as np
+
+    from jobs.bench_scale import kept
+
+    def valid(found) -> bool:
+        if not isinstance(found, dict) or set(found) != set(methods):
+            return False
+        try:
+            return all(np.asarray(v["f1"], dtype=v["dtype"]).shape == (seeds, steps)
+                       for v in found.values())
+        except (TypeError, ValueError, KeyError):
+            return False
+
+    found = kept(path, valid)
+    return None if found is None else {m: np.asarray(v["f1"], dtype=v["dtype"])
+                                       for m, v in found.items()}
 
 
 def _kept_ceiling_rows(path: str | None) -> list[dict] | None:

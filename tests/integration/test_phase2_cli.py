@@ -4,6 +4,7 @@ one-line errors (reruns into the same directory: test_phase2_rerun.py)."""
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -196,6 +197,27 @@ def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path, monkeypatch
     assert (tmp_path / "c.csv").read_text() == table
     with pytest.raises(AssertionError, match="computed again"):
         benchmark.main([a if a != "77" else "78" for a in argv])
+    monkeypatch.undo()
+    # Interrupted in its second batch, a rerun computes only that batch, to the same table.
+    from causal_grpo import sweep
+    cell_batch, batches = sweep.cell_batch, []
+
+    def stopped(source, base_seed, seeds):
+        batches.append(list(seeds))
+        if list(seeds) == [2, 3] and len(batches) == 2:
+            raise KeyboardInterrupt
+        return cell_batch(source, base_seed, seeds)
+
+    monkeypatch.setattr(sweep, "cell_batch", stopped)
+    shutil.rmtree(tmp_path / "c.csv.rows")
+    (tmp_path / "c.csv").unlink()
+    with pytest.raises(SystemExit) as stop:
+        benchmark.main(argv)
+    assert stop.value.code == 130 and not (tmp_path / "c.csv").exists()
+    assert benchmark.main(argv) == 0
+    assert batches == [[0, 1], [2, 3], [2, 3]]
+    assert (tmp_path / "c.csv").read_text() == table
+    assert len(os.listdir(tmp_path / "c.csv.rows")) == 1     # the SCM's rows, not its batches
     monkeypatch.undo()
     assert two_phase_training.main(["--scm-type", "er6", "--methods",
                                     "random_active,uncertainty_active", "--base-seed", "77",
