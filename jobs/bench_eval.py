@@ -18,7 +18,8 @@ Acting cost is counted in posterior updates per decision beyond the learner's ow
 0 for random, observational and uncertainty (which reads the current posterior); for the
 plug-in chooser and a policy with the lookahead input, one refit of the posterior to the data
 plus 2 (d - 1) K lookahead updates (every non-target variable at both ends of the range, K
-draws each); a policy without the lookahead, 0.
+draws each; above the exact posterior's size, 2 x 8 K updates of the what-if posterior, for the
+8 variables of the lookahead's shortlist); a policy without the lookahead, 0.
 
 Writes to ``OUT`` (cells are cached under ``OUT/cells``: a rerun resumes): ``steps.csv`` (one
 row per scm, method, run, seed, step: F1, SHD with reversal = 1, AUPRC, ...), ``per_seed.csv``
@@ -73,9 +74,14 @@ def add_parser(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def acting_cost(d: int, lookahead: bool, draws: int) -> int:
-    """Posterior updates per decision beyond the learner's own (see module docstring)."""
-    return 1 + 2 * (d - 1) * draws if lookahead else 0
+def acting_cost(d: int, lookahead: bool, draws: int, exact: bool = True) -> int:
+    """Posterior updates per decision beyond the learner's own (see module docstring);
+    ``exact``: whether the episode's posterior is the exact one (else the lookahead scores
+    only its shortlist)."""
+    from causal_grpo.active_learning import LOOKAHEAD_SHORTLIST
+
+    candidates = d - 1 if exact else min(LOOKAHEAD_SHORTLIST, d - 1)
+    return 1 + 2 * candidates * draws if lookahead else 0
 
 
 def _policies(runs: Sequence[str], protocol_run: str | None,
@@ -117,6 +123,7 @@ def run_cells(args, sources: dict, policies: list) -> tuple[list, dict]:
     {(scm, method, run): updates per decision})."""
     from causal_grpo.active_learning import Method
     from causal_grpo.policy import resolve_lookahead_draws
+    from causal_grpo.surrogate_bayes import AnalyticConfig
     from causal_grpo.sweep import SweepConfig
     from cluster.run_sweep import run_sweep
 
@@ -139,11 +146,13 @@ def run_cells(args, sources: dict, policies: list) -> tuple[list, dict]:
                                                  cfg.methods.index(b.method), b.seeds[0])):
                 cells.append((b.scm, label or b.method.value, run, done[b]))
         for name, src in group.items():
-            k = resolve_lookahead_draws(episode.lookahead_draws, getattr(src, "padded", src.d))
+            padded = getattr(src, "padded", src.d)
+            k = resolve_lookahead_draws(episode.lookahead_draws, padded)
+            exact = (episode.surrogate.analytic or AnalyticConfig()).exact(padded)
             for m in REFERENCES:
-                cost[name, m, -1] = acting_cost(src.d, m == "plugin_active", k)
+                cost[name, m, -1] = acting_cost(src.d, m == "plugin_active", k, exact)
             for r, label, p in policies:
-                cost[name, label, r] = acting_cost(src.d, p.config.lookahead, k)
+                cost[name, label, r] = acting_cost(src.d, p.config.lookahead, k, exact)
     return cells, cost
 
 

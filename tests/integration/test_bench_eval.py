@@ -221,3 +221,16 @@ def test_eval_refuses_another_jobs_directory(tmp_path, capsys, monkeypatch, fore
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not write" in err[0] and "use another --output-dir" in err[0]
     assert sorted(os.listdir(out)) == sorted(foreign)
+
+
+def test_acting_cost_counts_the_shortlist_above_the_exact_posterior():
+    """Hand-computed: 1 refit + 2 ends x candidates x K draws; the exact posterior's lookahead
+    scores every non-target variable, the MCMC one's what-if posterior the 8 shortlisted."""
+    from jobs.bench_eval import acting_cost
+
+    assert acting_cost(10, True, 8) == 1 + 2 * 9 * 8 == 145
+    assert acting_cost(15, True, 1) == 29
+    assert acting_cost(50, True, 1, exact=False) == 1 + 2 * 8 * 1 == 17
+    assert acting_cost(100, True, 2, exact=False) == 33
+    assert acting_cost(5, True, 8, exact=False) == 1 + 2 * 4 * 8     # fewer than 8 to list
+    assert acting_cost(50, False, 1, exact=False) == 0
