@@ -141,12 +141,12 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def mean_ci(x: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% Student-t half-width (0 for a single value)."""
+    """Mean and 95% Student-t half-width (NaN for a single value: no width can be estimated)."""
     x = np.asarray(x, float)
     n = len(x)
     m = float(np.mean(x))
     if n < 2:
-        return m, 0.0
+        return m, math.nan
     return m, float(sps.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / math.sqrt(n))
 
 
@@ -230,13 +230,15 @@ def _policy_lines(scm: str, paired: pd.DataFrame, early_steps: int) -> list[str]
         ps = ("p —" if np.isnan(pv) else f"one-sided p {pv:.3g} (better), {1 - pv:.3g} (worse),"
               f" two-sided p {2 * min(pv, 1 - pv):.3g}")
         out.append(f"{POLICY} − {p['baseline']}: Δ F1-AUC 1–{early_steps} "
-                   f"{p['f1_auc_early_diff']:+.3f} ± {p['f1_auc_early_diff_ci95']:.3f}, "
+                   f"{fmt_ci(p['f1_auc_early_diff'], p['f1_auc_early_diff_ci95'], signed=True)}, "
                    f"win rate {p['f1_auc_early_win_rate']:.2f}, {ps}")
     return out + [""] if out else out
 
 
-def _fmt(m: float, ci: float, digits: int = 3) -> str:
-    return f"{m:.{digits}f} ± {ci:.{digits}f}"
+def fmt_ci(m: float, ci: float, digits: int = 3, signed: bool = False) -> str:
+    """``m ± ci`` for tables; ``m ± —`` where the CI is undefined (one seed)."""
+    half = "—" if math.isnan(ci) else f"{ci:.{digits}f}"
+    return f"{m:{'+' if signed else ''}.{digits}f} ± {half}"
 
 
 def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
@@ -260,10 +262,10 @@ def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
             sep += "---:|---:|---:|"
         lines += [head, sep]
         for _, r in grp.iterrows():
-            line = (f"| {r['method']} | {r['n_seeds']} | {_fmt(r['f1_auc_early_mean'], r['f1_auc_early_ci95'])} "
-                    f"| {_fmt(r['f1_auc_mean'], r['f1_auc_ci95'])} | {_fmt(r['final_f1_mean'], r['final_f1_ci95'])} "
-                    f"| {_fmt(r['final_shd_mean'], r['final_shd_ci95'], 2)} "
-                    f"| {_fmt(r['best_target_mean'], r['best_target_ci95'], 2)} |")
+            cells = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci95"], digits)
+                     for m, digits in (("f1_auc_early", 3), ("f1_auc", 3), ("final_f1", 3),
+                                       ("final_shd", 2), ("best_target", 2))]
+            line = f"| {r['method']} | {r['n_seeds']} | " + " | ".join(cells) + " |"
             if paired is not None and not paired.empty:
                 p = paired[(paired["scm"] == scm) & (paired["method"] == r["method"])
                            & (paired["baseline"] == paired["baseline"].iloc[0])]
@@ -272,8 +274,9 @@ def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
                 else:
                     p = p.iloc[0]
                     pv = p["f1_auc_early_p"]
-                    line += (f" {p['f1_auc_early_diff']:+.3f} ± {p['f1_auc_early_diff_ci95']:.3f} "
-                             f"| {p['f1_auc_early_win_rate']:.2f} | {'—' if np.isnan(pv) else f'{pv:.3g}'} |")
+                    diff = fmt_ci(p["f1_auc_early_diff"], p["f1_auc_early_diff_ci95"], signed=True)
+                    line += (f" {diff} | {p['f1_auc_early_win_rate']:.2f} "
+                             f"| {'—' if np.isnan(pv) else f'{pv:.3g}'} |")
             lines.append(line)
         lines.append("")
         if paired is not None and not paired.empty:

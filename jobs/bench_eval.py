@@ -339,6 +339,8 @@ def summary(methods, pooled, dense, last: int) -> list[str]:
 
 
 def markdown(methods, paired, pooled, dense, last: int) -> str:
+    from causal_grpo.results import fmt_ci
+
     lines = [f"## Verdict (one-sided paired t-test on F1-AUC 1–{last}, Holm across SCMs, "
              f"p < {ALPHA})\n"] + verdict(pooled) + [""] + summary(methods, pooled, dense, last) + [
              f"## F1-AUC over steps 1–{last} and acting cost\n",
@@ -346,7 +348,8 @@ def markdown(methods, paired, pooled, dense, last: int) -> str:
              "|---|---|---:|---:|---:|"]
     for _, r in methods.iterrows():
         lines.append(f"| {r['scm']} | {_label(r['method'], r['run'])} | {r['n_seeds']} | "
-                     f"{r['f1_auc_mean']:.3f} ± {r['f1_auc_ci95']:.3f} | {r['updates_per_decision']} |")
+                     f"{fmt_ci(r['f1_auc_mean'], r['f1_auc_ci95'])} "
+                     f"| {r['updates_per_decision']} |")
     lines += ["", f"## Trained policy minus each reference, across runs (holds: Holm p < {ALPHA} "
                   "in every run)\n",
               "| scm | reference | runs | Δ mean | Δ min … max | max Holm p | holds "
@@ -362,16 +365,16 @@ def markdown(methods, paired, pooled, dense, last: int) -> str:
               "|---:|---|---|---:|---:|---:|---:|---:|"]
     for _, r in paired.iterrows():
         lines.append(f"| {r['run']} | {r['scm']} | {r['reference']} | {r['n_pairs']} | "
-                     f"{r['diff']:+.3f} ± {r['diff_ci95']:.3f} | {r['win_rate']:.2f} | "
+                     f"{fmt_ci(r['diff'], r['diff_ci95'], signed=True)} | {r['win_rate']:.2f} | "
                      f"{_p(r['p'])} | {_p(r['p_holm'])} |")
     if not dense.empty:
         lines += ["", "## Dense protocol: after 0, 1, 5 and 10 interventions (SHD: reversal = 1)\n",
                   "| scm | method | step | F1 | SHD | AUPRC |", "|---|---|---:|---:|---:|---:|"]
         for _, r in dense.iterrows():
             lines.append(f"| {r['scm']} | {_label(r['method'], r['run'])} | {r['step']} | "
-                         f"{r['f1_mean']:.3f} ± {r['f1_ci95']:.3f} | "
-                         f"{r['shd_mean']:.2f} ± {r['shd_ci95']:.2f} | "
-                         f"{r['auprc_mean']:.3f} ± {r['auprc_ci95']:.3f} |")
+                         f"{fmt_ci(r['f1_mean'], r['f1_ci95'])} | "
+                         f"{fmt_ci(r['shd_mean'], r['shd_ci95'], 2)} | "
+                         f"{fmt_ci(r['auprc_mean'], r['auprc_ci95'])} |")
     return "\n".join(lines) + "\n"
 
 

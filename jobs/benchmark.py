@@ -69,7 +69,7 @@ def bench_gies(args) -> "pd.DataFrame":
     from causal_grpo import io
     from causal_grpo import metrics as M
     from causal_grpo.active_learning import EpisodeConfig, Method, make_batch_runner, method_id
-    from causal_grpo.results import mean_ci
+    from causal_grpo.results import fmt_ci, mean_ci
     from causal_grpo.scm_families import FamilyConfig, GraphKind
     from causal_grpo.sweep import cell_batch
 
@@ -124,9 +124,11 @@ def bench_gies(args) -> "pd.DataFrame":
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for _, r in df.iterrows():
         f1_note = " (F1 n/a: GIES is undirected)" if r["interventions"] == 0 else ""
-        print(f"| {int(r['d'])} | {int(r['interventions'])} | {int(r['seeds'])} | {r['ours_f1']:.3f} ± {r['ours_f1_ci95']:.3f} "
-              f"| {r['gies_f1']:.3f} ± {r['gies_f1_ci95']:.3f}{f1_note} | {r['ours_shd']:.2f} ± {r['ours_shd_ci95']:.2f} "
-              f"| {r['gies_shd']:.2f} ± {r['gies_shd_ci95']:.2f} |")
+        print(f"| {int(r['d'])} | {int(r['interventions'])} | {int(r['seeds'])} "
+              f"| {fmt_ci(r['ours_f1'], r['ours_f1_ci95'])} "
+              f"| {fmt_ci(r['gies_f1'], r['gies_f1_ci95'])}{f1_note} "
+              f"| {fmt_ci(r['ours_shd'], r['ours_shd_ci95'], 2)} "
+              f"| {fmt_ci(r['gies_shd'], r['gies_shd_ci95'], 2)} |")
     return df
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from causal_grpo.results import (EARLY_STEPS, f1_auc, holm, markdown_table, mean_ci,
+from causal_grpo.results import (EARLY_STEPS, f1_auc, fmt_ci, holm, markdown_table, mean_ci,
                                  paired_frame, paired_p, paired_tables, per_seed,
                                  summary_frame)
 
@@ -70,8 +70,12 @@ def test_mean_ci_is_scipys_t_interval(n):
     assert (m - h, m + h) == pytest.approx((lo, hi), rel=1e-12)
 
 
-def test_mean_ci_of_one_value_has_no_width():
-    assert mean_ci(np.array([0.25])) == (0.25, 0.0)
+def test_mean_ci_of_one_value_is_undefined_and_tables_say_so():
+    m, h = mean_ci(np.array([0.25]))
+    assert m == 0.25 and np.isnan(h)           # not "± 0.000", which reads as no uncertainty
+    assert fmt_ci(m, h) == "0.250 ± —"
+    assert fmt_ci(-0.0126, 0.004, signed=True) == "-0.013 ± 0.004"
+    assert fmt_ci(1.5, 0.25, 2) == "1.50 ± 0.25"
 
 
 def test_paired_p_undefined_cases_are_nan():
