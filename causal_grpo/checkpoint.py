@@ -282,6 +282,9 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
     older format, a config.json that is not UTF-8 JSON or whose architecture is out of bounds,
     or parameters that do not fit the architecture.
     """
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise CheckpointError(f"load_grpo_policy needs a path (str or os.PathLike), got "
+                              f"{type(path).__name__}")
     path = os.fspath(path)
     if (os.path.isdir(path) and not os.path.exists(os.path.join(path, PARAMS_FILE))
             and os.path.exists(os.path.join(path, "final", PARAMS_FILE))):

@@ -26,6 +26,7 @@ observational data and the step noise from the cell key).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -67,10 +68,31 @@ class GRPOInterventionFn:
                  intervention_range: tuple[float, float], capacity: int = 512, seed: int = 0,
                  greedy: bool = False, lookahead_draws: LookaheadDraws = "auto",
                  key: jax.Array | None = None, posterior: AnalyticConfig = AnalyticConfig()):
+        if not isinstance(loaded, LoadedPolicy):
+            hint = (": load it first, load_grpo_policy(path)"
+                    if isinstance(loaded, (str, os.PathLike)) else "")
+            raise UserError(f"loaded_policy must be what load_grpo_policy returns, got "
+                            f"{type(loaded).__name__}{hint}")
         for name, value, low, high in (("seed", seed, 0, SEED_MAX),
                                        ("capacity", capacity, 1, INT_MAX)):
             check(Option(name, "", int, low, high), value)
-        lo, hi = (float(x) for x in intervention_range)
+        if not isinstance(greedy, (bool, np.bool_)):
+            raise UserError(f"greedy must be True or False, got {greedy!r:.40}")
+        if not isinstance(posterior, AnalyticConfig):
+            raise UserError(f"posterior must be an AnalyticConfig, got {type(posterior).__name__}")
+        pair = tuple(intervention_range) if isinstance(intervention_range, (tuple, list)) else ()
+        if len(pair) != 2 or not all(isinstance(x, (int, float, np.integer, np.floating))
+                                     and not isinstance(x, bool) for x in pair):
+            raise UserError(f"intervention_range must be two numbers (low, high), got "
+                            f"{intervention_range!r:.60}")
+        if key is not None:
+            try:
+                jax.random.fold_in(key, 0)
+            except (TypeError, ValueError):
+                raise UserError("key must be one JAX PRNG key (jax.random.key(n) or "
+                                f"PRNGKey(n)), got {type(key).__name__} of shape "
+                                f"{getattr(key, 'shape', None)}") from None
+        lo, hi = (float(x) for x in pair)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
         if not 0 <= target < d:
@@ -243,6 +265,17 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
                         f"{config.capacity} ({n0} observational + {T} interventions): build it "
                         f"with capacity >= {config.capacity}")
     fn = intervention_fn if intervention_fn is not None else _RandomFn(d, spec.target, lo, hi, seed)
+    # Checked before any compute: a function's history that fills up mid-episode, or one made
+    # for another SCM, would otherwise fail only after steps of work.
+    if getattr(fn, "capacity", None) is not None and fn.capacity < config.capacity:
+        raise UserError(f"the intervention function keeps {fn.capacity} rows and the episode has "
+                        f"{config.capacity} ({n0} observational + {T} interventions): create it "
+                        f"with capacity >= {config.capacity}")
+    made_for = getattr(fn, "d", d), getattr(fn, "target", spec.target)
+    if made_for != (d, spec.target):
+        raise UserError(f"the intervention function was made for an SCM of {made_for[0]} "
+                        f"variables with target {made_for[1]}; this one has {d} with target "
+                        f"{spec.target}")
     start = jax.jit(lambda k, s: start_episode(k, s, sur, n0, config.capacity, T))(key, scm_t)
     x0, state, eps = start.x0, start.state, start.eps
     update = jax.jit(sur.update)

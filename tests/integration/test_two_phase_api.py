@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -186,6 +187,56 @@ def test_an_intervention_function_is_for_one_episode(trained):
     assert fn.rows_seen == 3
     with pytest.raises(UserError, match="already holds 3 rows of another episode"):
         run_active_learning(easy(), EpisodeConfig(n_observational=8, n_interventions=2),
+                            intervention_fn=fn)
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"intervention_range": (1, 2, 3)}, "intervention_range must be two numbers"),
+    ({"intervention_range": 2.0}, "intervention_range must be two numbers"),
+    ({"intervention_range": ("-1", "1")}, "intervention_range must be two numbers"),
+    ({"key": 5}, "key must be one JAX PRNG key"),
+    ({"key": np.zeros(3, np.uint32)}, "key must be one JAX PRNG key"),
+    ({"key": jax.random.split(jax.random.key(0))}, "key must be one JAX PRNG key"),
+    ({"posterior": "bic"}, "posterior must be an AnalyticConfig, got str"),
+    ({"greedy": "no"}, "greedy must be True or False"),
+])
+def test_the_seed_apis_malformed_arguments_are_one_user_error(trained, bad, needle):
+    """Each was a raw TypeError/ValueError/AttributeError, a JAX error at the first call, or
+    (greedy="no") silently taken as greedy."""
+    from causal_grpo.errors import UserError
+    loaded = load_grpo_policy(str(trained / "final"))
+    with pytest.raises(UserError, match=needle):
+        create_grpo_intervention_fn(loaded, easy(), **bad)
+
+
+def test_a_checkpoint_path_given_for_a_loaded_policy_is_one_user_error(trained):
+    from causal_grpo.errors import UserError
+    with pytest.raises(UserError, match=r"got str: load it first, load_grpo_policy\(path\)"):
+        create_grpo_intervention_fn(str(trained / "final"), easy())
+    for path in (None, b"grpo"):
+        with pytest.raises(UserError, match="load_grpo_policy needs a path"):
+            load_grpo_policy(path)
+
+
+@pytest.mark.parametrize("scm, capacity, needle", [
+    ("easy", 35, r"keeps 35 rows and the episode has 40 \(30 observational \+ 10"),
+    ("medium", 512, "made for an SCM of 8 variables with target 5; this one has 5 with target 3"),
+])
+def test_an_intervention_function_that_cannot_finish_the_episode_is_refused_first(
+        trained, monkeypatch, scm, capacity, needle):
+    """A history too small failed when full (after 5 steps here; 482 with the default 512 and
+    500 interventions), a function for another SCM after the first choices."""
+    from causal_grpo import two_phase
+    from causal_grpo.errors import UserError
+
+    def compute(*args, **kwargs):
+        raise AssertionError("the episode started")
+
+    fn = create_grpo_intervention_fn(load_grpo_policy(str(trained / "final")), scm,
+                                     capacity=capacity)
+    monkeypatch.setattr(two_phase, "start_episode", compute)
+    with pytest.raises(UserError, match=needle):
+        run_active_learning(easy(), EpisodeConfig(n_observational=30, n_interventions=10),
                             intervention_fn=fn)
 
 
