@@ -53,6 +53,9 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     return env
 
 
+AUTH_TOKEN_HELP = "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """One line, quickly, when ``address`` is not a Ray cluster: Ray itself retries for minutes
     and logs a warning every few seconds (a closed port, a host that does not answer, a port
@@ -60,8 +63,11 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if address in ("auto", "local"):
         return
     client = address.startswith("ray://")
-    parsed = urlparse(address if "://" in address else f"tcp://{address}")
-    host, port = parsed.hostname, parsed.port
+    try:
+        parsed = urlparse(address if "://" in address else f"tcp://{address}")
+        host, port = parsed.hostname, parsed.port
+    except ValueError:                  # a port out of range or not a number, a bad IPv6 host
+        host = port = None
     if host is None or port is None:
         raise UserError(f"Ray address '{address}' must look like host:port or ray://host:port")
     try:
@@ -91,6 +97,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                 what = "Ray Client server" if client else "Ray cluster (GCS)"
                 raise UserError(f"{address} does not answer as a {what} "
                                 f"({e.code().name.lower()})") from None
+            # A cluster with token authentication that refused the call (the channel carries
+            # the driver's token under RAY_AUTH_MODE=token): Ray would retry for ~20 s, then
+            # blame the address.
+            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+                    raise UserError(f"the Ray cluster at {address} refused this machine's "
+                                    f"token ({AUTH_TOKEN_HELP})") from None
+                raise UserError(f"the Ray cluster at {address} uses token authentication: "
+                                f"set RAY_AUTH_MODE=token and its token ({AUTH_TOKEN_HELP})"
+                                ) from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -107,11 +123,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _check_reachable(address)
         try:
+            _check_reachable(address)
             # No runtime_env here: inside `ray job submit` Ray merges it with the job's, and
             # one key in both is an error. The actors get theirs from worker_env.
             ray.init(address=address, logging_level=logging.WARNING)
+        except ray.exceptions.AuthenticationError:
+            raise UserError(f"no token for the Ray cluster at {address} was found "
+                            f"({AUTH_TOKEN_HELP})") from None
         except (ConnectionError, RuntimeError) as e:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -68,3 +68,47 @@ def test_gpu_shares_are_counted_as_ray_packs_them(monkeypatch):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_cluster_with_token_authentication_is_named_as_such_in_one_line(tmp_path):
+    """Each was a traceback (RAY_AUTH_MODE=token, no token) or ~20 s of Ray's retry lines and
+    'Failed to connect' (no mode, a wrong token); the right token runs the job."""
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from test_ray_jobs import ENV, RAY, ROOT, free_port
+
+    token, port = secrets.token_hex(32), free_port()
+    tmp = tempfile.mkdtemp(prefix="ra", dir="/tmp")      # AF_UNIX paths stay short
+    env = dict(ENV, HOME=str(tmp_path), RAY_AUTH_MODE="token")    # no ~/.ray/auth_token
+    r = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1",
+                        "--include-dashboard=false", "--disable-usage-stats",
+                        f"--temp-dir={tmp}"], env=dict(env, RAY_AUTH_TOKEN=token),
+                       capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    try:
+        def job(**client_env):
+            run_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"} | client_env
+            return subprocess.run(
+                [sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
+                 "--methods", "random_active", "--seeds", "1", "--n-observational", "5",
+                 "--n-interventions", "1", "--num-workers", "1", "--quiet", "--no-plots",
+                 "--address", f"127.0.0.1:{port}", "--output-dir",
+                 str(tmp_path / f"o{len(client_env)}{secrets.token_hex(2)}")],
+                env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+        for client_env, needle in (
+                ({}, "uses token authentication: set RAY_AUTH_MODE=token"),
+                ({"RAY_AUTH_MODE": "token"}, "no token for the Ray cluster"),
+                ({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}, "refused this machine's")):
+            r = job(**client_env)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+        r = job(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -269,6 +269,17 @@ def test_scms_whose_posteriors_differ(capsys, tmp_path):
     assert "largest parent set (dense10: 9, er10: 4)" in line and "--max-indegree" in line
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:99999", "host:abc", "host:-1", "ray://h:1:2",
+                                     "http://[bad"])
+def test_malformed_ray_addresses(address):
+    """urlparse's ValueError (a port out of range or not a number, a bad IPv6 host) was a
+    traceback from every job."""
+    from causal_grpo.errors import UserError
+    from cluster.connect import _check_reachable
+    with pytest.raises(UserError, match="must look like host:port or ray://host:port"):
+        _check_reachable(address)
+
+
 def test_no_interventions(capsys, tmp_path):
     line = refused(capsys, tmp_path, "--seeds", "2", "--n-interventions", "0")
     assert "--n-interventions must be an integer in [1, " in line, line
