@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from causal_grpo.errors import UserError
 from jobs import train_grpo, two_phase_training
 from jobs._cli import ArgumentParser, positive_int, run_script, user_errors_exit_2
 
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phase1-dir", default="grpo_runs/default")
     p.add_argument("--output-dir", default="phase2_results")
     args = p.parse_args(argv)
+    one, two = (os.path.join(os.path.realpath(d), "") for d in (args.phase1_dir, args.output_dir))
+    if one.startswith(two) or two.startswith(one):
+        # Phase 2 would find Phase 1's checkpoints in its directory (or the other way round)
+        # only after the training: refused now.
+        raise UserError(f"--phase1-dir {args.phase1_dir} and --output-dir {args.output_dir} "
+                        "overlap; give two separate directories")
     ray_args = ["--num-workers", str(args.num_workers)] + (
         ["--address", args.address] if args.address else [])
 

@@ -405,3 +405,20 @@ def test_main_job_checks_phase_2s_output_before_phase_1(capsys, tmp_path, monkey
     assert ("cannot create output directory" if occupied == "a file"
             else "holds a run with other settings") in line
     assert not (tmp_path / "p1").exists()
+
+
+@pytest.mark.parametrize("phase1, phase2", [("d", "d"), ("d/p1", "d"), ("d", "d/p2")])
+def test_main_job_refuses_overlapping_directories_before_phase_1(capsys, tmp_path, monkeypatch,
+                                                                 phase1, phase2):
+    """Phase 2 refused the directory holding Phase 1's checkpoints only after the training."""
+    from jobs import main as main_job, train_grpo
+
+    def phase1_run(*args, **kwargs):
+        raise AssertionError("Phase 1 started")
+
+    monkeypatch.setattr(train_grpo, "main", phase1_run)
+    line = refused(capsys, tmp_path, "--num-workers", "0", "--phase1-dir",
+                   str(tmp_path / phase1), "--output-dir", str(tmp_path / phase2),
+                   main=main_job.main, output=False)
+    assert "overlap; give two separate directories" in line, line
+    assert not (tmp_path / "d").exists()
