@@ -162,9 +162,15 @@ def gpus_per_worker(text: str) -> float:
         check_gpus_per_worker(v)
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if v > 0:   # read when JAX first starts, after parsing: its workers may share this GPU
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    share_gpu_with_workers(v)
     return v
+
+
+def share_gpu_with_workers(gpus_per_worker: float) -> None:
+    """With GPU workers, this process does not preallocate its GPU's memory (read when JAX
+    first starts, after the flags): its workers may share that GPU."""
+    if gpus_per_worker > 0:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def comma_list(text: str) -> list[str]:

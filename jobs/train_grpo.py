@@ -22,7 +22,8 @@ import os
 
 from causal_grpo import options
 from causal_grpo.options import option
-from jobs._cli import ArgumentParser, option_type, run_script, user_errors_exit_2
+from jobs._cli import (ArgumentParser, option_type, run_script, share_gpu_with_workers,
+                       user_errors_exit_2)
 
 PROG = "train_grpo"
 
@@ -43,7 +44,7 @@ class RunOptions:
     address: str = option(None, "--address", "Ray cluster address (default: RAY_ADDRESS, else "
                           "a local Ray)", type=str)
     gpus_per_worker: float = option(0.0, "--gpus-per-worker", "GPUs per Ray rollout actor",
-                                    low=0.0, high=64.0)
+                                    low=0.0, high=1024.0)
 
 
 def _declared():
@@ -78,6 +79,7 @@ def config_from_args(args: argparse.Namespace):
                         if path is None and dest in given})
     from cluster.connect import check_gpus_per_worker
     check_gpus_per_worker(run.gpus_per_worker)   # before training, with or without workers
+    share_gpu_with_workers(run.gpus_per_worker)
     values = {path: given[dest] for dest, path, _, _ in _declared()
               if path is not None and dest in given}
     cfg = with_family_protocol(options.with_values(Phase1Config(), values), run.max_variables,

@@ -113,6 +113,13 @@ def test_a_driver_with_gpu_workers_takes_gpu_memory_as_needed(monkeypatch):
     assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
     gpus_per_worker("0.25")
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    # Phase 1's learner too (it parsed the flag with its own option type, and preallocated).
+    from jobs.train_grpo import build_parser, config_from_args
+    for gpus in ("0", "0.25"):
+        monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+        run, _ = config_from_args(build_parser().parse_args(["--gpus-per-worker", gpus]))
+        assert os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") == (None if gpus == "0"
+                                                                    else "false")
 
 
 def test_workers_refuse_library_code_other_than_the_drivers(monkeypatch):
