@@ -81,3 +81,20 @@ def source_id() -> str:
     """The source part of :func:`code_version`: the same code on machines whose installed
     package metadata may differ (a node installed from the same tree, a job's upload)."""
     return code_version().split("+")[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def library_id(directory: str = SOURCE_DIR) -> str:
+    """sha256 prefix over every module of the library and of the ``cluster`` package beside it
+    (the Ray actors' wrappers): the code a Ray worker must share with its driver. Wider than
+    :func:`source_id`, which keys cells only: Phase 1's rollouts run modules no cell imports."""
+    h = hashlib.sha256()
+    for d in (directory, os.path.join(os.path.dirname(directory), "cluster")):
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(n for n in os.listdir(d) if n.endswith(".py")):
+            with open(os.path.join(d, name), "rb") as f:
+                data = f.read()
+            h.update(f"{os.path.basename(d)}/{name}\0{len(data)}\0".encode())
+            h.update(data)
+    return h.hexdigest()[:16]

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from causal_grpo.errors import UserError
 
-# The driver's library digest (version.source_id), which every worker checks its own against.
+# The driver's library digest (version.library_id), which every worker checks its own against.
 DRIVER_CODE_ENV = "CAUSAL_GRPO_DRIVER_CODE"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 # The driver's JAX settings that change what a computation returns: a local Ray's workers
@@ -37,7 +37,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
     from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics
-    from causal_grpo.version import source_id
+    from causal_grpo.version import library_id
     if gpus_per_worker <= 0:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
         pin_cpu_numerics(env)
@@ -49,7 +49,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
-    env[DRIVER_CODE_ENV] = source_id()
+    env[DRIVER_CODE_ENV] = library_id()
     return env
 
 

@@ -87,12 +87,12 @@ class Worker:
         import socket
 
         from causal_grpo.jaxcache import enable_compilation_cache
-        from causal_grpo.version import source_id
+        from causal_grpo.version import library_id
         from cluster.connect import DRIVER_CODE_ENV
 
         # Attached to a cluster outside `ray job submit`, workers import the nodes' installed
         # copy: cells it computed would be stored under the driver's code version.
-        driver, own = os.environ.get(DRIVER_CODE_ENV), source_id()
+        driver, own = os.environ.get(DRIVER_CODE_ENV), library_id()
         if driver is not None and driver != own:
             raise UserError(f"a Ray worker on {socket.gethostname()} runs other causal_grpo code "
                             f"({own}) than the driver ({driver}); submit the job with `ray job "

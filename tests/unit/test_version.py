@@ -93,3 +93,23 @@ def test_code_version_is_package_version_plus_digest_and_cached():
     v = version.code_version()
     assert v == f"{importlib.metadata.version('causal-grpo')}+{version.source_digest()[:16]}"
     assert version.code_version() is v
+
+
+def test_the_code_a_worker_shares_with_its_driver_covers_training_and_the_actors(tmp_path):
+    """A Ray worker's check against its driver used the cells' digest, which Phase 1's modules
+    (rollouts on workers) and the actors' wrappers do not change."""
+    lib = tmp_path / "causal_grpo"
+    lib.mkdir()
+    copy_sources(lib)
+    cluster = os.path.join(os.path.dirname(version.SOURCE_DIR), "cluster")
+    shutil.copytree(cluster, tmp_path / "cluster", ignore=shutil.ignore_patterns("__pycache__"))
+    base = version.library_id(str(lib))
+    assert base == version.library_id(version.SOURCE_DIR)              # contents, not location
+    for changed in (lib / "phase1.py", lib / "grpo.py", tmp_path / "cluster" / "pool.py"):
+        text = changed.read_text()
+        changed.write_text(text + "\n")
+        version.library_id.cache_clear()
+        assert version.library_id(str(lib)) != base, changed.name
+        changed.write_text(text)
+    version.library_id.cache_clear()
+    assert version.library_id(str(lib)) == base
