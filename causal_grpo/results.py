@@ -372,8 +372,11 @@ def _normalised(settings: dict) -> dict:
     return json.loads(json.dumps(jsonable(settings), sort_keys=True))
 
 
-def claim_output_dir(out_dir: str, settings: dict) -> None:
+def claim_output_dir(out_dir: str, settings: dict, unknown: tuple[str, ...] = ()) -> None:
     """Refuse ``out_dir`` unless it is free or holds a run of the same ``settings``.
+
+    ``unknown``: settings not known yet and left out of the comparison (a policy that Phase 1
+    has still to train); a later claim with them compares them too.
 
     Free means nothing but ``cells/`` (keyed by its own digest) and hidden files, or a
     ``run.json`` beside them whose run stopped before its first batch was saved (refused for
@@ -402,7 +405,8 @@ def claim_output_dir(out_dir: str, settings: dict) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); use another --output-dir"
                         ) from None
-    settings = _normalised(settings)
+    settings = _normalised({k: v for k, v in settings.items() if k not in unknown})
+    recorded = {k: v for k, v in recorded.items() if k not in unknown}
     if recorded != settings:
         differ = sorted({k.split(".")[0] for k, _, _ in differences(recorded, settings)})
         raise UserError(f"output directory {out_dir} holds a run with other settings "

@@ -261,13 +261,16 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
     io.ensure_writable_dir(args.output_dir)
 
     # What the output files depend on; worker and display flags may change between reruns.
+    # The policy by its content, not its path: under `ray job submit` the same checkpoint
+    # lies in a new directory at every submission, and a path can name another policy later.
     settings = sweep_settings(cfg, sources) | {
         "compare": args.compare,
-        "grpo_checkpoint": args.grpo_checkpoint and os.path.abspath(args.grpo_checkpoint),
+        "grpo_policy": policy.digest if policy is not None else None,
         "lookahead_draws": args.lookahead_draws if args.grpo_checkpoint else None}
     if check_only:
         from causal_grpo.results import claim_output_dir
-        claim_output_dir(args.output_dir, settings)
+        claim_output_dir(args.output_dir, settings,
+                         unknown=("grpo_policy",) if args.grpo_checkpoint else ())
         return 0
     finished_scms = []
 
@@ -285,7 +288,8 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
         args.output_dir, cfg, sources, results, posterior=posterior, compare=args.compare,
         plots=not args.no_plots,
         extra_config={"argv": sys.argv[1:] if argv is None else list(argv),
-                      "compare": args.compare, "grpo_checkpoint": args.grpo_checkpoint})
+                      "compare": args.compare, "grpo_checkpoint": args.grpo_checkpoint,
+                      "grpo_policy": policy.digest if policy is not None else None})
     print(table)
     print(f"results written to {os.path.abspath(args.output_dir)}")
     return 0

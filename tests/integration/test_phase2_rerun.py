@@ -352,3 +352,26 @@ def test_a_resumed_sweep_shows_the_scms_already_done_before_computing(tmp_path, 
     calls.clear()
     rs.run_sweep(cfg, sources, None, str(tmp_path), progress=False, on_scm_done=on_scm_done)
     assert calls == []                     # nothing to compute: the caller shows everything
+
+
+def test_the_policy_is_known_by_its_content_not_its_path(tmp_path, computed, capsys):
+    """The run was keyed by the checkpoint's absolute path: the same policy from another
+    directory (every `ray job submit` uploads to a new one) was refused as other settings,
+    and another policy put at the same path replaced the results unnoticed."""
+    import shutil
+    policies = os.path.join(ROOT, "policies")
+    here, there = tmp_path / "here", tmp_path / "there"
+    shutil.copytree(os.path.join(policies, "seed0", "final"), here)
+    shutil.copytree(os.path.join(policies, "seed0", "final"), there)
+    argv = ["--scm-type", "easy", "--methods", "grpo_active", "--seeds", "1",
+            "--n-observational", "5", "--n-interventions", "1", "--quiet", "--no-plots",
+            "--output-dir", str(tmp_path / "out")]
+    assert two_phase_training.main(argv + ["--grpo-checkpoint", str(here)]) == 0
+    assert len(computed) == 1
+    assert two_phase_training.main(argv + ["--grpo-checkpoint", str(there)]) == 0
+    assert len(computed) == 1                                  # resumed: nothing recomputed
+    shutil.rmtree(here)
+    shutil.copytree(os.path.join(policies, "seed1", "final"), here)
+    line = refused(argv + ["--grpo-checkpoint", str(here)], capsys)
+    assert "holds a run with other settings (grpo_policy differ)" in line
+    assert len(computed) == 1
