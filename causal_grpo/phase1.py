@@ -485,7 +485,12 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
     # A finished run is judged by its final config alone (nothing else of it is read).
     existing = final_dir if os.path.exists(os.path.join(final_dir, "config.json")) else (
         found[0] if found else None)
-    if existing is not None and os.path.exists(os.path.join(existing, "config.json")):
+    if existing is not None and not os.path.exists(os.path.join(existing, "config.json")):
+        # The settings a checkpoint was trained with are its resume key; every checkpoint is
+        # written whole, so one without them is damaged (or copied in part by hand).
+        raise UserError(f"{existing} has no config.json (the settings it was trained with); "
+                        f"remove {existing} to resume from the checkpoint before it")
+    if existing is not None:
         stored = read_config(os.path.join(existing, "config.json"))
         current = json.loads(json.dumps(run_record(cfg, collect), default=str))
         diff = differences(stored.get("training"), current)
@@ -493,6 +498,8 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
         # unfinished one would go on under settings it did not start with.
         added = [k for k, there, _ in diff if there is MISSING]
         if diff and (existing != final_dir or len(added) < len(diff)):
+            # Values that differ first: settings only added since are seldom the cause.
+            diff = sorted(diff, key=lambda d: d[1] is MISSING)
             shown = "; ".join(f"{k}: {_shown(a)} there, {_shown(b)} here"
                               for k, a, b in diff[:3])
             more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""

@@ -428,6 +428,27 @@ def test_a_run_does_not_go_on_on_another_kind_of_device(trained, tmp_path, nothi
     assert train(cfg, str(trained)) == finished
 
 
+def test_a_refused_resume_names_the_values_that_differ_and_needs_the_settings(
+        trained, tmp_path, nothing_built):
+    """Settings only added since (sorted first, here a whole section) hid the value that
+    differs behind "and N more"; a checkpoint without its config.json was resumed unchecked."""
+    import dataclasses
+
+    from causal_grpo.errors import UserError
+    from cluster.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "final")
+    newest = _newest_step(run)
+    _without(newest / "config.json", "bootstrap")
+    with pytest.raises(UserError, match="different configuration \\(seed: 0 there, 1 here; "):
+        train(dataclasses.replace(nothing_built, seed=1), str(run))
+    (newest / "config.json").unlink()
+    with pytest.raises(UserError, match=f"{newest.name} has no config.json .* remove"):
+        train(nothing_built, str(run))
+
+
 def _newest_step(run):
     return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
                key=lambda p: int(p.name[5:]))
