@@ -22,8 +22,8 @@ import os
 
 from causal_grpo import options
 from causal_grpo.options import option
-from jobs._cli import (ArgumentParser, option_type, run_script, share_gpu_with_workers,
-                       user_errors_exit_2)
+from jobs._cli import (ArgumentParser, check_address, option_type, run_script,
+                       share_gpu_with_workers, user_errors_exit_2)
 
 PROG = "train_grpo"
 
@@ -80,6 +80,7 @@ def config_from_args(args: argparse.Namespace):
     from cluster.connect import check_gpus_per_worker
     check_gpus_per_worker(run.gpus_per_worker)   # before training, with or without workers
     share_gpu_with_workers(run.gpus_per_worker)
+    check_address(run.address, run.num_workers)
     values = {path: given[dest] for dest, path, _, _ in _declared()
               if path is not None and dest in given}
     cfg = with_family_protocol(options.with_values(Phase1Config(), values), run.max_variables,

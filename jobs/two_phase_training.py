@@ -28,9 +28,9 @@ import dataclasses
 import os
 import sys
 
-from jobs._cli import (ArgumentParser, comma_list, fail, gpus_per_worker, lookahead_draws,
-                       phase2_memory_bytes, positive_float, positive_int, refuse_oversized,
-                       run_script, seed_int, user_errors_exit_2)
+from jobs._cli import (ArgumentParser, check_address, comma_list, fail, gpus_per_worker,
+                       lookahead_draws, phase2_memory_bytes, positive_float, positive_int,
+                       refuse_oversized, run_script, seed_int, user_errors_exit_2)
 
 PROG = "two_phase_training"
 COMPARE_METHODS = ("random_active", "grpo_active", "grpo_bootstrap")
@@ -207,6 +207,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
     main job does this before Phase 1 writes the checkpoint named by ``--grpo-checkpoint``.
     """
     args = build_parser().parse_args(argv)
+    check_address(args.address, args.num_workers)
     methods = resolve_methods(args)
     check_memory(args, len(args.scm_type), methods, 2,
                  args.n_observational or max(N_OBSERVATIONAL, 50),

@@ -280,6 +280,18 @@ def test_malformed_ray_addresses(address):
         _check_reachable(address)
 
 
+def test_an_address_without_ray_workers(capsys, tmp_path):
+    """With --num-workers 0 every job ran in-process and ignored --address without a word."""
+    from jobs import main as main_job, train_grpo
+    bad = ["--num-workers", "0", "--address", "127.0.0.1:1"]
+    for main, args in ((two_phase_training.main, ["--scm-type", "easy", *bad]),
+                       (train_grpo.main, bad),
+                       (benchmark.main, ["eval", "--grpo-checkpoint", "policies/seed0", *bad]),
+                       (main_job.main, bad)):
+        line = refused(capsys, tmp_path, *args, main=main)
+        assert "--address needs --num-workers N >= 1" in line, line
+
+
 def test_no_interventions(capsys, tmp_path):
     line = refused(capsys, tmp_path, "--seeds", "2", "--n-interventions", "0")
     assert "--n-interventions must be an integer in [1, " in line, line
