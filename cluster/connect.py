@@ -135,6 +135,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             raise UserError(f"cannot connect to the Ray cluster at {address}: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         return False
+    # This job's own local cluster: Ray enables token authentication on it by default and
+    # says so on stderr at every start, one line of every job's output that asks nothing of
+    # the user (RAY_AUTH_MODE, when set, is respected without it).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              logging_level=logging.WARNING)
     return True

@@ -112,3 +112,20 @@ def test_a_cluster_with_token_authentication_is_named_as_such_in_one_line(tmp_pa
     finally:
         subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_job_on_its_own_local_ray_writes_nothing_to_stderr(tmp_path):
+    """Ray's notice that a local cluster enables token authentication by default was a line
+    on stderr in every job (the other tests set RAY_AUTH_MODE=disabled)."""
+    import subprocess
+    import sys
+
+    from test_ray_jobs import ENV, ROOT
+
+    env = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"} | {"HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
+                        "--methods", "random_active", "--seeds", "1", "--n-observational", "5",
+                        "--n-interventions", "1", "--num-workers", "1", "--quiet", "--no-plots",
+                        "--output-dir", str(tmp_path / "out")],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
