@@ -140,8 +140,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     # the user (RAY_AUTH_MODE, when set, is respected without it).
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             logging_level=logging.WARNING)
+    # num_cpus None: the CPUs as Ray counts them, a container's quota included
+    # (os.cpu_count() sees the host's).
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     return True
 
 

@@ -129,3 +129,22 @@ def test_a_job_on_its_own_local_ray_writes_nothing_to_stderr(tmp_path):
                         "--output-dir", str(tmp_path / "out")],
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+
+
+def test_a_local_ray_counts_the_cpus_ray_detects_not_the_hosts(monkeypatch):
+    """It was started with os.cpu_count(), which ignores a container's CPU quota (Ray's own
+    count respects it), so --num-workers could oversubscribe the quota."""
+    import os
+
+    from ray._private.utils import get_num_cpus
+
+    from cluster.connect import connect
+    detected = get_num_cpus()
+    if detected == 64:
+        pytest.skip("this machine has the 64 CPUs the test pretends the host has")
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    try:
+        assert connect() is True
+        assert ray.cluster_resources()["CPU"] == detected
+    finally:
+        ray.shutdown()
