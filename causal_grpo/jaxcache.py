@@ -20,9 +20,11 @@ machine load the compiled executables from disk instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from typing import Callable
 
 ENV_VAR = "CAUSAL_GRPO_JAX_CACHE"
 CPU_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -36,6 +38,10 @@ def pin_cpu_numerics(environ: "os._Environ | dict" = os.environ) -> None:
         environ["XLA_FLAGS"] = " ".join(flags + [CPU_XLA_FLAG])
 
 
+NUMERICS = ("enable_x64", "default_matmul_precision", "default_prng_impl",
+            "threefry_partitionable")
+
+
 def numerics() -> dict[str, bool | str]:
     """JAX's settings that change what a computation returns (their environment variables
     travel to Ray workers: ``cluster.connect.NUMERICS_ENV``): part of every resume key, so a
@@ -46,6 +52,21 @@ def numerics() -> dict[str, bool | str]:
             "default_matmul_precision": str(c.jax_default_matmul_precision),
             "default_prng_impl": str(c.jax_default_prng_impl),
             "threefry_partitionable": bool(c.jax_threefry_partitionable)}
+
+
+def carry_numerics(fn: Callable) -> Callable:
+    """``fn`` to run on another thread under this thread's :func:`numerics` settings (JAX's
+    context managers set them for their own thread only)."""
+    import jax
+    values = {name: getattr(jax.config, f"jax_{name}") for name in NUMERICS}
+
+    def run(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for name, value in values.items():
+                stack.enter_context(getattr(jax, name)(value))
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def cache_dir() -> str | None:

@@ -278,22 +278,20 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
 # --------------------------------------------------------------------------- persistence
 
 def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource],
-                 device: str = "cpu") -> str:
-    """Content digest of everything that determines a cell's numbers (resume key).
+                 scm: str, device: str = "cpu") -> str:
+    """Content digest of everything that determines the numbers of ``scm``'s cells (their
+    resume key; one per SCM, so that adding an SCM to a sweep keeps the others' cells).
 
     It includes the code version, JAX's numerics settings and the kind of device the cells
-    are computed on (``jax.default_backend()`` names; "cpu" adds nothing, so CPU keys stay
-    as they were), so cells computed by other code or under other numbers are never reused.
+    are computed on (``jax.default_backend()`` names; "cpu" adds nothing), so cells computed
+    by other code or under other numbers are never reused.
     """
-    def scm_id(name: str) -> Any:
-        src = sources[name]
-        if isinstance(src, FamilyConfig):
-            return dataclasses.asdict(src) | {"kind": src.kind.value}
-        return src.to_dict()
-
+    src = sources[scm]
+    scm_id = (dataclasses.asdict(src) | {"kind": src.kind.value}
+              if isinstance(src, FamilyConfig) else src.to_dict())
     blob = json.dumps({
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
-        "scms": {n: scm_id(n) for n in cfg.scms},
+        "scm": {scm: scm_id},
         "policy": policy.digest if policy else None,
         "code": code_version(), "numerics": numerics(),
     } | ({"device": device} if device != "cpu" else {}), sort_keys=True, default=str)

@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable
 
 from causal_grpo import io
+from causal_grpo.jaxcache import carry_numerics
 from causal_grpo.results import claim_output_dir, record_run
 from causal_grpo.sweep import (CellStore, PolicyHandle, SweepConfig, plan_batches, run_batch,
                                sweep_digest)
@@ -19,9 +20,12 @@ def in_process(todo: list, cfg: SweepConfig, policy: PolicyHandle | None, source
     Python, and Ctrl-C, which only the main thread receives, waited for its end. On the
     interrupt the job exits and the batch's work is dropped (finished cells are on disk)."""
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="phase2-batch")
+    # JAX's context managers (a `with jax.default_matmul_precision(...)` around the call) are
+    # thread-local: carried over, so that the batches compute what their cell key records.
+    run = carry_numerics(run_batch)
     try:
         for b in todo:
-            future = pool.submit(run_batch, b, cfg, policy, sources)
+            future = pool.submit(run, b, cfg, policy, sources)
             while True:
                 try:
                     arrays = future.result(timeout=0.1)
@@ -64,10 +68,12 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
     if settings is not None:
         claim_output_dir(output_dir, settings)
     io.drop_stale_partials(output_dir)          # tables a killed run was writing
-    store = CellStore(os.path.join(output_dir, "cells"), sweep_digest(
-        cfg, policy, sources, cell_device(num_workers, gpus_per_worker)))
+    device = cell_device(num_workers, gpus_per_worker)
+    stores = {scm: CellStore(os.path.join(output_dir, "cells"),
+                             sweep_digest(cfg, policy, sources, scm, device))
+              for scm in cfg.scms}
     batches = plan_batches(cfg)
-    stored = ((b, store.load(b)) for b in batches)
+    stored = ((b, stores[b.scm].load(b)) for b in batches)
     results = {b: arrays for b, arrays in stored if arrays is not None}
     todo = [b for b in batches if b not in results]
     pool = None
@@ -101,7 +107,7 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
                         in_process(todo, cfg, policy, sources))
             for b, arrays in finished:
                 results[b] = arrays
-                store.save(b, arrays)
+                stores[b.scm].save(b, arrays)
                 bar.update(1)
                 if progress and not bar_on:          # a log, not a terminal: plain lines
                     print(f"phase 2: {len(results)}/{len(batches)} batches "

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import causal_grpo.sweep as sweep
@@ -334,7 +335,7 @@ def test_a_resumed_sweep_shows_the_scms_already_done_before_computing(tmp_path, 
     cfg = sweep.SweepConfig(("chain3", "easy"), (Method.RANDOM,), 2, EpisodeConfig(5, 2),
                             batch_size=1)
     sources = {n: resolve_scm(n) for n in cfg.scms}
-    store = sweep.CellStore(str(tmp_path / "cells"), sweep.sweep_digest(cfg, None, sources))
+    store = sweep.CellStore(str(tmp_path / "cells"), sweep.sweep_digest(cfg, None, sources, "easy"))
     easy_last = store.path(sweep.Batch("easy", Method.RANDOM, (1,)))
     calls = []
 
@@ -375,3 +376,46 @@ def test_the_policy_is_known_by_its_content_not_its_path(tmp_path, computed, cap
     line = refused(argv + ["--grpo-checkpoint", str(here)], capsys)
     assert "holds a run with other settings (grpo_policy differ)" in line
     assert len(computed) == 1
+
+
+def test_adding_an_scm_keeps_the_other_scms_cells(tmp_path, computed):
+    """The cells' key covered every SCM of the sweep: one SCM more (an evaluation's --scms
+    grown by one) recomputed all the others."""
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.scm_families import resolve_scm
+
+    def run(*scms):
+        cfg = sweep.SweepConfig(scms, (Method.RANDOM,), 2, EpisodeConfig(5, 2), batch_size=2)
+        return rs.run_sweep(cfg, {n: resolve_scm(n) for n in scms}, None, str(tmp_path),
+                            progress=False)
+
+    first = run("chain3")
+    assert [b.scm for b in computed] == ["chain3"]
+    both = run("chain3", "easy")
+    assert [b.scm for b in computed] == ["chain3", "easy"]    # only easy was computed
+    (b,) = first
+    for k, v in first[b].items():
+        np.testing.assert_array_equal(both[b][k], v)
+
+
+def test_a_sweep_computes_under_the_callers_jax_numerics(tmp_path, monkeypatch):
+    """JAX's context managers are thread-local: a sweep called inside one ran its batches (on a
+    thread of their own) under the defaults, stored under a key that recorded the setting."""
+    import jax
+
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.jaxcache import numerics
+    from causal_grpo.scm_families import resolve_scm
+
+    seen = []
+
+    def recording(batch, *a, **k):
+        seen.append(numerics()["default_matmul_precision"])
+        return sweep.run_batch(batch, *a, **k)
+
+    monkeypatch.setattr(rs, "run_batch", recording)
+    cfg = sweep.SweepConfig(("chain3",), (Method.RANDOM,), 1, EpisodeConfig(5, 1), batch_size=1)
+    with jax.default_matmul_precision("highest"):
+        rs.run_sweep(cfg, {"chain3": resolve_scm("chain3")}, None, str(tmp_path),
+                     progress=False)
+    assert seen == ["highest"]

@@ -180,11 +180,11 @@ def test_cells_under_other_numerics_are_not_reused(monkeypatch):
     """JAX's PRNG implementation or precision changes a cell's numbers: the cache key has it."""
     cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
     sources = {"er4": resolve_scm("er4")}
-    before = sweep.sweep_digest(cfg, None, sources)
-    assert sweep.sweep_digest(cfg, None, sources) == before
+    before = sweep.sweep_digest(cfg, None, sources, "er4")
+    assert sweep.sweep_digest(cfg, None, sources, "er4") == before
     now = sweep.numerics()
     monkeypatch.setattr(sweep, "numerics", lambda: {**now, "default_prng_impl": "rbg"})
-    assert sweep.sweep_digest(cfg, None, sources) != before
+    assert sweep.sweep_digest(cfg, None, sources, "er4") != before
 
 
 def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
@@ -194,6 +194,6 @@ def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
     cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
     sources = {"er4": resolve_scm("er4")}
     assert [cell_device(*a) for a in ((2, 0.0), (2, 0.25), (0, 0.0))] == ["cpu", "gpu", "cpu"]
-    cpu = sweep.sweep_digest(cfg, None, sources)
-    assert sweep.sweep_digest(cfg, None, sources, cell_device(2, 0.0)) == cpu
-    assert sweep.sweep_digest(cfg, None, sources, cell_device(2, 0.5)) != cpu
+    cpu = sweep.sweep_digest(cfg, None, sources, "er4")
+    assert sweep.sweep_digest(cfg, None, sources, "er4", cell_device(2, 0.0)) == cpu
+    assert sweep.sweep_digest(cfg, None, sources, "er4", cell_device(2, 0.5)) != cpu
