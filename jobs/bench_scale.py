@@ -71,7 +71,7 @@ def _decision_ms(post, d: int, keys, scms, buffer, probs, reps: int = 3) -> dict
     n = keys.shape[0]
     out = {}
     for name, select in (
-            ("grpo", make_policy_selector(pcfg.policy, lookahead_draws="auto")),
+            ("grpo", make_policy_selector(pcfg.policy, False, "auto", post)),
             ("plugin", make_plugin_selector(make_analytic_surrogate(post, d),
                                             resolve_lookahead_draws("auto", d)))):
         run = jax.jit(jax.vmap(select, in_axes=(0, 0, None)))
@@ -94,9 +94,9 @@ _NOT_SETTINGS = ("cmd", "out", "families", "dims")
 def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: object = None
                     ) -> str:
     """What a row's numbers depend on: every argument but ``not_settings``, ``extra`` (e.g. a
-    policy's digest), the library's code version and the benchmark's own code (this module,
+    policy's digest), the library's code (all of it) and the benchmark's own code (this module,
     GIES, the shared helpers)."""
-    from causal_grpo.version import code_version
+    from causal_grpo.version import code_version, library_id
 
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
@@ -104,10 +104,23 @@ def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: 
         with open(os.path.join(here, name), "rb") as f:
             files[name] = hashlib.sha256(f.read()).hexdigest()
     settings = {k: v for k, v in vars(args).items() if k not in not_settings}
-    blob = json.dumps({"settings": settings, "code": code_version(), "files": files,
+    # code_version() keys cells; the rows also depend on the tables' statistics (results.py)
+    # and, with --decisions, the policy network: every library module counts.
+    blob = json.dumps({"settings": settings, "code": code_version(), "library": library_id(),
+                       "files": files,
                        **({"extra": extra} if extra is not None else {})},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def printable(line: Callable[[dict], str], row: Any) -> bool:
+    """Whether a kept ``row`` has every column its progress ``line`` prints (a hand-damaged
+    row is measured again, not a KeyError)."""
+    try:
+        line(row)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def kept(path: str | None, valid: Callable[[Any], bool]) -> Any:
@@ -177,7 +190,7 @@ def bench_scale(args) -> pd.DataFrame:
     for family in args.families:
         for d in args.dims:
             path = os.path.join(store, f"{family}{d}-{digest}.json") if store else None
-            row = kept(path, lambda r: isinstance(r, dict) and "s_per_run" in r)
+            row = kept(path, lambda r: printable(lambda x: _progress(x, stored=True), r))
             if row is not None:
                 rows.append(row)
                 print(_progress(row, stored=True), flush=True)

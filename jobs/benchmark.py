@@ -53,6 +53,10 @@ def _gies_fit(values, intervened, pooled: bool = False):
     return (est != 0).astype(int)
 
 
+GIES_COLUMNS = frozenset({"d", "interventions", "seeds", "gies_seconds_per_fit"} | {
+    f"{side}_{m}{ci}" for side in ("ours", "gies") for m in ("f1", "shd") for ci in ("", "_ci95")})
+
+
 def _gies_line(row: dict) -> str:
     return (f"d={row['d']:2d} T={row['interventions']:3d}  exact-posterior F1 "
             f"{row['ours_f1']:.3f} SHD {row['ours_shd']:5.2f}   GIES F1 {row['gies_f1']:.3f} "
@@ -87,7 +91,7 @@ def bench_gies(args) -> "pd.DataFrame":
         for budget in args.budgets:
             path = store and os.path.join(store, settings_digest(
                 args, ("cmd", "out", "d", "budgets"), {"d": d, "budget": budget}) + ".json")
-            row = kept(path, lambda r: isinstance(r, dict) and "gies_f1" in r)
+            row = kept(path, lambda r: isinstance(r, dict) and set(r) == GIES_COLUMNS)
             if row is not None:
                 rows.append(row)
                 print(_gies_line(row) + "  (kept)", flush=True)
@@ -479,8 +483,8 @@ def _surrogate(text: str) -> str:
 
 
 def _check_memory(args) -> None:
-    """gies, phase2 and (unless --batch-size) ceiling run all seeds of a graph in one vmapped
-    batch."""
+    """gies, phase2, scale and (unless --batch-size) ceiling run all seeds of a graph in one
+    vmapped batch."""
     if args.cmd == "phase2":    # one batch per surrogate, each with its own seeds
         from causal_grpo import surrogate_bayes
         from causal_grpo.scm_families import resolve_scm
@@ -498,7 +502,10 @@ def _check_memory(args) -> None:
                 surrogate_bayes.check_fits(surrogate_bayes.AnalyticConfig(), d, seeds)
         return
     steps = max(getattr(args, "budgets", None) or [args.n_interventions])
-    d = max(getattr(args, "d", None) or [2])
+    d = max(getattr(args, "d", None) or getattr(args, "dims", None) or [2])
+    if args.cmd == "gies":     # all seeds' posteriors at once (scale checks its own)
+        from causal_grpo import surrogate_bayes
+        surrogate_bayes.check_fits(surrogate_bayes.AnalyticConfig(), d, args.seeds)
     need = phase2_memory_bytes(d, args.seeds, args.n_observational, steps, args.seeds)
     refuse_oversized(need, {"--seeds": (args.seeds, 30), "--n-observational": (args.n_observational, 30),
                             "--n-interventions" if hasattr(args, "n_interventions") else "--budgets":
@@ -516,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                             "tables (a rerun would take it for another job's file); write it "
                             "elsewhere")
         io.check_output_file(args.out, "--out")
-    if args.cmd in ("gies", "phase2", "ceiling"):
+    if args.cmd in ("gies", "phase2", "ceiling", "scale"):
         _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
     # Subcommand -> (module, function); the heavy modules are imported only when chosen.

@@ -47,12 +47,15 @@ def test_scale_table_has_our_row_and_both_gies_variants(capsys, tmp_path, monkey
     assert _table(printed) == [row] and open(out, "rb").read() == before
     assert os.stat(os.path.join(out + ".rows", kept)).st_mtime_ns == mtime
 
-    # An unreadable row is measured again (the same numbers: same seeds, same program).
-    with open(os.path.join(out + ".rows", kept), "w") as f:
-        f.write("{")
-    assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
-    # (twice: the exact episodes, then the same episodes under MCMC)
-    assert measured == [5, 5] and "(stored)" not in capsys.readouterr().out
+    # An unreadable row, or one without its columns (was a KeyError), is measured again (the
+    # same numbers: same seeds, same program).
+    for damaged in ("{", '{"s_per_run": 1.0}'):
+        measured.clear()
+        with open(os.path.join(out + ".rows", kept), "w") as f:
+            f.write(damaged)
+        assert benchmark.main(ARGS + ["--dims", "5", "--out", out]) == 0
+        # (twice: the exact episodes, then the same episodes under MCMC)
+        assert measured == [5, 5] and "(stored)" not in capsys.readouterr().out
     again = pd.read_csv(out)
     for col in ("ours_f1", "ours_shd", "gies_f1", "gies_shd", "gies_pooled_f1", "mcmc_mae"):
         assert again[col].tolist() == first[col].tolist(), col
@@ -139,4 +142,9 @@ def test_gies_keeps_each_finished_row_and_a_rerun_measures_only_the_rest(capsys,
     assert benchmark.main(args) == 0
     printed = capsys.readouterr().out
     assert len(fits) == 6 and printed.count("(kept)") == 1
+    pd.testing.assert_frame_equal(pd.read_csv(out).drop(columns="gies_seconds_per_fit"), first)
+    with open(os.path.join(out + ".rows", newest), "w") as f:     # a row without its columns
+        f.write('{"gies_f1": 0.5}')
+    assert benchmark.main(args) == 0                                # (was a KeyError)
+    assert len(fits) == 8
     pd.testing.assert_frame_equal(pd.read_csv(out).drop(columns="gies_seconds_per_fit"), first)
