@@ -195,7 +195,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
 
     from causal_grpo import io
     from causal_grpo import surrogate_bayes as B
-    from causal_grpo.active_learning import (EpisodeConfig, Method, make_batch_runner,
+    from causal_grpo.active_learning import (Method, make_batch_runner,
                                              make_expected_gain_selector,
                                              make_plugin_gain_selector, make_reference_runner,
                                              method_id)
@@ -208,12 +208,18 @@ def bench_ceiling(args) -> "pd.DataFrame":
         from causal_grpo.checkpoint import load_grpo_policy
         from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
-    cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
+    from causal_grpo.surrogate import SurrogateConfig
+    from jobs.two_phase_training import episode_config
     batch = min(args.batch_size or args.seeds, args.seeds)
     exact_max = B.AnalyticConfig().exact_max_d
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}
+    # Each SCM's episode as the Phase-2 sweep runs it (dense<d>: its protocol's observational
+    # samples and every parent set scored), so that the rows are the sweep's cells.
+    episodes = {name: episode_config({name: src}, args.n_observational, args.n_interventions,
+                                     SurrogateConfig())
+                for name, src in sources.items()}
     # From the source, not a drawn SCM: drawing one of er100000000 never returns.
     dims = {name: src.padded if isinstance(src, FamilyConfig) else src.d
             for name, src in sources.items()}
@@ -233,7 +239,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
             # The oracle's 2d x draws exact updates per decision, vmapped: measured at 16 draws
             # (peak RSS, 4 to 16 seeds) 1.1 GB plus 0.11 GB per seed at d = 10 and 0.37 at
             # d = 12, 0.36 and 0.29 of what posterior_bytes counts for them.
-            analytic = cfg.surrogate.analytic or B.AnalyticConfig()
+            analytic = episodes[name].surrogate.analytic or B.AnalyticConfig()
             need = int(1.1e9 + 0.4 * B.posterior_bytes(analytic, d, 2 * d * args.draws * batch))
         if need > io.available_memory_bytes():
             raise UserError(
@@ -260,6 +266,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                       f"{r['f1_auc']:.3f}  delta {r['delta']:+.3f}  p {r['p']:.2g}  (kept)",
                       flush=True)
             continue
+        cfg = episodes[name]
         builtin = make_batch_runner(cfg, d)
 
         def reference(i):
@@ -445,7 +452,8 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--grpo-checkpoint", default=None)
     c.add_argument("--seeds", type=positive_int("--seeds"), default=30)
     c.add_argument("--draws", type=positive_int("--draws"), default=16)
-    c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    c.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=None,
+                   help="default: the family's protocol (dense<d>: 50), else 30")
     c.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
     c.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
     c.add_argument("--batch-size", type=positive_int("--batch-size"), default=None,
@@ -506,8 +514,9 @@ def _check_memory(args) -> None:
     if args.cmd == "gies":     # all seeds' posteriors at once (scale checks its own)
         from causal_grpo import surrogate_bayes
         surrogate_bayes.check_fits(surrogate_bayes.AnalyticConfig(), d, args.seeds)
-    need = phase2_memory_bytes(d, args.seeds, args.n_observational, steps, args.seeds)
-    refuse_oversized(need, {"--seeds": (args.seeds, 30), "--n-observational": (args.n_observational, 30),
+    n_obs = args.n_observational or 50      # ceiling without the flag: at most a protocol's 50
+    need = phase2_memory_bytes(d, args.seeds, n_obs, steps, args.seeds)
+    refuse_oversized(need, {"--seeds": (args.seeds, 30), "--n-observational": (n_obs, 30),
                             "--n-interventions" if hasattr(args, "n_interventions") else "--budgets":
                             (steps, 50)}, f"{args.seeds} seeds x {steps + 1} steps")
 

@@ -227,6 +227,27 @@ def test_ceiling_runs_on_the_sweeps_cells_of_its_base_seed(tmp_path, monkeypatch
         assert ceiling[m] == pytest.approx(auc[m], abs=1e-6)
 
 
+def test_ceiling_runs_each_scm_in_its_sweeps_episode(monkeypatch):
+    """dense<d> ran 30 observational samples and the default in-degree, not its protocol's 50
+    and every parent set: not the sweep's cells the docstring promised."""
+    from causal_grpo import active_learning
+
+    class Seen(Exception):
+        pass
+
+    def seen(cfg, d, *args):
+        raise Seen(cfg)
+
+    monkeypatch.setattr(active_learning, "make_batch_runner", seen)
+    for scm, n_obs, indegree, flags in (("dense8", 50, 7, []), ("er6", 30, None, []),
+                                        ("dense8", 20, 7, ["--n-observational", "20"])):
+        with pytest.raises(Seen) as e:
+            benchmark.main(["ceiling", "--scms", scm, "--seeds", "1", "--draws", "1", *flags])
+        cfg = e.value.args[0]
+        assert cfg.n_observational == n_obs and cfg.n_interventions == 10
+        assert getattr(cfg.surrogate.analytic, "max_indegree", None) == indegree
+
+
 def test_posterior_benchmark_writes_its_table_and_refuses_sizes_without_the_exact_dp(tmp_path):
     out = tmp_path / "post.csv"
     r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "posterior", "--d", "4,6",
