@@ -148,3 +148,21 @@ def test_a_local_ray_counts_the_cpus_ray_detects_not_the_hosts(monkeypatch):
         assert ray.cluster_resources()["CPU"] == detected
     finally:
         ray.shutdown()
+
+
+def test_the_ray_benchmark_refuses_too_many_workers_before_measuring(tmp_path):
+    """It found out inside the pool, after the in-process and smaller measurements (minutes),
+    and named --num-workers, a flag it does not have."""
+    import subprocess
+    import sys
+    import time
+
+    from test_ray_jobs import ENV, ROOT
+
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "jobs.benchmark", "ray", "--workers", "0,1000",
+                        "--seconds", "30"], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "--workers 1000 needs 1000 CPUs" in lines[0] and time.time() - t0 < 60
