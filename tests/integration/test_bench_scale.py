@@ -142,6 +142,8 @@ def test_gies_keeps_each_finished_row_and_a_rerun_measures_only_the_rest(capsys,
     assert benchmark.main(args) == 0
     printed = capsys.readouterr().out
     assert len(fits) == 6 and printed.count("(kept)") == 1
+    # Which posterior the table's columns are (order MCMC above 16 variables; it said "exact").
+    assert "posterior: d = 5: exact DP over orders" in printed
     pd.testing.assert_frame_equal(pd.read_csv(out).drop(columns="gies_seconds_per_fit"), first)
     with open(os.path.join(out + ".rows", newest), "w") as f:     # a row without its columns
         f.write('{"gies_f1": 0.5}')
