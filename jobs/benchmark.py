@@ -150,8 +150,14 @@ def bench_phase2(args) -> "pd.DataFrame":
     from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
     from causal_grpo.sweep import cell_batch
 
+    from causal_grpo.jaxcache import cache_dir
+
     rows = []
     spec = resolve_scm(args.scm)
+    cache = cache_dir()
+    print(f"compilation cache: {cache or 'off'} (a compile it holds is a load: "
+          "CAUSAL_GRPO_JAX_CACHE=off times cold compiles); peak RSS: this process's so far",
+          flush=True)
     for kind in args.surrogates:
         seeds = args.seeds if kind == "analytic" else args.neural_seeds
         cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions,
@@ -170,6 +176,7 @@ def bench_phase2(args) -> "pd.DataFrame":
         best = min(times)
         row = {"scm": spec.name, "surrogate": kind, "seeds_vmapped": seeds,
                "steps": args.n_interventions, "compile_s": compile_s,
+               "compilation_cache": cache is not None,
                "runs_per_s": seeds / best, "ms_per_run": 1000 * best / seeds,
                "posteriors_per_s": seeds * (args.n_interventions + 1) / best,
                "peak_rss_mb": _peak_rss_mb()}
