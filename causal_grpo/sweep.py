@@ -180,7 +180,8 @@ def check_program_memory(executable: Any, what: str, share: int = 1,
         has = io.format_bytes(shared if need <= available else available)
         raise UserError(f"{what} would need about {io.format_bytes(need)} of memory{each} "
                         f"and this machine has {has} available; lower "
-                        f"--batch-size{' or --num-workers' if share > 1 else ''}")
+                        f"--batch-size{' or --num-workers' if share > 1 else ''} (a batch "
+                        "size of its own needs an output directory of its own)")
     return int(need)
 
 
