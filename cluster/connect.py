@@ -158,14 +158,16 @@ def check_gpus_per_worker(gpus_per_worker: float) -> None:
         raise UserError(f"--gpus-per-worker above 1 must be a whole number, got {gpus_per_worker}")
 
 
-def check_resources(gpus_per_worker: float, num_workers: int) -> None:
-    """Fail with one line, rather than hang, when the cluster cannot host the workers."""
+def check_resources(gpus_per_worker: float, num_workers: int,
+                    flag: str = "--num-workers") -> None:
+    """Fail with one line, rather than hang, when the cluster cannot host the workers
+    (``flag``: the option that asked for them)."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
     if num_workers > cpus and not autoscaling():
-        raise UserError(f"--num-workers {num_workers} needs {num_workers} CPUs; the Ray cluster "
+        raise UserError(f"{flag} {num_workers} needs {num_workers} CPUs; the Ray cluster "
                         f"has {cpus:g}")
     if gpus_per_worker <= 0:
         return

@@ -34,13 +34,8 @@ def bench_ray(args) -> pd.DataFrame:
     started = connect() if any(args.workers) else False          # RAY_ADDRESS, else local
     try:
         if any(args.workers):      # before any measurement: the largest count must fit
-            import ray
-
-            from causal_grpo.errors import UserError
-            cpus = ray.cluster_resources().get("CPU", 0.0)
-            if max(args.workers) > cpus:
-                raise UserError(f"--workers {max(args.workers)} needs {max(args.workers)} CPUs; "
-                                f"the Ray cluster has {cpus:g}")
+            from cluster.connect import check_resources
+            check_resources(0.0, max(args.workers), "--workers")
         for workers in args.workers:
             t0 = time.time()
             if workers == 0:
