@@ -54,6 +54,16 @@ def numerics() -> dict[str, bool | str]:
             "threefry_partitionable": bool(c.jax_threefry_partitionable)}
 
 
+def build() -> dict[str, str]:
+    """What else decides a computation's last bits: the jax and jaxlib releases (their kernels
+    and lowering change between patch versions) and the XLA flags this process (and so each
+    CPU worker: ``cluster.connect.worker_env``) computes under. Part of every cell's key."""
+    import jax
+    import jaxlib
+    flags = sorted(set(os.environ.get("XLA_FLAGS", "").split()))
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "xla_flags": " ".join(flags)}
+
+
 def carry_numerics(fn: Callable) -> Callable:
     """``fn`` to run on another thread under this thread's :func:`numerics` settings (JAX's
     context managers set them for their own thread only)."""

@@ -29,7 +29,7 @@ from causal_grpo import io
 from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make_batch_runner,
                                          make_plugin_selector, method_id)
 from causal_grpo.errors import UserError
-from causal_grpo.jaxcache import numerics
+from causal_grpo.jaxcache import build, numerics
 from causal_grpo.policy import PolicyHandle, make_policy_selector, resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
@@ -283,9 +283,9 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
     """Content digest of everything that determines the numbers of ``scm``'s cells (their
     resume key; one per SCM, so that adding an SCM to a sweep keeps the others' cells).
 
-    It includes the code version, JAX's numerics settings and the kind of device the cells
-    are computed on (``jax.default_backend()`` names; "cpu" adds nothing), so cells computed
-    by other code or under other numbers are never reused.
+    It includes the code version, JAX's numerics settings, release and XLA flags and the kind
+    of device the cells are computed on (``jax.default_backend()`` names; "cpu" adds
+    nothing), so cells computed by other code or under other numbers are never reused.
     """
     src = sources[scm]
     scm_id = (dataclasses.asdict(src) | {"kind": src.kind.value}
@@ -294,7 +294,7 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
         "scm": {scm: scm_id},
         "policy": policy.digest if policy else None,
-        "code": code_version(), "numerics": numerics(),
+        "code": code_version(), "numerics": numerics(), "build": build(),
     } | ({"device": device} if device != "cpu" else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
