@@ -75,11 +75,17 @@ def _encode(x: Any) -> dict:
             "data": np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes()}
 
 
-def _versions() -> dict:
+def versions() -> dict:
+    """What computed a checkpoint: the libraries' releases and ``library``, the digest of this
+    project's code (:func:`causal_grpo.version.library_id`)."""
     import haiku
+    import jaxlib
     import optax
-    return {"jax": jax.__version__, "dm-haiku": haiku.__version__, "optax": optax.__version__,
-            "numpy": np.__version__, "causal_grpo_format": VERSION}
+
+    from causal_grpo.version import library_id
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "dm-haiku": haiku.__version__,
+            "optax": optax.__version__, "numpy": np.__version__, "causal_grpo_format": VERSION,
+            "library": library_id()}
 
 
 def _fsync(path: str) -> None:
@@ -106,7 +112,7 @@ def save_checkpoint(directory: str, params: Any, policy_cfg: PolicyConfig, train
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump({"format": FORMAT, "version": VERSION,
                        "architecture": dataclasses.asdict(policy_cfg), "training": training,
-                       "metrics": metrics, "versions": _versions()}, f, indent=2, sort_keys=True,
+                       "metrics": metrics, "versions": versions()}, f, indent=2, sort_keys=True,
                       default=str)
         if trainer_state is not None:
             np.savez(os.path.join(tmp, TRAINER_FILE), **trainer_state)

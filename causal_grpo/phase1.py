@@ -474,7 +474,7 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
 
     import pandas as pd
 
-    from causal_grpo.checkpoint import TRAINER_FILE, read_config
+    from causal_grpo.checkpoint import TRAINER_FILE, read_config, versions
     from causal_grpo.errors import UserError
 
     nothing = Resume(None, "", None, 0, [], 0.0)
@@ -540,8 +540,17 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
         except (OSError, ValueError, KeyError, TypeError, pd.errors.EmptyDataError) as e:
             raise UserError(f"{log_path} is unreadable ({type(e).__name__}); remove it to "
                             "resume (the log then starts at the resumed iteration)") from None
-    return Resume(None, f"resuming from {found[0]} (iteration {start})", state, start, rows,
-                  elapsed)
+    note = f"resuming from {found[0]} (iteration {start})"
+    # Other code or library releases go on from the checkpoint (refusing would throw the
+    # finished iterations away), but the log says so: the result is a run of neither.
+    there = stored.get("versions")          # ``existing`` is found[0] here
+    there = there if isinstance(there, dict) else {}
+    moved = [f"{k} {there.get(k, 'unrecorded')} there, {v} here"
+             for k, v in versions().items() if there.get(k) != v]
+    if moved:
+        note += ("; trained so far under other versions (" + "; ".join(moved) + "): the final "
+                 "policy is not what an uninterrupted run under either gives")
+    return Resume(None, note, state, start, rows, elapsed)
 
 
 def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = None,

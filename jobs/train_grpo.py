@@ -6,8 +6,8 @@ Each training episode reads the posterior's features or bootstrap ones, half and
 
 Writes ``DIR/step_0/`` (the untrained policy), ``DIR/step_<n>/`` every ``--checkpoint-every``
 iterations and ``DIR/final/`` (each with ``policy_params.pkl`` and ``config.json``), and
-``DIR/train_log.csv``. Rerunning the same command resumes from the newest checkpoint; a
-finished run is left as it is.
+``DIR/train_log.csv``. Rerunning the same command resumes from the newest checkpoint (and
+says so when the code or library releases changed since it); a finished run is left as it is.
 
 Every option is declared once, on the config field it sets (``causal_grpo.options``): the
 training options on ``Phase1Config`` and ``GRPOConfig``, the run's own on :class:`RunOptions`.

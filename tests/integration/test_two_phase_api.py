@@ -449,6 +449,29 @@ def test_a_refused_resume_names_the_values_that_differ_and_needs_the_settings(
         train(nothing_built, str(run))
 
 
+def test_a_resume_under_other_code_goes_on_and_says_so(trained, tmp_path, nothing_built):
+    """A checkpoint written by other code or library releases is resumed (refusing would throw
+    its iterations away), but the note names what moved; the same versions say nothing."""
+    import json
+
+    from causal_grpo import phase1 as P
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "final")
+    assert "versions" not in P.read_resume(nothing_built, str(run)).note
+    step = _newest_step(run) / "config.json"
+    cfg = json.loads(step.read_text())
+    assert cfg["versions"] == C.versions()
+    cfg["versions"]["library"] = "0123abcd"
+    del cfg["versions"]["jaxlib"]
+    step.write_text(json.dumps(cfg))
+    got = P.read_resume(nothing_built, str(run))
+    assert got.state is not None and got.start == int(step.parent.name[5:])
+    assert "library 0123abcd there" in got.note and "jaxlib unrecorded there" in got.note, got.note
+    assert "optax" not in got.note
+
+
 def _newest_step(run):
     return max((p for p in run.glob("step_*") if (p / C.TRAINER_FILE).exists()),
                key=lambda p: int(p.name[5:]))
