@@ -173,12 +173,13 @@ def share_gpu_with_workers(gpus_per_worker: float) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def check_address(address: str | None, num_workers: int) -> None:
-    """An ``--address`` is only used by Ray workers: refused with ``--num-workers 0`` (the job
-    would run in this process and ignore it)."""
-    if address and num_workers == 0:
-        raise UserError("--address needs --num-workers N >= 1: with 0 the job runs in this "
-                        "process, without Ray")
+def check_ray_flags(address: str | None, num_workers: int, gpus_per_worker: float = 0.0) -> None:
+    """``--address`` and ``--gpus-per-worker`` are only used by Ray workers: refused with
+    ``--num-workers 0`` (the job would run in this process and ignore them)."""
+    for flag, given in (("--address", address), ("--gpus-per-worker", gpus_per_worker)):
+        if given and num_workers == 0:
+            raise UserError(f"{flag} needs --num-workers N >= 1: with 0 the job runs in this "
+                            "process, without Ray")
 
 
 def comma_list(text: str) -> list[str]:

@@ -425,10 +425,10 @@ def bench_eval(args):
     from causal_grpo.errors import UserError
     from causal_grpo.scm_families import GraphKind, resolve_scm
 
-    from jobs._cli import check_address
+    from jobs._cli import check_ray_flags
 
     t0 = time.time()
-    check_address(args.address, args.num_workers)
+    check_ray_flags(args.address, args.num_workers, args.gpus_per_worker)
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
     sources = {name: resolve_scm(name) for name in args.scms}

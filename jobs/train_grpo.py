@@ -6,8 +6,10 @@ Each training episode reads the posterior's features or bootstrap ones, half and
 
 Writes ``DIR/step_0/`` (the untrained policy), ``DIR/step_<n>/`` every ``--checkpoint-every``
 iterations and ``DIR/final/`` (each with ``policy_params.pkl`` and ``config.json``), and
-``DIR/train_log.csv``. Rerunning the same command resumes from the newest checkpoint (and
-says so when the code or library releases changed since it); a finished run is left as it is.
+``DIR/train_log.csv``, one row per update: its ``iteration`` counts from 0, so row n - 1 holds
+the update the printed "iteration n" and ``step_<n>/`` end with (and the held-out check after
+it). Rerunning the same command resumes from the newest checkpoint (and says so when the
+code or library releases changed since it); a finished run is left as it is.
 
 Every option is declared once, on the config field it sets (``causal_grpo.options``): the
 training options on ``Phase1Config`` and ``GRPOConfig``, the run's own on :class:`RunOptions`.
@@ -22,7 +24,7 @@ import os
 
 from causal_grpo import options
 from causal_grpo.options import option
-from jobs._cli import (ArgumentParser, check_address, option_type, run_script,
+from jobs._cli import (ArgumentParser, check_ray_flags, option_type, run_script,
                        share_gpu_with_workers, user_errors_exit_2)
 
 PROG = "train_grpo"
@@ -78,9 +80,9 @@ def config_from_args(args: argparse.Namespace):
     run = RunOptions(**{dest: given[dest] for dest, path, _, _ in _declared()
                         if path is None and dest in given})
     from cluster.connect import check_gpus_per_worker
-    check_gpus_per_worker(run.gpus_per_worker)   # before training, with or without workers
+    check_gpus_per_worker(run.gpus_per_worker)
+    check_ray_flags(run.address, run.num_workers, run.gpus_per_worker)
     share_gpu_with_workers(run.gpus_per_worker)
-    check_address(run.address, run.num_workers)
     values = {path: given[dest] for dest, path, _, _ in _declared()
               if path is not None and dest in given}
     cfg = with_family_protocol(options.with_values(Phase1Config(), values), run.max_variables,

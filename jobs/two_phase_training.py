@@ -28,7 +28,7 @@ import dataclasses
 import os
 import sys
 
-from jobs._cli import (ArgumentParser, check_address, comma_list, fail, gpus_per_worker,
+from jobs._cli import (ArgumentParser, check_ray_flags, comma_list, fail, gpus_per_worker,
                        lookahead_draws, phase2_memory_bytes, positive_float, positive_int,
                        refuse_oversized, run_script, seed_int, user_errors_exit_2)
 
@@ -207,7 +207,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
     main job does this before Phase 1 writes the checkpoint named by ``--grpo-checkpoint``.
     """
     args = build_parser().parse_args(argv)
-    check_address(args.address, args.num_workers)
+    check_ray_flags(args.address, args.num_workers, args.gpus_per_worker)
     methods = resolve_methods(args)
     check_memory(args, len(args.scm_type), methods, 2,
                  args.n_observational or max(N_OBSERVATIONAL, 50),

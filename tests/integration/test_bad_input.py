@@ -280,16 +280,21 @@ def test_malformed_ray_addresses(address):
         _check_reachable(address)
 
 
-def test_an_address_without_ray_workers(capsys, tmp_path):
-    """With --num-workers 0 every job ran in-process and ignored --address without a word."""
+@pytest.mark.parametrize("flag, value", [("--address", "127.0.0.1:1"),
+                                         ("--gpus-per-worker", "0.5")])
+def test_ray_flags_without_ray_workers(capsys, tmp_path, flag, value):
+    """With --num-workers 0 every job ran in-process and ignored --address or
+    --gpus-per-worker without a word (``main`` has no --gpus-per-worker)."""
     from jobs import main as main_job, train_grpo
-    bad = ["--num-workers", "0", "--address", "127.0.0.1:1"]
+    bad = ["--num-workers", "0", flag, value]
     for main, args in ((two_phase_training.main, ["--scm-type", "easy", *bad]),
                        (train_grpo.main, bad),
                        (benchmark.main, ["eval", "--grpo-checkpoint", "policies/seed0", *bad]),
-                       (main_job.main, bad)):
+                       (main_job.main, bad if flag == "--address" else None)):
+        if args is None:
+            continue
         line = refused(capsys, tmp_path, *args, main=main)
-        assert "--address needs --num-workers N >= 1" in line, line
+        assert f"{flag} needs --num-workers N >= 1" in line, line
 
 
 def test_no_interventions(capsys, tmp_path):
