@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Main job: see README ("What `make main` does, prints and writes").
+# Main job: see README ("What `make main` does, prints and writes"). Its flags go in ARGS,
+# e.g. make main ARGS="--num-workers 1".
 main: $(STAMP)
-	$(PY) -m jobs.main
+	$(PY) -m jobs.main $(ARGS)
 
 # Test suite (CI runs exactly this). Two processes: compiling, which dominates the suite, uses
 # one core per process; the tests that start Ray run one after another in one of them

@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Sequence
 
-from jobs._cli import comma_list, gpus_per_worker, lookahead_draws, positive_int
+from jobs._cli import comma_list, gpus_per_worker, lookahead_draws, positive_int, seed_int
 
 # Never used in development (base seeds there: 0 to about 1,000,100 and from 1,000,003 on);
 # below 2^31, so it survives any signed 32-bit handling of a seed.
@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
                         "joins the tables of the dense<d> SCMs (not the paired claims)")
     e.add_argument("--scms", type=comma_list, default=list(EVAL_SCMS))
     e.add_argument("--seeds", type=positive_int("--seeds"), default=50)
-    e.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=EVAL_BASE_SEED,
+    e.add_argument("--base-seed", type=seed_int("--base-seed"), default=EVAL_BASE_SEED,
                    help="override only for validation runs (default: the evaluation's seeds)")
     e.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=AUC_STEPS)
     e.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",

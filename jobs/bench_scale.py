@@ -282,6 +282,7 @@ def _families(comma_list):
 
 
 def add_parser(sub, comma_list, positive_int, degree_range) -> None:
+    from jobs._cli import seed_int
     s = sub.add_parser("scale", help="posterior speed, memory and accuracy from d = 10 to 100")
 
     def ints(text: str) -> list[int]:
@@ -297,7 +298,7 @@ def add_parser(sub, comma_list, positive_int, degree_range) -> None:
     s.add_argument("--seeds", type=positive_int("--seeds"), default=10)
     s.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     s.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50)
-    s.add_argument("--base-seed", type=positive_int("--base-seed", 0), default=0)
+    s.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
     s.add_argument("--gies-seeds", type=positive_int("--gies-seeds", 0), default=10,
                    help="GIES fits per (family, d), on the first seeds")
     s.add_argument("--gies-max-d", type=positive_int("--gies-max-d", 0), default=100,

@@ -6,8 +6,9 @@
 1. ``jobs.train_grpo`` with its defaults into ``grpo_runs/default`` (skipped when its
    ``final/`` checkpoint exists; an interrupted run resumes from its newest checkpoint).
 2. ``jobs.two_phase_training --compare`` (random_active, grpo_active, grpo_bootstrap, plus
-   the uncertainty rule and the greedy plug-in chooser the policy starts from) on easy, medium, hard and held-out random ER graphs of 10 and 15
-   variables, 30 seeds, 30 observational samples + 50 interventions, into ``phase2_results``.
+   the uncertainty rule and the greedy plug-in chooser the policy starts from) on easy,
+   medium, hard and held-out random ER graphs of 10 and 15 variables, 30 seeds, 30
+   observational samples + 50 interventions, into ``phase2_results``.
 
 Both run on laptop-local Ray with ``--num-workers`` actors (default 2), or on the cluster named by
 ``--address`` / ``RAY_ADDRESS`` (as under ``ray job submit``).
@@ -27,11 +28,17 @@ PROG = "main"
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2)
-    p.add_argument("--address", default=None)
-    p.add_argument("--seeds", type=positive_int("--seeds"), default=30)
-    p.add_argument("--phase1-dir", default="grpo_runs/default")
-    p.add_argument("--output-dir", default="phase2_results")
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2,
+                   help="Ray actors of both phases (0 = in-process, without Ray; default 2)")
+    p.add_argument("--address", default=None,
+                   help="a Ray cluster (default: RAY_ADDRESS, else a local one)")
+    p.add_argument("--seeds", type=positive_int("--seeds"), default=30,
+                   help="Phase-2 seeds per SCM (default 30)")
+    p.add_argument("--phase1-dir", default="grpo_runs/default",
+                   help="Phase 1's checkpoints; a finished run there is reused "
+                        "(default grpo_runs/default)")
+    p.add_argument("--output-dir", default="phase2_results",
+                   help="Phase 2's tables, plots and cells (default phase2_results)")
     args = p.parse_args(argv)
     one, two = (os.path.join(os.path.realpath(d), "") for d in (args.phase1_dir, args.output_dir))
     if one.startswith(two) or two.startswith(one):

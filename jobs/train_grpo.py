@@ -60,9 +60,16 @@ def _declared():
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    from causal_grpo.scm_families import PROTOCOLS
+    # A family's protocol sets these unless they are given (phase1.with_family_protocol).
+    protocol = {dest: [f"{kind.value}: {getattr(p, field)}" for kind, p in PROTOCOLS.items()]
+                for dest, field in (("n_observational", "n_observational"),
+                                    ("steps_per_episode", "n_interventions"),
+                                    ("max_variables", "all_parent_sets_max_d"))}
     for dest, _, opt, default in _declared():
-        help_text = opt.help + ("" if default is None else
-                                f" (default {getattr(default, 'value', default)})")
+        shown = [] if default is None else [str(getattr(default, "value", default))]
+        shown += [f"--scm-family {v}" for v in protocol.get(dest, [])]
+        help_text = opt.help + (f" (default {'; '.join(shown)})" if shown else "")
         metavar = ("{" + ",".join(m.value for m in opt.type) + "}"
                    if issubclass(opt.type, enum.Enum) else opt.flag[2:].upper().replace("-", "_"))
         # None marks "not given": a family's protocol may then set the value.

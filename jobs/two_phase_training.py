@@ -60,8 +60,8 @@ def build_parser() -> ArgumentParser:
                         "oracle_active, observational, plugin_active, grpo_active, grpo_bootstrap")
     p.add_argument("--surrogate", choices=["analytic", "neural"], default="analytic")
     p.add_argument("--max-indegree", type=positive_int("--max-indegree"), default=None,
-                   help="largest parent set of the analytic posterior (k, default 4; any "
-                        "k <= d-1 where the exact DP runs, d <= 16)")
+                   help="largest parent set of the analytic posterior (k, default 4, dense<d>: "
+                        "d-1; any k <= d-1 where the exact DP runs, d <= 16)")
     p.add_argument("--score", choices=["bic", "bge"], default="bic",
                    help="local score of the analytic posterior")
     p.add_argument("--seeds", type=positive_int("--seeds"), default=10,

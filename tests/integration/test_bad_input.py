@@ -252,6 +252,16 @@ def test_prng_keeps_only_32_bits_of_a_seed():
     assert args.base_seed == 2**32 - 1
 
 
+@pytest.mark.parametrize("command", ["eval", "scale", "ceiling", "gies"])
+def test_every_benchmark_takes_the_sweeps_base_seeds(command):
+    """``benchmark eval`` and ``scale`` stopped at 2**31 - 1 where ``two_phase_training`` (whose
+    cells they share) takes every 32-bit seed."""
+    required = {"eval": ["--grpo-checkpoint", "policies/seed0", "--output-dir", "out"]}
+    args = benchmark.build_parser().parse_args(
+        [command, "--base-seed", str(2**32 - 1), *required.get(command, [])])
+    assert args.base_seed == 2**32 - 1
+
+
 def test_integer_of_5000_digits(capsys, tmp_path):
     line = refused(capsys, tmp_path, *BASE, "--seeds", "9" * 5000)
     assert "--seeds must be an integer" in line and len(line) < 200, line
