@@ -107,17 +107,22 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
         reg = cfg.l1 * probs.sum() / n_real + cfg.acyclicity * _acyclicity(probs)
         return nll + reg
 
-    def train(state: NeuralState, steps: int) -> NeuralState:
-        def one(carry, k):
+    def train(state: NeuralState, steps: int, taken: Array) -> NeuralState:
+        """``taken`` of the ``steps`` (static: the scan's length) Adam steps; the rest leave
+        the parameters as they are."""
+        def one(carry, xs):
+            i, k = xs
             params, opt_state = carry
             g = jax.grad(loss_fn)(params, k, state.values, state.intervened, state.valid,
                                   state.var_mask)
-            upd, opt_state = opt.update(g, opt_state, params)
-            return (optax.apply_updates(params, upd), opt_state), None
+            upd, new_opt = opt.update(g, opt_state, params)
+            new = (optax.apply_updates(params, upd), new_opt)
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(i < taken, a, b), new,
+                                          carry), None
 
         key, sub = jax.random.split(state.key)
         (params, opt_state), _ = jax.lax.scan(one, (state.params, state.opt_state),
-                                              jax.random.split(sub, steps))
+                                              (jnp.arange(steps), jax.random.split(sub, steps)))
         probs = jax.nn.sigmoid(params.theta) * _mask(state.var_mask)
         return state._replace(params=params, opt_state=opt_state, key=key, edge_probs=probs)
 
@@ -150,7 +155,9 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
             valid=state.valid.at[idx].set(True, mode="drop"),
             count=state.count + ok.sum().astype(jnp.int32),
         )
-        return train(state, cfg.steps_per_sample * r)
+        # Steps per sample stored, not per row given: a refit from a padded buffer (the
+        # choosers refit from obs.buffer) trains as the episode's own posterior did.
+        return train(state, cfg.steps_per_sample * r, cfg.steps_per_sample * ok.sum())
 
     return Surrogate(init=init, update=update, edge_probs=lambda s: s.edge_probs,
                      capacity=capacity)

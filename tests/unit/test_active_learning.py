@@ -295,3 +295,23 @@ def test_auto_draws_selector_acts_as_the_explicit_number():
     assert auto == eight and auto != one
     with pytest.raises(ValueError, match="'auto'"):
         make_policy_selector(cfg, lookahead_draws="many")
+
+
+def test_a_neural_refit_from_a_padded_buffer_trains_as_on_its_rows():
+    """The choosers refit the surrogate from the episode's whole (padded) buffer: it took
+    steps_per_sample Adam steps per buffer row, valid or not (1,600 for 30 samples in 80
+    rows), so their posterior was not the episode's and depended on the buffer's size."""
+    from causal_grpo.surrogate_neural import NeuralConfig
+    d, n, capacity = 4, 30, 80
+    cfg = SurrogateConfig(kind=SurrogateKind.NEURAL, neural=NeuralConfig(steps_per_sample=5))
+    sur = make_surrogate(cfg, d, capacity)
+    key, mask = jax.random.PRNGKey(1), jnp.ones(d, bool)
+    rows = sample_n(jax.random.PRNGKey(2), easy(), n)[:, :d]
+    pad = jnp.zeros((capacity - n, d))
+    on_rows = jax.jit(sur.update)(sur.init(key, mask), rows, jnp.zeros((n, d), bool),
+                                  jnp.ones(n, bool))
+    padded = jax.jit(sur.update)(sur.init(key, mask), jnp.concatenate([rows, pad]),
+                                 jnp.zeros((capacity, d), bool), jnp.arange(capacity) < n)
+    np.testing.assert_allclose(sur.edge_probs(padded), sur.edge_probs(on_rows), atol=1e-6)
+    moved = sur.edge_probs(on_rows) - sur.edge_probs(sur.init(key, mask))
+    assert float(jnp.abs(moved).max()) > 0.01
