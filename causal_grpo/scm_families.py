@@ -19,7 +19,7 @@ children) of a variable, so an ER graph on d variables has edge probability
 ``expected_degree / (d - 1)`` and about ``d * expected_degree / 2`` edges. A scale-free graph
 only approaches that (see :func:`_sf_adj`): every variable but its first has at least one
 parent and at most as many as come before it, so below degree 2 it is a tree (d - 1 edges) and
-at small d it has fewer edges (sf10 at the default degree 2-3: 11.1 on average, not 12.5).
+at small d it has fewer edges (sf10 at the default degree 2-3: 11.0 on average, not 12.5).
 """
 
 from __future__ import annotations

@@ -76,6 +76,11 @@ def plan_batches(cfg: SweepConfig) -> list[Batch]:
 
 
 def cell_root_key(base_seed: int, seed: int) -> Array:
+    """The key of cell ``seed``, the same for every SCM: random families of one size draw
+    their noise scales, weights and target from it alike (er10 and sf10 at one seed share
+    them; ``mixed<d>`` repeats a family's SCM when it picks that family), so rows of
+    different SCMs are not independent samples (Holm's correction holds under any
+    dependence). Keyed by the SCM too, every published cell would change."""
     return jax.random.fold_in(jax.random.PRNGKey(base_seed), seed)
 
 

@@ -228,14 +228,16 @@ def phase2_memory_bytes(d: int, batch: int, n_observational: int, n_intervention
 def refuse_oversized(needed: int, sizes: dict[str, tuple[int, int]], what: str) -> None:
     """Raise a one-line :class:`UserError` when ``needed`` bytes exceed the available memory.
 
-    sizes: flag -> (value, default); the flag furthest above its default is the one named.
+    sizes: flag -> (value, default) or (value, default, how to name it); the flag furthest
+    above its default is the one named.
     """
     from causal_grpo import io
 
     available = io.available_memory_bytes()
     if needed > available:
         flag = max(sizes, key=lambda f: sizes[f][0] / sizes[f][1])
-        raise UserError(f"{flag} {sizes[flag][0]} is too large: {what} would need about "
+        named = sizes[flag][2] if len(sizes[flag]) > 2 else f"{flag} {sizes[flag][0]}"
+        raise UserError(f"{named} is too large: {what} would need about "
                         f"{io.format_bytes(needed)} of memory and this machine has "
                         f"{io.format_bytes(available)} available")
 

@@ -121,6 +121,8 @@ def check_memory(args, n_scms: int, methods: list[str], d: int, n_obs: int, n_in
     sizes = {f"--{k.replace('_', '-')}": (v, defaults.get_default(k) or fallback.get(k))
              for k, v in (("seeds", args.seeds), ("n_interventions", n_int),
                           ("n_observational", n_obs), ("batch_size", batch))}
+    # The SCMs' size, against the largest of the README's sweeps.
+    sizes["--scm-type"] = (d, 100, f"--scm-type with {d} variables")
     refuse_oversized(need, sizes, f"{n_scms} SCM{'s' * (n_scms > 1)} x {len(methods)} method"
                                   f"{'s' * (len(methods) > 1)} x {args.seeds} seeds x "
                                   f"{n_int + 1} steps")

@@ -212,6 +212,12 @@ def test_sizes_beyond_memory(capsys, tmp_path, flag):
     assert "memory" in line
 
 
+def test_an_scm_beyond_memory_is_named(capsys, tmp_path):
+    """The SCM's size made the sweep too big; the refusal blamed --n-observational."""
+    line = refused(capsys, tmp_path, *BASE, "--scm-type", "er100000", "--surrogate", "neural")
+    assert "error: --scm-type with 100000 variables is too large" in line, line
+
+
 def test_memory_bound_follows_available_memory(capsys, tmp_path, monkeypatch):
     # 2 seeds x 6 steps x 1 kB of results fit in 100 kB; 200 seeds (1.2 MB) do not.
     monkeypatch.setattr(io, "available_memory_bytes", lambda: 100_000)
