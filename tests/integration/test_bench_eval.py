@@ -192,6 +192,30 @@ def test_pooled_max_holm_p_is_undefined_when_a_run_is():
     assert not row["holds_every_run"] and np.isnan(row["p_holm_max"])
 
 
+def test_a_claim_holds_by_holm_adjusted_p_below_005_not_by_raw_p():
+    """Two SCMs whose trained-minus-reference differences have raw one-sided p 0.036 and
+    0.047: Holm makes both 0.071, so neither holds (the README's ✓), though each is < 0.05."""
+    from causal_grpo.results import paired_p
+    seeds = range(8)
+    noise = np.array([1, -1, 2, -2, 0.5, -0.5, 1.5, -1.5]) * 0.01
+    gain = {"a": 0.011, "b": 0.010}
+    rows = [(scm, m, -1, s, 0.3) for scm in gain for m in bench_eval.REFERENCES for s in seeds]
+    rows += [(scm, bench_eval.UNTRAINED, 0, s, 0.3) for scm in gain for s in seeds]
+    rows += [(scm, bench_eval.TRAINED, 0, s, 0.3 + g + noise[s])
+             for scm, g in gain.items() for s in seeds]
+    auc = pd.DataFrame(rows, columns=["scm", "method", "run", "seed", "f1_auc"])
+    cost = dict.fromkeys(auc[["scm", "method", "run"]].drop_duplicates().itertuples(
+        index=False, name=None), 0)
+    paired, pooled = bench_eval.paired_tables(auc, list(gain), 1, cost)
+    raw = {scm: paired_p(g + noise) for scm, g in gain.items()}
+    assert 0.025 < min(raw.values()) and max(raw.values()) < 0.05, raw
+    random = paired[paired.reference == "random_active"].set_index("scm")
+    np.testing.assert_allclose(random["p"], [raw["a"], raw["b"]])
+    np.testing.assert_allclose(random["p_holm"], [2 * raw["a"]] * 2)   # Holm, by hand
+    assert not random["holds"].any() and not pooled["holds_every_run"].any()
+    assert (paired["holds"] == (paired["p_holm"] < 0.05)).all()
+
+
 def test_eval_refuses_a_run_without_step_0(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = PolicyConfig(hidden=16, layers=1, heads=2)

@@ -213,3 +213,22 @@ def test_cells_under_another_jax_release_or_xla_flags_are_not_reused(monkeypatch
     monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")
     monkeypatch.setattr(sweep.jax, "__version__", sweep.jax.__version__ + ".post1")
     assert sweep.sweep_digest(cfg, None, sources, "er4") != before
+
+
+def test_a_cells_numbers_depend_on_its_seed_not_its_place_in_a_batch():
+    """Seeds 2 and 3 as a batch of their own, and seed 2 padded to it, are the cells seeds 2
+    and 3 have in a batch of 0..3 (to the batch size's last bits): a batch keyed by position
+    would repeat seeds 0 and 1 and inflate every paired test's n."""
+    def cells(seeds, batch_size):
+        cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=4,
+                                episode=EPISODE, base_seed=11, batch_size=batch_size)
+        return sweep.run_batch(sweep.Batch("er4", Method.RANDOM, seeds), cfg)
+
+    whole, pair, single = cells((0, 1, 2, 3), 4), cells((2, 3), 2), cells((2,), 2)
+    assert pair["seed"].tolist() == [2, 3] and single["seed"].tolist() == [2]
+    for got, rows in ((pair, [2, 3]), (single, [2])):
+        np.testing.assert_array_equal(got["true_adj"], whole["true_adj"][rows])
+        np.testing.assert_allclose(got["final_probs"], whole["final_probs"][rows], atol=1e-4)
+        np.testing.assert_allclose(got["f1"], whole["f1"][rows], atol=1e-4)
+    assert not np.array_equal(whole["true_adj"][0], whole["true_adj"][2]) or not np.allclose(
+        whole["final_probs"][0], whole["final_probs"][2])
