@@ -353,6 +353,14 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
     with pytest.raises(KeyboardInterrupt):
         P.run_training(cfg, str(tmp_path), collect_fn=killed_at_the_third, log=lambda s: None)
     P.run_training(cfg, str(tmp_path), log=lambda s: None)
+    # The resumed run went on from the checkpoint's parameters and optimiser state: it ends
+    # where an uninterrupted run ends, bit for bit.
+    whole = tmp_path.parent / f"{tmp_path.name}_uninterrupted"
+    P.run_training(cfg, str(whole), log=lambda s: None)
+    resumed = C.load_grpo_policy(str(tmp_path / "final")).params
+    for got, want in zip(jax.tree_util.tree_leaves(resumed),
+                         jax.tree_util.tree_leaves(C.load_grpo_policy(str(whole / "final")).params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     rows = pd.read_csv(tmp_path / "train_log.csv")
     assert rows["iteration"].tolist() == list(range(cfg.iterations))
     assert rows["elapsed_s"].is_monotonic_increasing
