@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -357,9 +358,10 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
     # where an uninterrupted run ends, bit for bit.
     whole = tmp_path.parent / f"{tmp_path.name}_uninterrupted"
     P.run_training(cfg, str(whole), log=lambda s: None)
-    resumed = C.load_grpo_policy(str(tmp_path / "final")).params
+    resumed, uninterrupted = (C.load_grpo_policy(str(d / "final")).params
+                              for d in (tmp_path, whole))
     for got, want in zip(jax.tree_util.tree_leaves(resumed),
-                         jax.tree_util.tree_leaves(C.load_grpo_policy(str(whole / "final")).params)):
+                         jax.tree_util.tree_leaves(uninterrupted)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     rows = pd.read_csv(tmp_path / "train_log.csv")
     assert rows["iteration"].tolist() == list(range(cfg.iterations))
@@ -367,6 +369,24 @@ def test_a_killed_and_resumed_training_keeps_one_log_row_per_iteration(trained, 
     checked = rows.loc[rows["eval_f1_auc_policy"].notna(), "iteration"].tolist()
     assert checked == [0] + [i for i in range(1, cfg.iterations)
                              if (i + 1) % 2 == 0 or i + 1 == cfg.iterations], checked
+
+
+def test_a_non_finite_reward_stops_training_before_it_is_trained_on(trained, tmp_path):
+    """The guard the lessons ask for: a NaN reward stops the run at that iteration with its
+    name, and no checkpoint after the untrained one holds what it would have trained."""
+    from causal_grpo import phase1 as P
+
+    _, cfg = train_grpo.config_from_args(train_grpo.build_parser().parse_args(
+        TRAIN_ARGS + ["--output-dir", str(tmp_path)]))
+    trainer = P.Trainer(cfg)
+
+    def nan_rewards(stage, params, keys):
+        batch, stats = trainer._collect_local(stage, params, keys)
+        return batch, stats | {"reward": jnp.float32(np.nan)}
+
+    with pytest.raises(FloatingPointError, match="non-finite reward at iteration 0"):
+        P.run_training(cfg, str(tmp_path), collect_fn=nan_rewards, log=lambda s: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0"]
 
 
 @pytest.fixture

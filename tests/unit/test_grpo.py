@@ -101,6 +101,10 @@ def test_rewards_depend_on_the_outcome():
     assert rs.shape == (4, 8)
     assert np.ptp(rs, axis=1).max() > 0           # different outcomes, different rewards
     np.testing.assert_allclose(np.asarray(data.rewards), rs)   # target weight 0 by default
+    # The advantages trained on are each group's normalised rewards.
+    np.testing.assert_allclose(np.asarray(data.batch.advantages),
+                               np.asarray(jax.vmap(grpo.group_advantages)(data.rewards)),
+                               rtol=1e-5, atol=1e-6)
     # Hand check of the structure term on a 2-variable case.
     adj = jnp.array([[0.0, 1.0], [0.0, 0.0]])
     before = jnp.array([[0.0, 0.4], [0.4, 0.0]])
@@ -171,3 +175,54 @@ def test_lookahead_inputs_are_recorded_and_trained_on(collected):
     scales = [float(new.params["policy"][k] - state.params["policy"][k])
               for k in ("lookahead_var_scale", "lookahead_value_scale")]
     assert max(abs(x) for x in scales) > 1e-6 and np.isfinite(m["loss"])   # the prior's scale learns
+
+
+def _joint(var_logits, value_logits):
+    """The joint (variable, bin) probabilities, by hand."""
+    v = np.exp(var_logits - np.max(var_logits))
+    v = v / v.sum()
+    b = np.exp(value_logits - value_logits.max(-1, keepdims=True))
+    return v[:, None] * b / b.sum(-1, keepdims=True)
+
+
+def test_entropy_kl_and_log_probs_on_hand_made_numbers():
+    """The joint's exact entropy, KL(pi || ref) and log pi(j, b) against sums over its 6
+    actions (variable 2 masked out: probability 0 contributes nothing)."""
+    from causal_grpo.networks import PolicyOutput, entropy, kl_divergence
+    out = PolicyOutput(jnp.array([0.3, -1.2, -jnp.inf]), jnp.array([[0.5, -0.5], [2.0, 0.0],
+                                                                    [0.0, 0.0]]))
+    ref = PolicyOutput(jnp.array([0.0, 0.0, -jnp.inf]), jnp.array([[0.0, 1.0], [0.0, 0.0],
+                                                                   [0.0, 0.0]]))
+    p = _joint(np.array([0.3, -1.2, -np.inf]), np.asarray(out.value_logits))
+    q = _joint(np.array([0.0, 0.0, -np.inf]), np.asarray(ref.value_logits))
+    live = p > 0
+    np.testing.assert_allclose(float(entropy(out)), -(p[live] * np.log(p[live])).sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(kl_divergence(out, ref)),
+                               (p[live] * np.log(p[live] / q[live])).sum(), rtol=1e-5)
+    assert abs(float(kl_divergence(out, out))) < 1e-6
+    for j, b in ((0, 1), (1, 0)):
+        np.testing.assert_allclose(float(action_log_prob(out, j, b)), np.log(p[j, b]), rtol=1e-5)
+
+
+def test_the_loss_is_minus_the_objective_minus_entropy_plus_kl():
+    """grpo_loss = -mean(clipped objective) - entropy_coef * mean(H) + kl_coef * mean(KL),
+    each by hand, for a 'policy' whose output is its parameters (2 states x 2 candidates)."""
+    from types import SimpleNamespace
+
+    from causal_grpo.networks import PolicyOutput
+    params = {"v": jnp.array([0.4, -0.4]), "b": jnp.array([[1.0, 0.0], [0.0, 0.5]])}
+    ref_params = {"v": jnp.zeros(2), "b": jnp.zeros((2, 2))}
+    policy = SimpleNamespace(apply=lambda prm, rng, inp: PolicyOutput(prm["v"], prm["b"]))
+    variable, value_bin = jnp.array([[0, 1], [1, 1]]), jnp.array([[0, 1], [0, 1]])
+    logp_old = jnp.log(jnp.array([[0.2, 0.3], [0.25, 0.05]]))
+    adv = jnp.array([[1.0, -1.0], [-0.5, 2.0]])
+    batch = grpo.Batch(jnp.zeros((2, 1)), variable, value_bin, logp_old, adv)
+    cfg = grpo.GRPOConfig(clip_eps=0.2, entropy_coef=0.1, kl_coef=0.5)
+    loss, _ = grpo.grpo_loss(params, ref_params, batch, policy, cfg)
+    p = _joint(np.asarray(params["v"]), np.asarray(params["b"]))
+    ratio = p[np.asarray(variable), np.asarray(value_bin)] / np.exp(np.asarray(logp_old))
+    a = np.asarray(adv)
+    obj = np.minimum(ratio * a, np.clip(ratio, 0.8, 1.2) * a)
+    h = -(p * np.log(p)).sum()
+    kl = (p * np.log(p / 0.25)).sum()                 # the reference is uniform on 4 actions
+    np.testing.assert_allclose(float(loss), -obj.mean() - 0.1 * h + 0.5 * kl, rtol=1e-5)
