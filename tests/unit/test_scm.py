@@ -283,9 +283,22 @@ def test_scale_free_parents_are_bounded_as_documented(degree, edges):
 
 
 def test_mixed_covers_several_kinds(family_draws):
-    _, s = family_draws[GraphKind.MIXED]
-    counts = set(int(c) for c in s.adj.sum(axis=(1, 2)))
-    assert len(counts) > 2
+    """Chains, forks and colliders (d - 1 edges, by their degrees) and graphs that are not
+    trees all appear among the draws: ER's own spread of edge counts passed a mixed family
+    that only ever drew ER graphs."""
+    cfg, s = family_draws[GraphKind.MIXED]
+    shapes = set()
+    for adj in s.adj[:, :cfg.d, :cfg.d]:
+        out, inn = adj.sum(1), adj.sum(0)
+        if adj.sum() != cfg.d - 1:
+            shapes.add("not a tree")
+        elif out.max() == cfg.d - 1:
+            shapes.add("fork")
+        elif inn.max() == cfg.d - 1:
+            shapes.add("collider")
+        elif out.max() == 1 and inn.max() == 1:
+            shapes.add("chain")
+    assert shapes >= {"fork", "collider", "chain", "not a tree"}, shapes
 
 
 def test_family_determinism(family_keys, family_raw):
