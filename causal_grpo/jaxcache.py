@@ -54,14 +54,20 @@ def numerics() -> dict[str, bool | str]:
             "threefry_partitionable": bool(c.jax_threefry_partitionable)}
 
 
-def build() -> dict[str, str]:
-    """What else decides a computation's last bits: the jax and jaxlib releases (their kernels
-    and lowering change between patch versions) and the XLA flags this process (and so each
-    CPU worker: ``cluster.connect.worker_env``) computes under. Part of every cell's key."""
+def releases() -> str:
+    """This process's jax and jaxlib releases (Ray workers must run the driver's)."""
     import jax
     import jaxlib
-    flags = sorted(set(os.environ.get("XLA_FLAGS", "").split()))
-    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "xla_flags": " ".join(flags)}
+    return f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+
+
+def build(xla_flags: str | None = None) -> dict[str, str]:
+    """What else decides a computation's last bits: the jax and jaxlib releases (their kernels
+    and lowering change between patch versions) and the XLA flags the cells are computed under
+    (``xla_flags``; None: this process's). Part of every cell's key. Flags keep their order:
+    XLA takes the last of a flag given twice."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    return {"releases": releases(), "xla_flags": " ".join(flags.split())}
 
 
 def carry_numerics(fn: Callable) -> Callable:

@@ -548,8 +548,9 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
     moved = [f"{k} {there.get(k, 'unrecorded')} there, {v} here"
              for k, v in versions().items() if there.get(k) != v]
     if moved:
-        note += ("; trained so far under other versions (" + "; ".join(moved) + "): the final "
-                 "policy is not what an uninterrupted run under either gives")
+        which = "other" if there else "unrecorded"
+        note += (f"; trained so far under {which} versions (" + "; ".join(moved) + "): the "
+                 "final policy may not be what an uninterrupted run under either gives")
     return Resume(None, note, state, start, rows, elapsed)
 
 

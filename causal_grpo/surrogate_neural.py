@@ -155,9 +155,9 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
             valid=state.valid.at[idx].set(True, mode="drop"),
             count=state.count + ok.sum().astype(jnp.int32),
         )
-        # Steps per sample stored, not per row given: a refit from a padded buffer (the
+        # Steps per valid sample, not per row given: a refit from a padded buffer (the
         # choosers refit from obs.buffer) trains as the episode's own posterior did.
-        return train(state, cfg.steps_per_sample * r, cfg.steps_per_sample * ok.sum())
+        return train(state, cfg.steps_per_sample * r, cfg.steps_per_sample * valid.sum())
 
     return Surrogate(init=init, update=update, edge_probs=lambda s: s.edge_probs,
                      capacity=capacity)

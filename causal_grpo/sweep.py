@@ -284,13 +284,14 @@ def run_batch(batch: Batch, cfg: SweepConfig, policy: PolicyHandle | None = None
 # --------------------------------------------------------------------------- persistence
 
 def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[str, ScmSource],
-                 scm: str, device: str = "cpu") -> str:
+                 scm: str, device: str = "cpu", xla_flags: str | None = None) -> str:
     """Content digest of everything that determines the numbers of ``scm``'s cells (their
     resume key; one per SCM, so that adding an SCM to a sweep keeps the others' cells).
 
     It includes the code version, JAX's numerics settings, release and XLA flags and the kind
     of device the cells are computed on (``jax.default_backend()`` names; "cpu" adds
     nothing), so cells computed by other code or under other numbers are never reused.
+    ``xla_flags``: those of the processes that compute the cells (None: this one's).
     """
     src = sources[scm]
     scm_id = (dataclasses.asdict(src) | {"kind": src.kind.value}
@@ -299,7 +300,7 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
         "scm": {scm: scm_id},
         "policy": policy.digest if policy else None,
-        "code": code_version(), "numerics": numerics(), "build": build(),
+        "code": code_version(), "numerics": numerics(), "build": build(xla_flags),
     } | ({"device": device} if device != "cpu" else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -25,6 +25,7 @@ from causal_grpo.errors import UserError
 
 # The driver's library digest (version.library_id), which every worker checks its own against.
 DRIVER_CODE_ENV = "CAUSAL_GRPO_DRIVER_CODE"
+DRIVER_RELEASES_ENV = "CAUSAL_GRPO_DRIVER_JAX"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 # The driver's JAX settings that change what a computation returns: a local Ray's workers
 # inherit them, a remote cluster's only if passed on.
@@ -36,7 +37,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     """Environment variables of a worker actor. A CPU worker gets the driver's XLA flags with
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
-    from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics
+    from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics, releases
     from causal_grpo.version import library_id
     if gpus_per_worker <= 0:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
@@ -50,6 +51,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
         env[ENV_VAR] = os.environ[ENV_VAR]
     env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
     env[DRIVER_CODE_ENV] = library_id()
+    env[DRIVER_RELEASES_ENV] = releases()
     return env
 
 

@@ -80,15 +80,16 @@ class Worker:
     ``pid()`` runs in its own concurrency group, so it answers while a batch runs: the
     readiness ping and the liveness heartbeat. The constructor turns on the JAX compilation
     cache, so a replacement or a second worker on a machine loads what another compiled, and
-    refuses to work with library code other than the driver's (connect.DRIVER_CODE_ENV).
+    refuses to work with library code or jax releases other than the driver's
+    (connect.DRIVER_CODE_ENV, DRIVER_RELEASES_ENV).
     """
 
     def __init__(self):
         import socket
 
-        from causal_grpo.jaxcache import enable_compilation_cache
+        from causal_grpo.jaxcache import enable_compilation_cache, releases
         from causal_grpo.version import library_id
-        from cluster.connect import DRIVER_CODE_ENV
+        from cluster.connect import DRIVER_CODE_ENV, DRIVER_RELEASES_ENV
 
         # Attached to a cluster outside `ray job submit`, workers import the nodes' installed
         # copy: cells it computed would be stored under the driver's code version.
@@ -97,6 +98,11 @@ class Worker:
             raise UserError(f"a Ray worker on {socket.gethostname()} runs other causal_grpo code "
                             f"({own}) than the driver ({driver}); submit the job with `ray job "
                             "submit --working-dir .` or install the driver's code on every node")
+        # Cells are keyed by the driver's jax release: a node with another computes others.
+        driver, own = os.environ.get(DRIVER_RELEASES_ENV), releases()
+        if driver is not None and driver != own:
+            raise UserError(f"a Ray worker on {socket.gethostname()} runs {own}, the driver "
+                            f"{driver}; install the driver's releases on every node")
         enable_compilation_cache()
 
     @ray.method(concurrency_group="heartbeat")

@@ -69,8 +69,13 @@ def run_sweep(cfg: SweepConfig, sources: dict, policy: PolicyHandle | None, outp
         claim_output_dir(output_dir, settings)
     io.drop_stale_partials(output_dir)          # tables a killed run was writing
     device = cell_device(num_workers, gpus_per_worker)
+    # CPU workers compute under the driver's flags with the pinned numerics added.
+    flags = None
+    if num_workers > 0 and device == "cpu":
+        from cluster.connect import worker_env
+        flags = worker_env(0)["XLA_FLAGS"]
     stores = {scm: CellStore(os.path.join(output_dir, "cells"),
-                             sweep_digest(cfg, policy, sources, scm, device))
+                             sweep_digest(cfg, policy, sources, scm, device, flags))
               for scm in cfg.scms}
     batches = plan_batches(cfg)
     stored = ((b, stores[b.scm].load(b)) for b in batches)

@@ -225,7 +225,7 @@ def phase2_memory_bytes(d: int, batch: int, n_observational: int, n_intervention
     return DEVICE_COPIES * batch * per_seed + cells * steps * HOST_BYTES_PER_STEP
 
 
-def refuse_oversized(needed: int, sizes: dict[str, tuple[int, int]], what: str) -> None:
+def refuse_oversized(needed: int, sizes: dict[str, tuple], what: str) -> None:
     """Raise a one-line :class:`UserError` when ``needed`` bytes exceed the available memory.
 
     sizes: flag -> (value, default) or (value, default, how to name it); the flag furthest

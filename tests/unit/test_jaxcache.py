@@ -132,3 +132,17 @@ def test_workers_refuse_library_code_other_than_the_drivers(monkeypatch):
     monkeypatch.setenv(DRIVER_CODE_ENV, "0" * 16)
     with pytest.raises(UserError, match=r"other causal_grpo code \(\w{16}\) than the driver"):
         Worker()
+
+
+def test_workers_refuse_jax_releases_other_than_the_drivers(monkeypatch):
+    """Cells are keyed by the driver's jax/jaxlib: a node with other releases would store its
+    numbers under the driver's key."""
+    from causal_grpo.errors import UserError
+    from cluster.connect import DRIVER_RELEASES_ENV, worker_env
+    from cluster.pool import Worker
+    for gpus in (0, 0.5):
+        monkeypatch.setenv(DRIVER_RELEASES_ENV, worker_env(gpus)[DRIVER_RELEASES_ENV])
+        Worker()
+    monkeypatch.setenv(DRIVER_RELEASES_ENV, "jax 0.9.0, jaxlib 0.9.0")
+    with pytest.raises(UserError, match=r"runs jax [\d.]+, jaxlib [\d.]+, the driver jax 0.9.0"):
+        Worker()

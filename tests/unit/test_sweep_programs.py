@@ -201,14 +201,17 @@ def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
 
 def test_cells_under_another_jax_release_or_xla_flags_are_not_reused(monkeypatch):
     """A jax patch release or a user's XLA flag (forwarded to CPU workers) can move a cell's
-    last bits: either keys the cells apart; the flags' order does not."""
+    last bits: either keys the cells apart; spacing does not. The flags are those of the
+    processes that compute the cells."""
     cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
     sources = {"er4": resolve_scm("er4")}
     monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")
     before = sweep.sweep_digest(cfg, None, sources, "er4")
-    monkeypatch.setenv("XLA_FLAGS", "--xla_b=2  --xla_a=1")
+    assert sweep.sweep_digest(cfg, None, sources, "er4", "cpu", " --xla_a=1  --xla_b=2") == before
+    assert sweep.sweep_digest(cfg, None, sources, "er4", "cpu", "--xla_a=1") != before
+    monkeypatch.setenv("XLA_FLAGS", "--xla_a=1  --xla_b=2 ")
     assert sweep.sweep_digest(cfg, None, sources, "er4") == before
-    monkeypatch.setenv("XLA_FLAGS", "--xla_b=2 --xla_a=1 --xla_cpu_enable_fast_math=true")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2 --xla_cpu_enable_fast_math=true")
     assert sweep.sweep_digest(cfg, None, sources, "er4") != before
     monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")
     monkeypatch.setattr(sweep.jax, "__version__", sweep.jax.__version__ + ".post1")
