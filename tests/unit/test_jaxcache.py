@@ -117,7 +117,8 @@ def test_a_driver_with_gpu_workers_takes_gpu_memory_as_needed(monkeypatch):
     from jobs.train_grpo import build_parser, config_from_args
     for gpus in ("0", "0.25"):
         monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
-        run, _ = config_from_args(build_parser().parse_args(["--gpus-per-worker", gpus]))
+        run, _ = config_from_args(build_parser().parse_args(["--gpus-per-worker", gpus,
+                                                              "--num-workers", "1"]))
         assert os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") == (None if gpus == "0"
                                                                     else "false")
 
