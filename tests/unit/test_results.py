@@ -88,6 +88,19 @@ def test_paired_p_undefined_cases_are_nan():
     assert paired_p(np.array([0.1, 0.1, 0.1 + 1e-5])) < 1e-5      # a real spread, however small
 
 
+def test_paired_p_and_mean_ci_are_scipy_stats_to_the_last_bit():
+    # Published tables were computed with scipy.stats: the same inputs must give the same bits.
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        n = int(rng.integers(2, 80))
+        x = rng.normal(rng.normal(0, 0.2), rng.uniform(1e-3, 3), n)
+        for alt in ("greater", "less"):
+            assert paired_p(x, alt) == stats.ttest_1samp(x, 0.0, alternative=alt).pvalue
+        assert mean_ci(x)[1] == stats.t.ppf(0.975, n - 1) * np.std(x, ddof=1) / np.sqrt(n)
+    with pytest.raises(ValueError, match="two-sided"):
+        paired_p(x, "two-sided")
+
+
 def test_paired_frame_against_scipy_ttest_rel_and_hand_win_rate():
     rng = np.random.default_rng(3)
     n, T = 12, 6
