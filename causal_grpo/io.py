@@ -177,6 +177,33 @@ def write_pickle(path: str, obj: Any) -> None:
     write_atomic(path, w)
 
 
+@contextlib.contextmanager
+def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
+    """Checks inside the block that create ``paths`` (:func:`ensure_writable_dir`) leave none
+    of them behind when a later check refuses the run (:class:`UserError`): each that did not
+    exist is removed again while empty, with the parents created for it."""
+    new = []                                  # (directory, its top-most new ancestor or itself)
+    for path in map(os.path.abspath, paths):
+        top = path
+        while not os.path.exists(os.path.dirname(top)):
+            top = os.path.dirname(top)
+        if not os.path.exists(path):
+            new.append((path, top))
+    try:
+        yield
+    except UserError:
+        for path, top in new:
+            while True:
+                try:
+                    os.rmdir(path)
+                except OSError:               # gone, or holds something: keep it
+                    break
+                if path == top:
+                    break
+                path = os.path.dirname(path)
+        raise
+
+
 def ensure_writable_dir(path: str) -> str:
     """Create ``path`` if needed and check that files can be created in it."""
     try:

@@ -465,10 +465,13 @@ class Resume(NamedTuple):
 
 
 def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
-                collect: str | None = None) -> Resume:
+                collect: str | None = None,
+                advice: str = "use a new --output-dir (or the flags it was run with, by the "
+                              "same code, to resume)") -> Resume:
     """Read what ``out_dir`` holds of a run of ``cfg`` (rollouts on ``collect``: see
     :func:`run_record`); a run of other settings or a damaged file is a :class:`UserError`
-    naming it (with what to remove), rather than a traceback."""
+    naming it (with what to remove), rather than a traceback. ``advice`` ends the message about
+    a run of other settings (the job that asks knows its flags)."""
     import os
     import zipfile
 
@@ -504,8 +507,7 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
                               for k, a, b in diff[:3])
             more = f"; and {len(diff) - 3} more" if len(diff) > 3 else ""
             raise UserError(f"{out_dir} holds a run with a different configuration ({shown}"
-                            f"{more}); use a new --output-dir (or the flags it was run "
-                            "with, by the same code, to resume)")
+                            f"{more}); {advice}")
         if existing == final_dir:
             new = sorted({k.split(".")[0] for k in added})
             since = f" (trained before its settings had {', '.join(new)})" if new else ""

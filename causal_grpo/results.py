@@ -384,8 +384,9 @@ def _normalised(settings: dict) -> dict:
 def claim_output_dir(out_dir: str, settings: dict, unknown: tuple[str, ...] = ()) -> None:
     """Refuse ``out_dir`` unless it is free or holds a run of the same ``settings``.
 
-    ``unknown``: settings not known yet and left out of the comparison (a policy that Phase 1
-    has still to train); a later claim with them compares them too.
+    ``unknown``: settings not known yet (a policy that Phase 1 has still to train): results
+    recorded with a value for them are refused now, since the value to come may differ (and
+    would be refused only after the training); a later claim with them compares them too.
 
     Free means nothing but ``cells/`` (keyed by its own digest) and hidden files, or a
     ``run.json`` beside them whose run stopped before its first batch was saved (refused for
@@ -414,6 +415,11 @@ def claim_output_dir(out_dir: str, settings: dict, unknown: tuple[str, ...] = ()
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is unreadable ({type(e).__name__}); use another --output-dir"
                         ) from None
+    known = [k for k in unknown if recorded.get(k) is not None]
+    if known:
+        raise UserError(f"output directory {out_dir} holds results of another run's "
+                        f"{known[0]}, which this run knows only once it is trained (a new one "
+                        "may differ); use another --output-dir, or train first")
     settings = _normalised({k: v for k, v in settings.items() if k not in unknown})
     recorded = {k: v for k, v in recorded.items() if k not in unknown}
     if recorded != settings:

@@ -3,18 +3,18 @@ run ``rollout_chunk`` episodes per compiled call)."""
 
 from __future__ import annotations
 
-from causal_grpo.phase1 import Phase1Config, read_resume, run_training
+from causal_grpo.phase1 import Phase1Config, Resume, read_resume, run_training
 from cluster.run_sweep import cell_device
 
 
 def train(cfg: Phase1Config, output_dir: str, num_workers: int = 0, address: str | None = None,
-          gpus_per_worker: float = 0.0) -> dict:
+          gpus_per_worker: float = 0.0, read: Resume | None = None) -> dict:
+    """``read``: what :func:`read_resume` found in ``output_dir`` when the caller checked it."""
     collect = cell_device(num_workers, gpus_per_worker)     # where the rollouts run
-    if num_workers == 0:
-        return run_training(cfg, output_dir, collect=collect)
     # What the directory holds is checked (and a finished run returned) before Ray starts.
-    read = read_resume(cfg, output_dir, collect=collect)
-    if read.finished is not None:
+    if read is None:
+        read = read_resume(cfg, output_dir, collect=collect)
+    if num_workers == 0 or read.finished is not None:
         return run_training(cfg, output_dir, read=read, collect=collect)
     from cluster.grpo_driver import RolloutPool
     with RolloutPool(cfg, num_workers, address=address, gpus_per_worker=gpus_per_worker) as pool:

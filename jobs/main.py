@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import os
 
+from causal_grpo import io
 from causal_grpo.errors import UserError
 from jobs import train_grpo, two_phase_training
 from jobs._cli import ArgumentParser, positive_int, run_script, user_errors_exit_2
 
 PROG = "main"
-
+# Phase 1's own bound, so that a count Phase 1 refuses is refused before anything runs.
+MAX_WORKERS = int(train_grpo.RunOptions.__dataclass_fields__["num_workers"].metadata["option"].high)
 
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--num-workers", type=positive_int("--num-workers", 0), default=2,
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0, MAX_WORKERS), default=2,
                    help="Ray actors of both phases (0 = in-process, without Ray; default 2)")
     p.add_argument("--address", default=None,
                    help="a Ray cluster (default: RAY_ADDRESS, else a local one)")
@@ -56,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         # Batches of 10 seeds: a lookahead batch at d = 15 (about 0.2 s per decision) stays a
         # few minutes long, so work spreads over the workers and resumes in small steps.
         "--batch-size", "10", "--output-dir", args.output_dir] + ray_args
-    # Phase 2's output directory is checked before Phase 1's minutes of training.
-    two_phase_training.run(phase2, check_only=True)
+    phase1 = ["--output-dir", args.phase1_dir] + ray_args
+    # Both directories are checked before Phase 1's minutes of training.
+    with io.no_new_dirs_if_refused(args.phase1_dir, args.output_dir):
+        two_phase_training.run(phase2, check_only=True)
+        train_grpo.check_output_dir(*train_grpo.config_from_args(
+            train_grpo.build_parser().parse_args(phase1)), dir_flag="--phase1-dir")
     print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
-    rc = train_grpo.main(["--output-dir", args.phase1_dir] + ray_args)
-    if rc:
-        return rc
+    train_grpo.run(phase1, dir_flag="--phase1-dir")
     print("== Phase 2: comparison")
     return two_phase_training.run(phase2)
 

@@ -98,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
     return run, cfg
 
 
-def refuse_foreign_dir(out_dir: str) -> None:
+def refuse_foreign_dir(out_dir: str, dir_flag: str = "--output-dir") -> None:
     """A directory that holds files but no Phase-1 run is someone else's: training would write
     checkpoints among them (a Phase-1 run is step_<n>/, final/ and train_log.csv)."""
     from causal_grpo.errors import UserError
@@ -108,22 +108,49 @@ def refuse_foreign_dir(out_dir: str) -> None:
     if entries and not ours:
         raise UserError(f"output directory {out_dir} is not empty ({', '.join(entries[:3])}"
                         f"{', ...' if len(entries) > 3 else ''}) and holds no Phase-1 run; "
-                        "use another --output-dir")
+                        f"use another {dir_flag}")
+
+
+def check_output_dir(run: RunOptions, cfg, dir_flag: str = "--output-dir"):
+    """Refuse now what training would refuse of its directory (``dir_flag`` names it in the
+    message) and return what it holds (:class:`causal_grpo.phase1.Resume`). A finished run of
+    these settings is only read, so its directory may be read-only."""
+    from causal_grpo import io
+    from causal_grpo.phase1 import read_resume
+    from cluster.run_sweep import cell_device
+
+    read = None
+    if os.path.isdir(run.output_dir):
+        refuse_foreign_dir(run.output_dir, dir_flag)
+        # Under `main`, which takes no training flags, the way out is another directory.
+        advice = ({} if dir_flag == "--output-dir" else
+                  {"advice": f"use another {dir_flag} (main trains with train_grpo's defaults)"})
+        read = read_resume(cfg, run.output_dir,
+                           collect=cell_device(run.num_workers, run.gpus_per_worker), **advice)
+        if read.finished is not None:
+            return read
+    io.ensure_writable_dir(run.output_dir)
+    return read
+
+
+def run(argv: list[str] | None = None, dir_flag: str = "--output-dir") -> int:
+    """The job without its one-line error handling (``jobs.main`` runs it under its own, with
+    ``dir_flag="--phase1-dir"``: the flag its messages name)."""
+    opts, cfg = config_from_args(build_parser().parse_args(argv))
+    read = check_output_dir(opts, cfg, dir_flag)
+    from cluster.train import train
+    metrics = train(cfg, opts.output_dir, num_workers=opts.num_workers,
+                    address=opts.address, gpus_per_worker=opts.gpus_per_worker,
+                    read=read)
+    print(f"final checkpoint: {opts.output_dir}/final  "
+          + (f"(held-out F1-AUC diff vs random {metrics['eval_f1_auc_diff']:+.3f})"
+             if "eval_f1_auc_diff" in metrics else ""))
+    return 0
 
 
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
-    run, cfg = config_from_args(build_parser().parse_args(argv))
-    from causal_grpo import io
-    io.ensure_writable_dir(run.output_dir)
-    refuse_foreign_dir(run.output_dir)
-    from cluster.train import train
-    metrics = train(cfg, run.output_dir, num_workers=run.num_workers, address=run.address,
-                    gpus_per_worker=run.gpus_per_worker)
-    print(f"final checkpoint: {run.output_dir}/final  "
-          + (f"(held-out F1-AUC diff vs random {metrics['eval_f1_auc_diff']:+.3f})"
-             if "eval_f1_auc_diff" in metrics else ""))
-    return 0
+    return run(argv)
 
 
 if __name__ == "__main__":

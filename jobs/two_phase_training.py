@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None, check_only: bool = False) -> int:
     """The job without its one-line error handling (``jobs.main`` runs it under its own).
 
-    ``check_only``: validate everything that does not need the policy's weights, the output
-    directory included (free, or holding a run of these settings), and compute nothing; the
-    main job does this before Phase 1 writes the checkpoint named by ``--grpo-checkpoint``.
+    ``check_only``: validate everything, the output directory included (free, or holding a run
+    of these settings), and compute nothing; the main job does this before Phase 1, whose
+    checkpoint ``--grpo-checkpoint`` names, so that checkpoint may not exist yet.
     """
     args = build_parser().parse_args(argv)
     check_ray_flags(args.address, args.num_workers, args.gpus_per_worker)
@@ -233,7 +233,9 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
             raise UserError(f"SCM name '{src.name}' appears twice in --scm-type")
         sources[src.name] = src
     policy = None
-    if args.grpo_checkpoint and not check_only:
+    # Before Phase 1 the policy may still be to train; once trained it is known by content.
+    pending = check_only and args.grpo_checkpoint and not os.path.exists(args.grpo_checkpoint)
+    if args.grpo_checkpoint and not pending:
         from causal_grpo.checkpoint import load_grpo_policy
         from causal_grpo.policy import policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint),
@@ -272,8 +274,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
         "lookahead_draws": args.lookahead_draws if args.grpo_checkpoint else None}
     if check_only:
         from causal_grpo.results import claim_output_dir
-        claim_output_dir(args.output_dir, settings,
-                         unknown=("grpo_policy",) if args.grpo_checkpoint else ())
+        claim_output_dir(args.output_dir, settings, unknown=("grpo_policy",) if pending else ())
         return 0
     finished_scms = []
 

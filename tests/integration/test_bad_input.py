@@ -20,6 +20,8 @@ from causal_grpo.scm import MAX_ABS_VALUE, SCMSpec, propagate, single_do, value_
 from causal_grpo.scm_families import MAX_JSON_BYTES, MAX_NAME_CHARS, load_scm_json
 from jobs import _cli, benchmark, two_phase_training
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 # The issue's reproduction flags.
 BASE = ["--seeds", "2", "--n-interventions", "5", "--num-workers", "0", "--quiet", "--no-plots"]
 TOY = {"name": "toy", "variables": ["A", "B", "C"], "target": "C",
@@ -426,7 +428,7 @@ def test_main_job_checks_phase_2s_output_before_phase_1(capsys, tmp_path, monkey
     def phase1(*args, **kwargs):
         raise AssertionError("Phase 1 started before Phase 2's output directory was checked")
 
-    monkeypatch.setattr(train_grpo, "main", phase1)
+    monkeypatch.setattr(train_grpo, "run", phase1)
     out = tmp_path / "phase2"
     if occupied == "a file":
         out.write_text("x")
@@ -452,9 +454,92 @@ def test_main_job_refuses_overlapping_directories_before_phase_1(capsys, tmp_pat
     def phase1_run(*args, **kwargs):
         raise AssertionError("Phase 1 started")
 
-    monkeypatch.setattr(train_grpo, "main", phase1_run)
+    monkeypatch.setattr(train_grpo, "run", phase1_run)
     line = refused(capsys, tmp_path, "--num-workers", "0", "--phase1-dir",
                    str(tmp_path / phase1), "--output-dir", str(tmp_path / phase2),
                    main=main_job.main, output=False)
     assert "overlap; give two separate directories" in line, line
     assert not (tmp_path / "d").exists()
+
+
+def _no_phase1(monkeypatch):
+    from jobs import train_grpo
+
+    def phase1(*args, **kwargs):
+        raise AssertionError("Phase 1 started")
+
+    monkeypatch.setattr(train_grpo, "run", phase1)
+
+
+@pytest.mark.parametrize("held", ["a file", "another run"])
+def test_main_job_names_its_own_flag_for_phase_1s_directory(capsys, tmp_path, monkeypatch, held):
+    """Phase 1's refusals came as `train_grpo: ... use a new --output-dir`, the flag of Phase 2's
+    directory under `main`, and only when Phase 1 started."""
+    import shutil
+
+    from jobs import main as main_job
+    _no_phase1(monkeypatch)
+    p1 = tmp_path / "p1"
+    if held == "a file":
+        p1.mkdir()
+        (p1 / "notes.txt").write_text("x")
+    else:
+        shutil.copytree(os.path.join(ROOT, "policies", "dense"), p1)   # another family's run
+    line = refused(capsys, tmp_path, "--num-workers", "0", "--phase1-dir", str(p1),
+                   main=main_job.main)
+    assert line.startswith("main: error: ") and str(p1) in line, line
+    assert line.endswith("use another --phase1-dir" if held == "a file" else
+                         "use another --phase1-dir (main trains with train_grpo's defaults)"), line
+
+
+def test_main_job_refuses_phase_1s_worker_count_before_anything_runs(capsys, tmp_path,
+                                                                      monkeypatch):
+    from jobs import main as main_job
+    _no_phase1(monkeypatch)
+    line = refused(capsys, tmp_path, "--num-workers", "2000", "--phase1-dir",
+                   str(tmp_path / "p1"), main=main_job.main)
+    assert "--num-workers must be an integer in [0, 1024]" in line, line
+    assert not (tmp_path / "p1").exists()
+
+
+@pytest.mark.parametrize("phase1", ["to train", "trained"])
+def test_main_job_refuses_results_of_another_policy_before_phase_1(capsys, tmp_path, monkeypatch,
+                                                                     phase1):
+    """Results of another policy in Phase 2's directory were found only once Phase 1 had
+    trained a new one (20 minutes and more); a trained one is compared by its content now."""
+    import shutil
+
+    from jobs import main as main_job
+    _no_phase1(monkeypatch)
+    p1, out = tmp_path / "p1", tmp_path / "phase2"
+    if phase1 == "trained":
+        shutil.copytree(os.path.join(ROOT, "policies", "seed0"), p1)
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"settings": {"grpo_policy": "0" * 64}}))
+    (out / "steps.csv").write_text("scm,method,seed,step\n")
+    line = refused(capsys, tmp_path, "--num-workers", "0", "--phase1-dir", str(p1),
+                   "--output-dir", str(out), main=main_job.main, output=False)
+    assert line.startswith("main: error: ") and str(out) in line, line
+    assert ("knows only once it is trained" if phase1 == "to train"
+            else "grpo_policy") in line, line
+
+
+def test_a_finished_phase_1_run_is_only_read(tmp_path, monkeypatch, capsys):
+    """A finished run on storage the job cannot write (a shared read-only checkpoint) was
+    refused as not writable although nothing is written to it."""
+    import shutil
+
+    from causal_grpo.errors import UserError
+    from jobs import train_grpo
+    run_dir = tmp_path / "seed0"
+    shutil.copytree(os.path.join(ROOT, "policies", "seed0"), run_dir)
+
+    def read_only(path):
+        raise UserError(f"output directory {path} is not writable: Read-only file system")
+
+    monkeypatch.setattr(io, "ensure_writable_dir", read_only)
+    assert train_grpo.main(["--output-dir", str(run_dir), "--num-workers", "0"]) == 0
+    assert "training already complete" in capsys.readouterr().out
+    with pytest.raises(SystemExit):          # a run still to train needs to write
+        train_grpo.main(["--output-dir", str(tmp_path / "new"), "--num-workers", "0"])
+    assert "Read-only file system" in capsys.readouterr().err

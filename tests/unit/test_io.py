@@ -137,3 +137,21 @@ def test_output_dir_too_deep_for_the_longest_result_name_is_refused(tmp_path):
     with pytest.raises(UserError, match="not writable"):
         io.ensure_writable_dir(deep)
     io.ensure_writable_dir(os.path.dirname(os.path.dirname(deep)))  # a little higher is fine
+
+
+def test_dirs_made_by_a_refused_runs_checks_are_removed_and_nothing_else(tmp_path):
+    from causal_grpo.errors import UserError
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    new, filled = tmp_path / "a" / "b" / "c", tmp_path / "f" / "g"
+    with pytest.raises(UserError, match="refused"):
+        with io.no_new_dirs_if_refused(str(kept), str(new), str(filled)):
+            for d in (kept, new, filled):
+                io.ensure_writable_dir(str(d))
+            (filled / "x").write_text("x")             # written to: kept
+            raise UserError("refused")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "kept"]
+    assert (filled / "x").exists() and kept.is_dir()
+    with io.no_new_dirs_if_refused(str(new)):           # accepted: the directory stays
+        io.ensure_writable_dir(str(new))
+    assert new.is_dir()
