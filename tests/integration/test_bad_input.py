@@ -543,3 +543,15 @@ def test_a_finished_phase_1_run_is_only_read(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):          # a run still to train needs to write
         train_grpo.main(["--output-dir", str(tmp_path / "new"), "--num-workers", "0"])
     assert "Read-only file system" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["phase2", "--scm", "nonsense"],
+                                  ["eval", "--grpo-checkpoint", "no/such/run"]])
+def test_a_refused_benchmark_leaves_no_directory_behind(capsys, tmp_path, args):
+    """--out's check created its folder (and eval its --output-dir) before a later check
+    refused the run: an empty folder was left behind."""
+    extra = ["--output-dir", str(tmp_path / "ev" / "out")] if args[0] == "eval" else []
+    line = refused(capsys, tmp_path, *args, *extra, "--out", str(tmp_path / "new" / "t.csv"),
+                   main=benchmark.main, output=False)
+    assert "nonsense" in line or "no/such/run" in line, line
+    assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
