@@ -25,12 +25,15 @@ from jobs._cli import ArgumentParser, positive_int, run_script, user_errors_exit
 
 PROG = "main"
 # Phase 1's own bound, so that a count Phase 1 refuses is refused before anything runs.
-MAX_WORKERS = int(train_grpo.RunOptions.__dataclass_fields__["num_workers"].metadata["option"].high)
+MAX_WORKERS = int(train_grpo.RunOptions.__dataclass_fields__["num_workers"]
+                  .metadata["option"].high)
+
 
 @user_errors_exit_2(PROG)
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--num-workers", type=positive_int("--num-workers", 0, MAX_WORKERS), default=2,
+    p.add_argument("--num-workers", type=positive_int("--num-workers", 0, MAX_WORKERS),
+                   default=2,
                    help="Ray actors of both phases (0 = in-process, without Ray; default 2)")
     p.add_argument("--address", default=None,
                    help="a Ray cluster (default: RAY_ADDRESS, else a local one)")
