@@ -292,6 +292,18 @@ def lookahead_key(select_key: Array) -> Array:
     return jax.random.fold_in(select_key, 1)
 
 
+# Under partitionable threefry split(key)[1] is fold_in(key, 1), the lookahead's key: a refit
+# initialised with the selector's key itself drew the neural surrogate's initial weights as the
+# very normals of the simulated outcomes (order MCMC's starting orders from that key's splits).
+REFIT_STREAM = 0x52454654
+
+
+def refit_key(select_key: Array) -> Array:
+    """The key a selector refits the posterior to its observation with (the policy's
+    ``policy.refit_posterior`` and ``plugin_active`` alike, so they refit the same posterior)."""
+    return jax.random.fold_in(select_key, REFIT_STREAM)
+
+
 def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
                               n_values: int = 2) -> Selector:
     """The expected-gain chooser without the truth: a data-only reference.
@@ -304,7 +316,7 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
     cyclic point estimate (rare: pairs are decided one by one) is simulated by the same d
     fixed-point sweeps as a DAG, so only approximately.
 
-    Keys as the policy's (``policy.refit_posterior`` from ``key``, outcomes from
+    Keys as the policy's (the refit from :func:`refit_key`, outcomes from
     :func:`lookahead_key`), so on the same cell it makes exactly the choices of the untrained
     policy's mode (its learned logits start at 0), and a paired comparison with the policy is
     not diluted by the two drawing different outcomes (which alone moved F1-AUC 1-10 by up to
@@ -313,7 +325,7 @@ def make_plugin_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 16,
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
         buf = obs.buffer
-        state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values,
+        state = surrogate.update(surrogate.init(refit_key(key), obs.var_mask), buf.values,
                                  buf.intervened, buf.valid)
         # Above the exact posterior's size the refitted chains mix worse than the episode's
         # (obs.probs, the posterior's features): plug in those; the what-if posterior reads

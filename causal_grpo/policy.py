@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from causal_grpo.active_learning import (Action, Observation, Selector, allowed_variables,
-                                         lookahead_gains, lookahead_key, plugin_simulator)
+                                         lookahead_gains, lookahead_key, plugin_simulator,
+                                         refit_key)
 from causal_grpo.errors import UserError
 from causal_grpo.networks import (PolicyConfig, PolicyInput, PolicyOutput, bin_values, make_policy,
                                   sample_action)
@@ -99,12 +100,14 @@ def policy_input(obs: Observation, lookahead: Array | None = None) -> PolicyInpu
 def refit_posterior(key: Array, obs: Observation,
                     analytic: AnalyticConfig | None = None) -> tuple[Surrogate, Any]:
     """The posterior of ``obs.buffer`` under ``analytic`` (default ``AnalyticConfig()``; what a
-    selector that sees only the observation uses for the lookahead): the exact one up to
-    exact_max_d, above it order MCMC, of which the lookahead's what-if posterior reads only the
-    statistics and candidates (``active_learning.lookahead_gains``)."""
+    selector that sees only the observation uses for the lookahead), initialised from
+    ``refit_key(key)``: the exact one up to exact_max_d, above it order MCMC, of which the
+    lookahead's what-if posterior reads only the statistics and candidates
+    (``active_learning.lookahead_gains``)."""
     sur = make_analytic_surrogate(analytic or AnalyticConfig(), obs.var_mask.shape[-1])
     buf = obs.buffer
-    return sur, sur.update(sur.init(key, obs.var_mask), buf.values, buf.intervened, buf.valid)
+    return sur, sur.update(sur.init(refit_key(key), obs.var_mask), buf.values, buf.intervened,
+                           buf.valid)
 
 
 def policy_output(key: Array, obs: Observation, params: Any, cfg: PolicyConfig,

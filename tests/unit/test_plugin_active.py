@@ -93,3 +93,49 @@ def test_the_sampled_policys_noise_is_not_the_lookaheads():
     seen = b < d
     assert seen.sum() > 200
     assert abs(eps[seen, b[seen]].mean()) < 0.25          # independent: 0 +- 0.07
+
+
+def _medium_state():
+    import jax
+    import jax.numpy as jnp
+
+    from causal_grpo.networks import PolicyConfig, dummy_input, make_policy
+    from causal_grpo.scm_families import medium
+    from causal_grpo.surrogate import SurrogateConfig, make_surrogate
+
+    scm = medium().to_scm()
+    cfg = PolicyConfig()
+    params = make_policy(cfg).init(jax.random.PRNGKey(0), dummy_input(cfg, scm.d, 40))
+    sur = make_surrogate(SurrogateConfig(), scm.d, 40)
+    st = AL.start_episode(jax.random.PRNGKey(1), scm, sur, 30, 40, 10)
+    obs = AL.observe(scm, st.buffer, jnp.asarray(0), sur.edge_probs(st.state))
+    return scm, cfg, params, sur, st.state, obs
+
+
+def test_selectors_refit_the_posterior_from_their_own_stream(monkeypatch):
+    """The policy's lookahead and ``plugin_active`` refit the posterior to their observation
+    from ``refit_key(key)``, both the same. With the selector's key itself, ``split(key)[1]``
+    was the lookahead's outcome key: the neural surrogate's initial weights were the simulated
+    outcomes' noise itself (``plugin_active --surrogate neural``), and order MCMC's starting
+    orders came from that key's splits."""
+    import jax
+
+    import causal_grpo.policy as pol
+
+    scm, cfg, params, sur, state, obs = _medium_state()
+    seen = []
+
+    def init(key, var_mask):
+        jax.debug.callback(lambda k: seen.append(np.asarray(k)), key)
+        return sur.init(key, var_mask)
+
+    spy = sur._replace(init=init)
+    monkeypatch.setattr(pol, "make_analytic_surrogate", lambda *a: spy)
+    key = jax.random.PRNGKey(3)
+    jax.block_until_ready(AL.make_plugin_selector(spy, 1)(key, obs))
+    jax.block_until_ready(pol.refit_posterior(key, obs))
+    want = np.asarray(AL.refit_key(key))
+    assert len(seen) == 2 and all(np.array_equal(k, want) for k in seen)
+    look = np.asarray(AL.lookahead_key(key))
+    assert not any(np.array_equal(np.asarray(k), look)
+                   for k in (AL.refit_key(key), *jax.random.split(AL.refit_key(key))))
