@@ -2,8 +2,8 @@
 
 * ``--address`` given, or ``RAY_ADDRESS`` set (as inside ``ray job submit``): attach to that
   cluster, after a quick check that a Ray head answers there (Ray itself retries for minutes).
-* otherwise: start a local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
-  longer exists in Ray 2.60).
+* otherwise: start a new local Ray with this machine's CPUs (laptop mode; ``local_mode`` no
+  longer exists in Ray 2.60), never one that another job started on the machine.
 
 CPU-only workers run JAX on the CPU (``JAX_PLATFORMS=cpu``: since Ray 2.x, ``num_gpus=0`` no
 longer hides the GPUs). GPU workers get a fractional ``num_gpus`` and a JAX memory fraction
@@ -143,8 +143,15 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
     # num_cpus None: the CPUs as Ray counts them, a container's quota included
-    # (os.cpu_count() sees the host's).
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    # (os.cpu_count() sees the host's). address "local": without it Ray first attaches to the
+    # cluster named in its temp dir's ray_current_cluster (another job's `ray start`), or
+    # retries for minutes where that file is stale.
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as e:
+        raise UserError(f"cannot start a local Ray: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return True
 
 

@@ -131,6 +131,31 @@ def test_a_job_on_its_own_local_ray_writes_nothing_to_stderr(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
 
 
+def test_a_local_ray_is_a_new_one_not_the_cluster_named_in_rays_temp_dir():
+    """Without an address a job starts its own Ray. ``ray.init()`` without one first attached
+    to the cluster named in Ray's temp dir (``ray_current_cluster``, left by another job's
+    ``ray start``) and, where that file was stale, retried for minutes, logging."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from test_ray_jobs import ENV, ROOT
+
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")     # short: Ray's socket paths
+    try:
+        os.makedirs(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:1\n")                      # nothing listens there
+        code = ("import ray; from cluster.connect import connect; "
+                "print(connect(None, 1), ray.cluster_resources()['CPU'])")
+        r = subprocess.run([sys.executable, "-c", code], env=dict(ENV, RAY_TMPDIR=tmp), cwd=ROOT,
+                           capture_output=True, text=True, timeout=150)
+        assert r.returncode == 0 and r.stdout.split() == ["True", "1.0"], r.stderr[-2000:]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 def test_a_local_ray_counts_the_cpus_ray_detects_not_the_hosts(monkeypatch):
     """It was started with os.cpu_count(), which ignores a container's CPU quota (Ray's own
     count respects it), so --num-workers could oversubscribe the quota."""
