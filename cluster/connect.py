@@ -177,7 +177,8 @@ def check_resources(gpus_per_worker: float, num_workers: int,
     cpus = sum(n.get("Resources", {}).get("CPU", 0.0) for n in nodes)
     if num_workers > cpus and not autoscaling():
         raise UserError(f"{flag} {num_workers} needs {num_workers} CPUs; the Ray cluster "
-                        f"has {cpus:g}")
+                        f"has {cpus:g} (where it adds nodes as needed, set "
+                        f"CAUSAL_GRPO_AUTOSCALING=1)")
     if gpus_per_worker <= 0:
         return
     if autoscaling():   # GPU nodes may not exist yet (ray_cluster.yaml's start at 0 of them)
