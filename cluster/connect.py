@@ -26,6 +26,8 @@ from causal_grpo.errors import UserError
 # The driver's library digest (version.library_id), which every worker checks its own against.
 DRIVER_CODE_ENV = "CAUSAL_GRPO_DRIVER_CODE"
 DRIVER_RELEASES_ENV = "CAUSAL_GRPO_DRIVER_JAX"
+# Set for a worker with a GPU share, which then refuses to compute without one.
+GPU_WORKER_ENV = "CAUSAL_GRPO_GPU_WORKER"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 # The driver's JAX settings that change what a computation returns: a local Ray's workers
 # inherit them, a remote cluster's only if passed on.
@@ -46,7 +48,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
         env = {"RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
                "XLA_PYTHON_CLIENT_MEM_FRACTION":
                    f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
-               "TQDM_DISABLE": "1"}
+               "TQDM_DISABLE": "1", GPU_WORKER_ENV: "1"}
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
     env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}

@@ -81,7 +81,7 @@ class Worker:
     readiness ping and the liveness heartbeat. The constructor turns on the JAX compilation
     cache, so a replacement or a second worker on a machine loads what another compiled, and
     refuses to work with library code or jax releases other than the driver's
-    (connect.DRIVER_CODE_ENV, DRIVER_RELEASES_ENV).
+    (connect.DRIVER_CODE_ENV, DRIVER_RELEASES_ENV), or with a GPU share but no GPU for JAX.
     """
 
     def __init__(self):
@@ -89,7 +89,7 @@ class Worker:
 
         from causal_grpo.jaxcache import enable_compilation_cache, releases
         from causal_grpo.version import library_id
-        from cluster.connect import DRIVER_CODE_ENV, DRIVER_RELEASES_ENV
+        from cluster.connect import DRIVER_CODE_ENV, DRIVER_RELEASES_ENV, GPU_WORKER_ENV
 
         # Attached to a cluster outside `ray job submit`, workers import the nodes' installed
         # copy: cells it computed would be stored under the driver's code version.
@@ -103,6 +103,14 @@ class Worker:
         if driver is not None and driver != own:
             raise UserError(f"a Ray worker on {socket.gethostname()} runs {own}, the driver "
                             f"{driver}; install the driver's releases on every node")
+        # A GPU share on a node whose jax lacks CUDA computes on its CPU (JAX only warns), and
+        # its cells would be filed as a GPU's.
+        if os.environ.get(GPU_WORKER_ENV) == "1":
+            import jax
+            if jax.default_backend() != "gpu":
+                raise UserError(f"a Ray worker on {socket.gethostname()} has a GPU share but JAX "
+                                f"there computes on {jax.default_backend()}; install jax with "
+                                "CUDA on the GPU nodes (pip install 'jax[cuda12]')")
         enable_compilation_cache()
 
     @ray.method(concurrency_group="heartbeat")
