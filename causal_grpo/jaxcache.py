@@ -43,15 +43,28 @@ NUMERICS = ("enable_x64", "default_matmul_precision", "default_prng_impl",
 
 
 def numerics() -> dict[str, bool | str]:
-    """JAX's settings that change what a computation returns (their environment variables
-    travel to Ray workers: ``cluster.connect.NUMERICS_ENV``): part of every resume key, so a
-    run is never continued, nor a cell reused, under other numbers."""
+    """JAX's settings that change what a computation returns (they travel to Ray workers as
+    :func:`numerics_env`): part of every resume key, so a run is never continued, nor a cell
+    reused, under other numbers."""
     import jax
     c = jax.config
     return {"enable_x64": bool(c.jax_enable_x64),
             "default_matmul_precision": str(c.jax_default_matmul_precision),
             "default_prng_impl": str(c.jax_default_prng_impl),
             "threefry_partitionable": bool(c.jax_threefry_partitionable)}
+
+
+def numerics_env() -> dict[str, str]:
+    """This thread's :data:`NUMERICS` as the environment variables JAX reads when imported (the
+    unset ones left out), for a process that must compute as this one: a Ray worker inherits
+    its node's environment, not a ``jax.config.update`` of the driver's."""
+    import jax
+    env = {}
+    for name in NUMERICS:
+        value = getattr(jax.config, f"jax_{name}")
+        if value is not None:
+            env[f"JAX_{name.upper()}"] = str(int(value)) if isinstance(value, bool) else str(value)
+    return env
 
 
 def releases() -> str:

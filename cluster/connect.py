@@ -29,17 +29,13 @@ DRIVER_RELEASES_ENV = "CAUSAL_GRPO_DRIVER_JAX"
 # Set for a worker with a GPU share, which then refuses to compute without one.
 GPU_WORKER_ENV = "CAUSAL_GRPO_GPU_WORKER"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
-# The driver's JAX settings that change what a computation returns: a local Ray's workers
-# inherit them, a remote cluster's only if passed on.
-NUMERICS_ENV = ("JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION", "JAX_DEFAULT_PRNG_IMPL",
-                "JAX_THREEFRY_PARTITIONABLE")
 
 
 def worker_env(gpus_per_worker: float) -> dict[str, str]:
     """Environment variables of a worker actor. A CPU worker gets the driver's XLA flags with
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
-    from causal_grpo.jaxcache import ENV_VAR, pin_cpu_numerics, releases
+    from causal_grpo.jaxcache import ENV_VAR, numerics_env, pin_cpu_numerics, releases
     from causal_grpo.version import library_id
     if gpus_per_worker <= 0:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
@@ -51,7 +47,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
                "TQDM_DISABLE": "1", GPU_WORKER_ENV: "1"}
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]
-    env |= {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}
+    env |= numerics_env()      # the driver's, jax.config.update included
     env[DRIVER_CODE_ENV] = library_id()
     env[DRIVER_RELEASES_ENV] = releases()
     return env

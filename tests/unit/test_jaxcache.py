@@ -95,12 +95,19 @@ def test_a_cli_computes_with_the_cpu_numerics_of_a_ray_worker(monkeypatch):
     assert seen.split() == worker_env(0)["XLA_FLAGS"].split() == [
         "--xla_cpu_use_thunk_runtime=false", "--xla_cpu_multi_thread_eigen=false"]
     assert "XLA_FLAGS" not in worker_env(0.5)
-    # JAX settings that change results reach every worker, also on a remote cluster; where JAX
-    # runs (JAX_PLATFORMS) stays each worker's own.
-    monkeypatch.setenv("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    # JAX settings that change results reach every worker, also on a remote cluster, as the
+    # driver computes under them: a jax.config change too, which no worker inherits (they were
+    # passed on from the driver's environment only). Where JAX runs (JAX_PLATFORMS) stays each
+    # worker's own.
+    import jax
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    for gpus in (0, 0.5):
-        assert worker_env(gpus)["JAX_DEFAULT_MATMUL_PRECISION"] == "highest"
+    with jax.default_matmul_precision("highest"), jax.enable_x64(True):
+        for gpus in (0, 0.5):
+            env = worker_env(gpus)
+            assert env["JAX_DEFAULT_MATMUL_PRECISION"] == "highest"
+            assert env["JAX_ENABLE_X64"] == "1" and env["JAX_THREEFRY_PARTITIONABLE"] == "1"
+    assert worker_env(0)["JAX_ENABLE_X64"] == "0"
+    assert "JAX_DEFAULT_MATMUL_PRECISION" not in worker_env(0)
     assert "JAX_PLATFORMS" not in worker_env(0.5)
 
 
