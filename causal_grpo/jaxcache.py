@@ -15,7 +15,8 @@ SCM size x method); with the cache a second run, a resumed run and the second Ra
 machine load the compiled executables from disk instead.
 
 ``CAUSAL_GRPO_JAX_CACHE`` chooses the directory; "off" or empty disables the cache. Unset:
-``$XDG_CACHE_HOME/causal-grpo/jax`` (``~/.cache/causal-grpo/jax``).
+``$XDG_CACHE_HOME/causal-grpo/jax`` (``~/.cache/causal-grpo/jax``; without a home directory,
+``<temp dir>/causal-grpo-<uid>/jax``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 from typing import Callable
 
@@ -104,23 +106,32 @@ def cache_dir() -> str | None:
     if setting is not None:
         setting = setting.strip()
         return None if setting in ("", "off") else os.path.abspath(os.path.expanduser(setting))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):     # unset, or relative: invalid by the XDG spec, so ignored
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):     # no HOME, no passwd entry (a container's arbitrary uid)
+            return os.path.join(tempfile.gettempdir(), f"causal-grpo-{os.getuid()}", "jax")
+        base = os.path.join(home, ".cache")
     return os.path.join(base, "causal-grpo", "jax")
 
 
 def enable_compilation_cache() -> str | None:
     """Point JAX's persistent compilation cache at :func:`cache_dir`; returns the directory.
 
-    Takes effect for compilations after the call. A directory that cannot be created only
-    costs speed, so it is a warning, not an error.
+    Takes effect for compilations after the call. A directory that cannot be created or
+    written only costs speed, so it is one warning, not an error (JAX would warn at every
+    compilation).
     """
     path = cache_dir()
     if path is None:
         return None
     try:
         os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        warnings.warn(f"JAX compilation cache disabled: cannot create {path} ({e.strerror})")
+        warnings.warn(f"JAX compilation cache disabled: cannot write to {path} ({e.strerror})")
         return None
     settings = {"jax_compilation_cache_dir": path,
                 # JAX's default skips programs that compile in under a second: much of our

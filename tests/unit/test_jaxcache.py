@@ -64,6 +64,36 @@ def test_the_cache_directory_is_per_user_and_overridable(monkeypatch, tmp_path):
     assert jaxcache.cache_dir() == str(tmp_path / "mine")
 
 
+def test_the_cache_directory_is_absolute_without_a_home_and_refused_where_unwritable(
+        monkeypatch, tmp_path):
+    """Without HOME and a passwd entry (a container's arbitrary uid) the cache was created
+    under ./~ of the working directory, and a relative XDG_CACHE_HOME was taken as given (each
+    process's working directory its own cache). A directory that exists but cannot be written
+    gave a warning at every compilation."""
+    import tempfile
+    import warnings
+    monkeypatch.delenv(jaxcache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert jaxcache.cache_dir() == str(tmp_path / "home" / ".cache" / "causal-grpo" / "jax")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)     # what it returns then
+    assert jaxcache.cache_dir() == os.path.join(tempfile.gettempdir(),
+                                                f"causal-grpo-{os.getuid()}", "jax")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    monkeypatch.setenv(jaxcache.ENV_VAR, str(locked))
+
+    def refused(*args, **kwargs):       # as the OS answers a user other than root here
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert jaxcache.enable_compilation_cache() is None
+    assert len(caught) == 1 and "cannot write to" in str(caught[0].message)
+
+
 def test_pin_cpu_numerics_adds_the_workers_flag_once_and_keeps_the_users():
     env = {}
     jaxcache.pin_cpu_numerics(env)
