@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Callable
 
-from causal_grpo import options
+from causal_grpo import io, options
 from causal_grpo.errors import RunFailure, UserError
 from causal_grpo.options import INT_MAX, SEED_MAX, Option, shown
 
@@ -71,6 +71,9 @@ def _interrupt_again_if_swallowed(previous_hook: Callable) -> Callable:
     return hook
 
 
+_depth = [0]         # jobs running in this process under user_errors_exit_2
+
+
 def user_errors_exit_2(prog: str) -> Callable:
     """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
     :class:`RunFailure` one line and exit code 1."""
@@ -87,6 +90,7 @@ def user_errors_exit_2(prog: str) -> Callable:
             enable_compilation_cache()
             previous_hook = sys.unraisablehook
             sys.unraisablehook = _interrupt_again_if_swallowed(previous_hook)
+            _depth[0] += 1
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
@@ -102,6 +106,9 @@ def user_errors_exit_2(prog: str) -> Callable:
                 raise SystemExit(INTERRUPTED)
             finally:
                 sys.unraisablehook = previous_hook
+                _depth[0] -= 1
+                if not _depth[0]:       # the job's end (main runs the others unwrapped)
+                    io.release_dir_locks()
         return wrapper
 
     return deco
@@ -231,8 +238,6 @@ def refuse_oversized(needed: int, sizes: dict[str, tuple], what: str) -> None:
     sizes: flag -> (value, default) or (value, default, how to name it); the flag furthest
     above its default is the one named.
     """
-    from causal_grpo import io
-
     available = io.available_memory_bytes()
     if needed > available:
         flag = max(sizes, key=lambda f: sizes[f][0] / sizes[f][1])

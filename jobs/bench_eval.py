@@ -441,7 +441,7 @@ def bench_eval(args):
         raise UserError("--protocol-checkpoint is for the dense<d> SCMs, and --scms has none")
     policies = _policies(args.grpo_checkpoint, args.protocol_checkpoint, args.lookahead_draws)
     _check_memory(args, sources, len(REFERENCES) + len(policies))
-    io.ensure_writable_dir(args.output_dir)
+    io.ensure_writable_dir(args.output_dir, exclusive=True)
     claim_eval_dir(args.output_dir)
     cells, cost = run_cells(args, sources, policies)
     last = min(AUC_STEPS, args.n_interventions)

@@ -180,7 +180,7 @@ def bench_scale(args) -> pd.DataFrame:
                              surrogate=SurrogateConfig(analytic=analytic))
 
     n_updates = args.n_interventions + 1
-    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    store = io.ensure_writable_dir(args.out + ".rows", exclusive=True) if args.out else None
     if store:
         io.drop_stale_partials(store)
     digest = settings_digest(args)

@@ -82,7 +82,7 @@ def bench_gies(args) -> "pd.DataFrame":
 
     # With --out, each (d, budget) row is kept in FILE.rows/ as it finishes (GIES takes
     # minutes per row at d = 100): a rerun of the same command goes on from the rows not done.
-    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    store = io.ensure_writable_dir(args.out + ".rows", exclusive=True) if args.out else None
     if store:
         io.drop_stale_partials(store)
     rows = []
@@ -260,7 +260,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
                 "available: lower --batch-size or --draws")
     # With --out, each SCM's rows (and each batch of its seeds) are kept in FILE.rows/ as they
     # finish: a rerun of the same command (same settings, code and policy) goes on from there.
-    store = io.ensure_writable_dir(args.out + ".rows") if args.out else None
+    store = io.ensure_writable_dir(args.out + ".rows", exclusive=True) if args.out else None
     if store:
         io.drop_stale_partials(store)
     from jobs.bench_scale import settings_digest

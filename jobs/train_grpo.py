@@ -129,7 +129,7 @@ def check_output_dir(run: RunOptions, cfg, dir_flag: str = "--output-dir"):
                            collect=cell_device(run.num_workers, run.gpus_per_worker), **advice)
         if read.finished is not None:
             return read
-    io.ensure_writable_dir(run.output_dir)
+    io.ensure_writable_dir(run.output_dir, exclusive=True)
     return read
 
 

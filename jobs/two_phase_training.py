@@ -263,7 +263,7 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
         base_seed=args.base_seed, batch_size=min(args.batch_size, args.seeds))
     check_memory(args, len(sources), methods, max(src.d for src in sources.values()),
                  cfg.episode.n_observational, cfg.episode.n_interventions)
-    io.ensure_writable_dir(args.output_dir)
+    io.ensure_writable_dir(args.output_dir, exclusive=True)
 
     # What the output files depend on; worker and display flags may change between reruns.
     # The policy by its content, not its path: under `ray job submit` the same checkpoint

@@ -419,6 +419,36 @@ def test_eval_refuses_runs_it_would_count_twice_or_not_use(capsys, tmp_path):
         assert needle in line, line
 
 
+def test_a_directory_another_run_writes_into_is_refused(capsys, tmp_path):
+    """A job submitted again while the first still ran (two drivers in one directory) deleted
+    the first's temporaries older than a minute, whose publish then failed with a traceback."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    out.mkdir()
+    hold = ("import sys; from causal_grpo import io; io.ensure_writable_dir(sys.argv[1], "
+            "exclusive=True); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for main, args in ((two_phase_training.main, ["--scm-type", "easy", *BASE]),
+                           (benchmark.main, ["eval", "--grpo-checkpoint", "policies/seed0",
+                                             "--scms", "easy", "--seeds", "2"])):
+            with pytest.raises(SystemExit) as ei:
+                main([*args, "--output-dir", str(out)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert ei.value.code == 2 and len(err) == 1, err
+            assert err[0].endswith(f"error: output directory {out} is in use by another run "
+                                   "(still running?); wait for it to end or use another "
+                                   "directory"), err
+    finally:
+        holder.stdin.close()
+        holder.wait(60)
+    with pytest.raises(AssertionError, match="reached the compute"):   # free again
+        two_phase_training.main(["--scm-type", "easy", *BASE, "--output-dir", str(out)])
+
+
 # --------------------------------------------------------------------------- the main job
 
 @pytest.mark.parametrize("occupied", ["a file", "another run"])
@@ -534,7 +564,7 @@ def test_a_finished_phase_1_run_is_only_read(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "seed0"
     shutil.copytree(os.path.join(ROOT, "policies", "seed0"), run_dir)
 
-    def read_only(path):
+    def read_only(path, exclusive=False):
         raise UserError(f"output directory {path} is not writable: Read-only file system")
 
     monkeypatch.setattr(io, "ensure_writable_dir", read_only)
