@@ -34,7 +34,7 @@ from causal_grpo.policy import PolicyHandle, make_policy_selector, resolve_looka
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
 from causal_grpo.surrogate import make_surrogate
-from causal_grpo.version import code_version
+from causal_grpo.version import source_id
 
 Array = jax.Array
 
@@ -300,7 +300,7 @@ def sweep_digest(cfg: SweepConfig, policy: PolicyHandle | None, sources: dict[st
         "episode": repr(cfg.episode), "base_seed": cfg.base_seed, "batch_size": cfg.batch_size,
         "scm": {scm: scm_id},
         "policy": policy.digest if policy else None,
-        "code": code_version(), "numerics": numerics(), "build": build(xla_flags),
+        "code": source_id(), "numerics": numerics(), "build": build(xla_flags),
     } | ({"device": device} if device != "cpu" else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

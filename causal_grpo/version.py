@@ -11,10 +11,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib.metadata
 import os
 
-PACKAGE = "causal-grpo"
 SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = "causal_grpo"
 # A cell is sweep.run_batch; jaxcache sets the numerics of every process that runs one.
@@ -67,20 +65,11 @@ def source_digest(directory: str = SOURCE_DIR, roots: tuple[str, ...] = CELL_ROO
 
 
 @functools.lru_cache(maxsize=None)
-def code_version() -> str:
-    """``<package version>+<source digest prefix>``, computed once per process."""
-    try:
-        version = importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        # Run from a source tree that was never installed: the source digest still identifies it.
-        version = "0+uninstalled"
-    return f"{version}+{source_digest()[:16]}"
-
-
 def source_id() -> str:
-    """The source part of :func:`code_version`: the same code on machines whose installed
-    package metadata may differ (a node installed from the same tree, a job's upload)."""
-    return code_version().split("+")[-1]
+    """The cells' code version, :func:`source_digest`'s prefix (computed once per process). Not
+    the package's version with it: the same code keys its cells alike where the package's
+    metadata differs (installed or not, on a node, in a job's upload) and across version bumps."""
+    return source_digest()[:16]
 
 
 @functools.lru_cache(maxsize=None)

@@ -96,7 +96,7 @@ def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: 
     """What a row's numbers depend on: every argument but ``not_settings``, ``extra`` (e.g. a
     policy's digest), the library's code (all of it) and the benchmark's own code (this module,
     GIES, the shared helpers)."""
-    from causal_grpo.version import code_version, library_id
+    from causal_grpo.version import library_id, source_id
 
     here = os.path.dirname(os.path.abspath(__file__))
     files = {}
@@ -104,9 +104,9 @@ def settings_digest(args, not_settings: tuple[str, ...] = _NOT_SETTINGS, extra: 
         with open(os.path.join(here, name), "rb") as f:
             files[name] = hashlib.sha256(f.read()).hexdigest()
     settings = {k: v for k, v in vars(args).items() if k not in not_settings}
-    # code_version() keys cells; the rows also depend on the tables' statistics (results.py)
+    # source_id() keys cells; the rows also depend on the tables' statistics (results.py)
     # and, with --decisions, the policy network: every library module counts.
-    blob = json.dumps({"settings": settings, "code": code_version(), "library": library_id(),
+    blob = json.dumps({"settings": settings, "code": source_id(), "library": library_id(),
                        "files": files,
                        **({"extra": extra} if extra is not None else {})},
                       sort_keys=True, default=str)

@@ -125,7 +125,7 @@ def test_a_run_stopped_before_its_first_batch_leaves_the_directory_free(tmp_path
 
 def test_a_code_change_recomputes_instead_of_reusing(done, computed, monkeypatch):
     steps = (done / "steps.csv").read_bytes()
-    monkeypatch.setattr(sweep, "code_version", lambda: "0.1.0+0123456789abcdef")
+    monkeypatch.setattr(sweep, "source_id", lambda: "0123456789abcdef")
     assert two_phase_training.main(BASE + ["--output-dir", str(done)]) == 0
     assert len(computed) == N_BATCHES
     assert len(os.listdir(done / "cells")) == 2                   # one cache per code version

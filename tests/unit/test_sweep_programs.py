@@ -187,6 +187,27 @@ def test_cells_under_other_numerics_are_not_reused(monkeypatch):
     assert sweep.sweep_digest(cfg, None, sources, "er4") != before
 
 
+def test_cells_are_keyed_by_the_code_not_by_the_packages_metadata(monkeypatch):
+    """The key held ``<package version>+<digest>``: the same tree keyed its cells apart where
+    the package was not installed (``0+uninstalled``: a node, a job's upload) and after a
+    version bump, recomputing every cell."""
+    import importlib.metadata
+
+    from causal_grpo import version
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
+    sources = {"er4": resolve_scm("er4")}
+    before = sweep.sweep_digest(cfg, None, sources, "er4")
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    version.source_id.cache_clear()
+    try:
+        assert sweep.sweep_digest(cfg, None, sources, "er4") == before
+    finally:
+        version.source_id.cache_clear()
+
 def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
     """GPU and CPU kernels differ in their last bits: a sweep resumed with or without
     --gpus-per-worker keys its cells apart; CPU keys are the ones CPU runs always had."""

@@ -1,7 +1,6 @@
 """The code version in every cell cache key: a digest of the library modules a cell runs."""
 
 import glob
-import importlib.metadata
 import json
 import os
 import shutil
@@ -89,10 +88,9 @@ def test_a_cell_loads_no_library_module_outside_the_digest(tmp_path):
     assert loaded <= set(version.cell_modules()), loaded - set(version.cell_modules())
 
 
-def test_code_version_is_package_version_plus_digest_and_cached():
-    v = version.code_version()
-    assert v == f"{importlib.metadata.version('causal-grpo')}+{version.source_digest()[:16]}"
-    assert version.code_version() is v
+def test_the_cells_code_version_is_the_digest_and_cached():
+    v = version.source_id()
+    assert v == version.source_digest()[:16] and version.source_id() is v
 
 
 def test_the_code_a_worker_shares_with_its_driver_covers_training_and_the_actors(tmp_path):
