@@ -136,11 +136,8 @@ def drop_stale_partials(directory: str, min_age_s: float = 60.0) -> None:
     back instead.
 
     A writer killed mid-write leaves its temporary behind. Writing a result takes
-    milliseconds, so one a minute old belongs to a dead writer, not a live one; in a directory
-    this process holds the lock of (:func:`ensure_writable_dir`), every one does.
+    milliseconds, so one a minute old belongs to a dead writer, not a live one.
     """
-    if _locked_here(directory):
-        min_age_s = 0.0
     now = time.time()
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
@@ -212,23 +209,21 @@ def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
 _LOCKS: dict[str, int] = {}
 
 
-def _locked_here(directory: str) -> bool:
-    path = os.path.abspath(directory)
-    return any(path == d or path.startswith(d + os.sep) for d in _LOCKS)
-
-
 def _lock(path: str) -> None:
     path = os.path.abspath(path)
     if path in _LOCKS:
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:         # a directory that can be written but not read
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise UserError(f"output directory {path} is in use by another run (still running?); "
                         "wait for it to end or use another directory") from None
-    except OSError:         # no flock on this file system (NFS): temporaries' age decides
+    except OSError:         # a file system without flock
         os.close(fd)
         return
     _LOCKS[path] = fd
@@ -242,9 +237,9 @@ def release_dir_locks() -> None:
 
 def ensure_writable_dir(path: str, exclusive: bool = False) -> str:
     """Create ``path`` if needed and check that files can be created in it. ``exclusive``: this
-    process writes there until :func:`release_dir_locks`, and a second run that asks the same
-    at the same time (a job submitted again while the first runs) is refused; the partial
-    files a killed writer left there are then known to be dead (:func:`drop_stale_partials`)."""
+    process writes there until :func:`release_dir_locks`, and a second run on this machine that
+    asks the same at the same time (a job submitted again while the first runs) is refused
+    (flock: on a network file system, processes of other machines do not see the lock)."""
     try:
         os.makedirs(path, exist_ok=True)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path

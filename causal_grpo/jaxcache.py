@@ -15,8 +15,8 @@ SCM size x method); with the cache a second run, a resumed run and the second Ra
 machine load the compiled executables from disk instead.
 
 ``CAUSAL_GRPO_JAX_CACHE`` chooses the directory; "off" or empty disables the cache. Unset:
-``$XDG_CACHE_HOME/causal-grpo/jax`` (``~/.cache/causal-grpo/jax``; without a home directory,
-``<temp dir>/causal-grpo-<uid>/jax``).
+``$XDG_CACHE_HOME/causal-grpo/jax`` (``~/.cache/causal-grpo/jax``; none without a home
+directory).
 """
 
 from __future__ import annotations
@@ -109,8 +109,10 @@ def cache_dir() -> str | None:
     base = os.environ.get("XDG_CACHE_HOME", "")
     if not os.path.isabs(base):     # unset, or relative: invalid by the XDG spec, so ignored
         home = os.path.expanduser("~")
-        if not os.path.isabs(home):     # no HOME, no passwd entry (a container's arbitrary uid)
-            return os.path.join(tempfile.gettempdir(), f"causal-grpo-{os.getuid()}", "jax")
+        # No HOME and no passwd entry (a container's arbitrary uid): no cache, rather than one
+        # in the working directory or at a shared temporary path another user could fill.
+        if not os.path.isabs(home):
+            return None
         base = os.path.join(home, ".cache")
     return os.path.join(base, "causal-grpo", "jax")
 

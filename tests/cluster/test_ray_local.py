@@ -357,12 +357,13 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_error(local_ray, caps
 def test_a_gpu_worker_whose_jax_has_no_gpu_stops_the_run_with_one_line(local_ray, capsys):
     """A node set up with the CPU-only jax of pyproject.toml computed a GPU worker's cells on
     its CPU, with only JAX's warning, and they were filed as GPU cells. Here the worker gets a
-    GPU worker's environment (no GPU is requested: this machine has none)."""
+    GPU worker's environment (no GPU is requested) on a JAX held to the CPU."""
     import socket
 
     from cluster.connect import worker_env
     from jobs._cli import user_errors_exit_2
-    opts = {"num_cpus": 0.25, "runtime_env": {"env_vars": worker_env(0.25)}}
+    env = dict(worker_env(0.25), JAX_PLATFORMS="cpu")      # as a CPU-only jax computes
+    opts = {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
     pool = FaultTolerantPool(lambda: BadStart.options(**opts).remote("ok"), 1, start_timeout=60.0)
 
     @user_errors_exit_2("job")
@@ -378,6 +379,7 @@ def test_a_gpu_worker_whose_jax_has_no_gpu_stops_the_run_with_one_line(local_ray
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"job: error: a Ray worker on {socket.gethostname()} has a GPU share but JAX there "
         "computes on cpu; install jax with CUDA on the GPU nodes (pip install 'jax[cuda12]')")
+
 
 def test_a_worker_with_other_library_code_than_the_driver_stops_the_run(local_ray, capsys):
     """Attached to a cluster outside `ray job submit`, a worker imports its node's own copy of

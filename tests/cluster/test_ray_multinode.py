@@ -157,6 +157,7 @@ def test_a_local_ray_is_a_new_one_not_the_cluster_named_in_rays_temp_dir():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
 def test_a_local_ray_counts_the_cpus_ray_detects_not_the_hosts(monkeypatch):
     """It was started with os.cpu_count(), which ignores a container's CPU quota (Ray's own
     count respects it), so --num-workers could oversubscribe the quota."""

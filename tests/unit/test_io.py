@@ -156,23 +156,3 @@ def test_dirs_made_by_a_refused_runs_checks_are_removed_and_nothing_else(tmp_pat
         io.ensure_writable_dir(str(new))
     assert new.is_dir()
 
-
-def test_in_a_directory_this_process_holds_every_partial_is_dead(tmp_path):
-    """Partial files are judged by age (a minute) where another writer may be live; in a
-    directory this process holds the lock of none can be. A resume within a minute of a kill
-    between a checkpoint's two renames did not put the set-aside checkpoint back (training
-    went on from the one before)."""
-    fresh = tmp_path / (io.TMP_PREFIX + "t.csv")
-    fresh.write_text("partial")
-    aside = tmp_path / (io.CKPT_OLD_PREFIX + "x")
-    (aside / "step_5").mkdir(parents=True)
-    (aside / "step_5" / "f").write_text("ok")
-    io.drop_stale_partials(str(tmp_path))
-    assert fresh.exists() and aside.exists()                  # perhaps another's, still live
-    io.ensure_writable_dir(str(tmp_path), exclusive=True)
-    try:
-        io.drop_stale_partials(str(tmp_path))
-        assert sorted(os.listdir(tmp_path)) == ["step_5"]
-        assert (tmp_path / "step_5" / "f").read_text() == "ok"
-    finally:
-        io.release_dir_locks()

@@ -187,26 +187,32 @@ def test_cells_under_other_numerics_are_not_reused(monkeypatch):
     assert sweep.sweep_digest(cfg, None, sources, "er4") != before
 
 
-def test_cells_are_keyed_by_the_code_not_by_the_packages_metadata(monkeypatch):
+def test_cells_are_keyed_by_the_code_not_by_the_packages_metadata():
     """The key held ``<package version>+<digest>``: the same tree keyed its cells apart where
     the package was not installed (``0+uninstalled``: a node, a job's upload) and after a
-    version bump, recomputing every cell."""
-    import importlib.metadata
+    version bump, recomputing every cell. A process without the package's metadata keys them
+    as this one does."""
+    import json
+    import subprocess
+    import sys
+    probe = (
+        "import importlib.metadata as md, json\n"
+        "def missing(name): raise md.PackageNotFoundError(name)\n"
+        "md.version = missing\n"
+        "from causal_grpo import sweep\n"
+        "from causal_grpo.active_learning import EpisodeConfig, Method\n"
+        "from causal_grpo.scm_families import resolve_scm\n"
+        "cfg = sweep.SweepConfig(scms=('er4',), methods=(Method.RANDOM,), seeds=2,\n"
+        "                        episode=EpisodeConfig(n_observational=5, n_interventions=2))\n"
+        "print(json.dumps(sweep.sweep_digest(cfg, None, {'er4': resolve_scm('er4')}, 'er4')))\n")
+    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2,
+                            episode=EpisodeConfig(n_observational=5, n_interventions=2))
+    here = sweep.sweep_digest(cfg, None, {"er4": resolve_scm("er4")}, "er4")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == here
 
-    from causal_grpo import version
-    cfg = sweep.SweepConfig(scms=("er4",), methods=(Method.RANDOM,), seeds=2, episode=EPISODE)
-    sources = {"er4": resolve_scm("er4")}
-    before = sweep.sweep_digest(cfg, None, sources, "er4")
-
-    def no_metadata(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
-    version.source_id.cache_clear()
-    try:
-        assert sweep.sweep_digest(cfg, None, sources, "er4") == before
-    finally:
-        version.source_id.cache_clear()
 
 def test_cells_computed_on_a_gpu_are_not_reused_on_a_cpu():
     """GPU and CPU kernels differ in their last bits: a sweep resumed with or without
