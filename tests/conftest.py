@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import tempfile
 
 import pytest
@@ -13,6 +14,11 @@ from causal_grpo.jaxcache import enable_compilation_cache, pin_cpu_numerics
 _FAST_COMPILE = "--xla_cpu_use_fusion_emitters=false"
 if _FAST_COMPILE not in os.environ.get("XLA_FLAGS", "").split():
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+# A runner started in the background (`cmd &` in a script) ignores SIGINT, and so would every
+# process of the suite (Python installs its Ctrl-C handler only where SIGINT is not ignored):
+# the tests of Ctrl-C need it as a terminal gives it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # The CLIs' and the Ray workers' CPU numerics, set before any JAX computation of the session.
 pin_cpu_numerics()
 # Most of the suite's time is XLA compiling small programs run a few times: JAX's switch for

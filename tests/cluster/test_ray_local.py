@@ -354,17 +354,11 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_error(local_ray, caps
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
 
 
-def test_a_gpu_worker_whose_jax_has_no_gpu_stops_the_run_with_one_line(local_ray, capsys):
-    """A node set up with the CPU-only jax of pyproject.toml computed a GPU worker's cells on
-    its CPU, with only JAX's warning, and they were filed as GPU cells. Here the worker gets a
-    GPU worker's environment (no GPU is requested) on a JAX held to the CPU."""
-    import socket
-
-    from cluster.connect import worker_env
+def _start_refused(env: dict, capsys) -> str:
+    """One worker started under ``env`` must stop the run with exit code 2: its line."""
     from jobs._cli import user_errors_exit_2
-    env = dict(worker_env(0.25), JAX_PLATFORMS="cpu")      # as a CPU-only jax computes
-    opts = {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
-    pool = FaultTolerantPool(lambda: BadStart.options(**opts).remote("ok"), 1, start_timeout=60.0)
+    pool = FaultTolerantPool(lambda: BadStart.options(
+        num_cpus=0.25, runtime_env={"env_vars": env}).remote("ok"), 1, start_timeout=60.0)
 
     @user_errors_exit_2("job")
     def job():
@@ -376,7 +370,18 @@ def test_a_gpu_worker_whose_jax_has_no_gpu_stops_the_run_with_one_line(local_ray
     finally:
         pool.close()
     assert e.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_gpu_worker_whose_jax_has_no_gpu_stops_the_run_with_one_line(local_ray, capsys):
+    """A node set up with the CPU-only jax of pyproject.toml computed a GPU worker's cells on
+    its CPU, with only JAX's warning, and they were filed as GPU cells. Here the worker gets a
+    GPU worker's environment (no GPU is requested) on a JAX held to the CPU."""
+    import socket
+
+    from cluster.connect import worker_env
+    line = _start_refused(dict(worker_env(0.25), JAX_PLATFORMS="cpu"), capsys)
+    assert line == (
         f"job: error: a Ray worker on {socket.gethostname()} has a GPU share but JAX there "
         "computes on cpu; install jax with CUDA on the GPU nodes (pip install 'jax[cuda12]')")
 
@@ -386,25 +391,10 @@ def test_a_worker_with_other_library_code_than_the_driver_stops_the_run(local_ra
     the library; its cells would be stored under the driver's code version. Here the driver's
     digest it is given differs from the one it computes."""
     from cluster.connect import DRIVER_CODE_ENV, worker_env
-    from jobs._cli import user_errors_exit_2
-    env = worker_env(0) | {DRIVER_CODE_ENV: "0" * 16}
-    pool = FaultTolerantPool(lambda: BadStart.options(
-        num_cpus=0.25, runtime_env={"env_vars": env}).remote("ok"), 1, start_timeout=30.0)
-
-    @user_errors_exit_2("job")
-    def job():
-        list(pool.map_unordered(lambda a, s: a.run.remote(s), [1]))
-
-    try:
-        with pytest.raises(SystemExit) as e:
-            job()
-    finally:
-        pool.close()
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 2 and " runs other causal_grpo code (" in line, line
+    line = _start_refused(worker_env(0) | {DRIVER_CODE_ENV: "0" * 16}, capsys)
+    assert " runs other causal_grpo code (" in line, line
     assert line.endswith(" than the driver (0000000000000000); submit the job with `ray job "
                          "submit --working-dir .` or install the driver's code on every node")
-
 
 TINY = P.Phase1Config(
     curriculum=(P.Stage(sizes=(4,), d_pad=4, iterations=2, episodes=4),),

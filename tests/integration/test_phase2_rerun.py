@@ -203,10 +203,7 @@ def start_then(out, sig, more_than: int, args=SLOW):
     """Start the CLI, send ``sig`` once more than ``more_than`` cells exist; returns exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *args,
                              "--output-dir", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            # A runner started in the background (`cmd &`) ignores SIGINT, and
-                            # so would the child: Python installs its handler only if not.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while len(cells_in(out)) <= more_than:
         assert proc.poll() is None, f"ended before the signal: {proc.stderr.read()[-2000:]}"
@@ -244,8 +241,7 @@ def interrupt_when_logged(args, out, logged: str):
     env = dict(os.environ, JAX_LOG_COMPILES="1", CAUSAL_GRPO_JAX_CACHE="off")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.two_phase_training", *args, "--quiet",
                              "--no-plots", "--output-dir", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stderr:
             if logged in line:
