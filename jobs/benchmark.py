@@ -484,9 +484,11 @@ def build_parser() -> ArgumentParser:
 
     sub.add_parser("phase1", help="Phase-1 candidate evaluations per second, default curriculum")
     r = sub.add_parser("ray", help="Phase-2 sweep time on 0, 1, 2 Ray workers")
-    r.add_argument("--seconds", type=positive_float("--seconds"), default=60.0,
+    # At most an hour: its cells are planned as batch objects before anything is measured
+    # (1e6 s, the generic bound, planned 1.5 million of them).
+    r.add_argument("--seconds", type=positive_float("--seconds", maximum=3600.0), default=60.0,
                    help="sizes each Phase-2 measurement: 100 cells per second given (about "
-                        "38 cells/s in-process on 2 cores, so ~2.6x as long there)")
+                        "38 cells/s in-process on 2 cores, so ~2.6x as long there); at most 3600")
     r.add_argument("--workers", type=list_of(positive_int("--workers", 0), distinct=True),
                    default=[0, 1, 2])
     from jobs.bench_eval import add_parser as add_eval_parser

@@ -386,6 +386,7 @@ def test_float_flags_accept_their_range():
      "--gpus-per-worker"),
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "-3"],
      "--gpus-per-worker"),
+    (["ray", "--seconds", "1e6"], "--seconds"),
 ])
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
