@@ -26,8 +26,9 @@ observational data and the step noise from the cell key).
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,33 +104,16 @@ class GRPOInterventionFn:
             raise UserError(str(e)) from None
         self.loaded, self.d, self.target, self.names = loaded, d, target, names
         self.low, self.high, self.capacity = lo, hi, capacity
-        sur = make_analytic_surrogate(posterior, d)
-        mask = jnp.ones((d,), bool)
-        shapes = SCM.without_graph(target, mask, lo, hi)     # all that observe() reads
-        self._state = sur.init(jax.random.PRNGKey(seed), mask)
+        self._programs = _acting_programs(loaded.config, bool(greedy), lookahead_draws,
+                                          posterior, d)
+        self._shapes = SCM.without_graph(target, jnp.ones((d,), bool), lo, hi)
+        self._state = self._programs.surrogate.init(jax.random.PRNGKey(seed),
+                                                    jnp.ones((d,), bool))
         self._buffer = Buffer.empty(capacity, d)
         self._count = 0
         self._key = jax.random.PRNGKey(seed) if key is None else key
         self._calls = 0
         self.history: list[dict] = []
-        # The lookahead refits this function's own posterior settings, as the sweep's selector
-        # refits the episode's.
-        select = make_policy_selector(loaded.config, greedy, lookahead_draws, posterior)
-
-        def obs(buffer, state, step):
-            return observe(shapes, buffer, step, sur.edge_probs(state))
-
-        def dist(key, params, buffer, state, step):
-            o = obs(buffer, state, step)
-            refit = refit_posterior(key, o, posterior) if loaded.config.lookahead else None
-            out = policy_output(key, o, params, loaded.config, refit, lookahead_draws)[1]
-            return jax.nn.softmax(out.var_logits), jax.nn.softmax(out.value_logits, axis=-1)
-
-        self._obs = obs
-        self._select = jax.jit(lambda key, params, buffer, state, step:
-                               select(key, obs(buffer, state, step), params))
-        self._dist = jax.jit(dist)
-        self._update = jax.jit(sur.update)
 
     def observe(self, values, intervened=None) -> None:
         """Add samples: values (n, d) or (d,); intervened the same shape (bool) or None."""
@@ -148,7 +132,8 @@ class GRPOInterventionFn:
                               self._buffer.intervened.at[rows].set(m),
                               self._buffer.valid.at[rows].set(True))
         self._count += n
-        self._state = self._update(self._state, jnp.asarray(x), jnp.asarray(m), jnp.ones((n,), bool))
+        self._state = self._programs.update(self._state, jnp.asarray(x), jnp.asarray(m),
+                                            jnp.ones((n,), bool))
         for row, mask in zip(x, m):
             self.history.append({"values": row, "intervened": mask})
 
@@ -160,19 +145,54 @@ class GRPOInterventionFn:
     def _args(self) -> tuple:
         if self._count == 0:
             raise UserError("the intervention function has seen no data yet; call observe() first")
-        return (jax.random.fold_in(self._key, self._calls), self.loaded.params, self._buffer,
-                self._state, jnp.asarray(self._calls))
+        return (jax.random.fold_in(self._key, self._calls), self.loaded.params, self._shapes,
+                self._buffer, self._state, jnp.asarray(self._calls))
 
     def action_distribution(self) -> tuple[np.ndarray, np.ndarray]:
         """(d,) variable probabilities and (d, n_bins) value-bin probabilities of the next call."""
-        pv, pb = self._dist(*self._args())
+        pv, pb = self._programs.dist(*self._args())
         return np.asarray(pv), np.asarray(pb)
 
     def __call__(self) -> tuple[int, float]:
         """The next intervention ``(variable_index, value)`` chosen from the history."""
-        action = self._select(*self._args())
+        action = self._programs.select(*self._args())
         self._calls += 1
         return int(action.variable), float(action.value)
+
+
+class _ActingPrograms(NamedTuple):
+    surrogate: Surrogate
+    obs: Any           # (shapes, buffer, state, step) -> Observation, unjitted
+    update: Any        # jit(surrogate.update)
+    select: Any        # jit: (key, params, shapes, buffer, state, step) -> Action
+    dist: Any          # jit: the same arguments -> (variable probs, value-bin probs)
+
+
+# Built once per policy architecture, acting settings and size, so that a new function for
+# each episode (as the workflow asks) reuses the compiled programs: compiling them took about
+# 9 of the 11 s of a `medium` episode. The SCM's target and range are arguments, not constants.
+@functools.lru_cache(maxsize=8)
+def _acting_programs(config, greedy: bool, lookahead_draws: LookaheadDraws,
+                     posterior: AnalyticConfig, d: int) -> _ActingPrograms:
+    sur = make_analytic_surrogate(posterior, d)
+    # The lookahead refits this function's own posterior settings, as the sweep's selector
+    # refits the episode's.
+    select = make_policy_selector(config, greedy, lookahead_draws, posterior)
+
+    def obs(shapes, buffer, state, step):
+        return observe(shapes, buffer, step, sur.edge_probs(state))
+
+    def dist(key, params, shapes, buffer, state, step):
+        o = obs(shapes, buffer, state, step)
+        refit = refit_posterior(key, o, posterior) if config.lookahead else None
+        out = policy_output(key, o, params, config, refit, lookahead_draws)[1]
+        return jax.nn.softmax(out.var_logits), jax.nn.softmax(out.value_logits, axis=-1)
+
+    return _ActingPrograms(
+        sur, obs, jax.jit(sur.update),
+        jax.jit(lambda key, params, shapes, buffer, state, step:
+                select(key, obs(shapes, buffer, state, step), params)),
+        jax.jit(dist))
 
 
 def create_grpo_intervention_fn(loaded_policy: LoadedPolicy, scm: SCMSpec | SCM | str,
@@ -230,6 +250,18 @@ class _RandomFn:
         return j, float(self.rng.uniform(self.low, self.high))
 
 
+# One surrogate and one set of compiled episode programs per setting, reused across episodes
+# (compiling them was about 3.5 of the 4 s of a `medium` episode); the SCM is an argument.
+_fresh_surrogate = functools.lru_cache(maxsize=8)(make_surrogate)
+
+
+@functools.lru_cache(maxsize=8)
+def _episode_programs(sur: Surrogate, n0: int, capacity: int, T: int) -> tuple:
+    return (jax.jit(lambda k, s: start_episode(k, s, sur, n0, capacity, T)),
+            jax.jit(sur.update),
+            jax.jit(lambda s, e, m, v: propagate(s, e, m, jnp.where(m, v, 0.0))))
+
+
 def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfig(),
                         surrogate: Surrogate | None = None, intervention_fn: Any = None,
                         seed: int = 0, base_seed: int = 0) -> dict:
@@ -259,7 +291,7 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     scm_t, key = cell_scm_and_key(spec, base_seed, seed)
     d, n0, T = spec.d, config.n_observational, config.n_interventions
     lo, hi = spec.intervention_range
-    sur = surrogate or make_surrogate(config.surrogate, d, config.capacity)
+    sur = surrogate or _fresh_surrogate(config.surrogate, d, config.capacity)
     if sur.capacity is not None and sur.capacity < config.capacity:
         raise UserError(f"the surrogate keeps {sur.capacity} rows and the episode has "
                         f"{config.capacity} ({n0} observational + {T} interventions): build it "
@@ -276,11 +308,13 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
         raise UserError(f"the intervention function was made for an SCM of {made_for[0]} "
                         f"variables with target {made_for[1]}; this one has {d} with target "
                         f"{spec.target}")
-    start = jax.jit(lambda k, s: start_episode(k, s, sur, n0, config.capacity, T))(key, scm_t)
+    try:
+        start_fn, update, step_fn = _episode_programs(sur, n0, config.capacity, T)
+    except TypeError:       # a surrogate of unhashable callables: its programs are not kept
+        start_fn, update, step_fn = _episode_programs.__wrapped__(sur, n0, config.capacity, T)
+    start = start_fn(key, scm_t)
     x0, state, eps = start.x0, start.state, start.eps
-    update = jax.jit(sur.update)
     fn.observe(np.asarray(x0), np.zeros((n0, d), bool))
-    step_fn = jax.jit(lambda e, m, v: propagate(scm_t, e, m, jnp.where(m, v, 0.0)))
 
     def record(probs):
         pred = M.posterior_graph(probs)
@@ -302,7 +336,7 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
             raise UserError(f"intervention function chose value {v!r}: must be a finite number")
         v = float(np.clip(v, lo, hi))
         mask = jnp.arange(d) == j
-        x = step_fn(eps[t], mask, jnp.float32(v))
+        x = step_fn(scm_t, eps[t], mask, jnp.float32(v))
         fn.observe(np.asarray(x)[None], np.asarray(mask)[None])
         state = update(state, x[None], mask[None], jnp.ones((1,), bool))
         f1, shd, pf1 = record(sur.edge_probs(state))

@@ -154,6 +154,10 @@ def bench_phase2(args) -> "pd.DataFrame":
 
     rows = []
     spec = resolve_scm(args.scm)
+    loaded = None
+    if args.grpo_checkpoint:
+        from causal_grpo.checkpoint import load_grpo_policy
+        loaded = load_grpo_policy(args.grpo_checkpoint)
     cache = cache_dir()
     print(f"compilation cache: {cache or 'off'} (a compile it holds is a load: "
           "CAUSAL_GRPO_JAX_CACHE=off times cold compiles); peak RSS: this process's so far",
@@ -184,7 +188,35 @@ def bench_phase2(args) -> "pd.DataFrame":
         print(f"{spec.name} random_active surrogate={kind}: {row['runs_per_s']:.1f} runs/s "
               f"({seeds} seeds vmapped, {args.n_observational}+{args.n_interventions} samples), "
               f"compile {compile_s:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+    rows += _bench_workflow(args, spec, loaded)
     return pd.DataFrame(rows)
+
+
+def _bench_workflow(args, spec, loaded) -> list[dict]:
+    """Seconds per episode of the Python workflow: the first (compiles its programs) and the
+    mean of the next ones (new seeds, a new intervention function each)."""
+    from causal_grpo.active_learning import EpisodeConfig
+    from causal_grpo.two_phase import create_grpo_intervention_fn, run_active_learning
+    cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
+    drivers = {"random (default)": lambda seed: None}
+    if loaded is not None:
+        drivers["grpo"] = lambda seed: create_grpo_intervention_fn(
+            loaded, spec, capacity=cfg.capacity, seed=seed)
+    rows = []
+    for name, make_fn in drivers.items() if args.workflow_episodes else ():
+        times = []
+        for seed in range(args.workflow_episodes):
+            t0 = time.time()
+            run_active_learning(spec, cfg, intervention_fn=make_fn(seed), seed=seed)
+            times.append(time.time() - t0)
+        later = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else float("nan")
+        rows.append({"scm": spec.name, "surrogate": "analytic", "workflow": name,
+                     "steps": args.n_interventions, "first_episode_s": times[0],
+                     "next_episode_s": later, "peak_rss_mb": _peak_rss_mb()})
+        print(f"{spec.name} workflow, {name}: first episode {times[0]:.2f} s, next "
+              f"{later:.2f} s each ({len(times) - 1} more, "
+              f"{args.n_observational}+{args.n_interventions} samples)", flush=True)
+    return rows
 
 
 def bench_ceiling(args) -> "pd.DataFrame":
@@ -457,6 +489,12 @@ def build_parser() -> ArgumentParser:
     q.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
     q.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=50)
     q.add_argument("--repeats", type=positive_int("--repeats"), default=3)
+    q.add_argument("--workflow-episodes", type=positive_int("--workflow-episodes", 0, 1000), default=3,
+                   help="episodes of the seed document's Python workflow (run_active_learning, "
+                        "one step at a time) to time, the first with its compiles; 0: none")
+    q.add_argument("--grpo-checkpoint", default=None,
+                   help="also time the workflow driven by this policy "
+                        "(create_grpo_intervention_fn, a new one per episode)")
 
     c = sub.add_parser("ceiling", help="expected-gain oracle vs random, uncertainty, a policy")
     c.add_argument("--scms", type=comma_list, default=["easy", "medium", "hard", "er10"])

@@ -110,8 +110,8 @@ def test_seed_api_and_jitted_selector_choose_the_same_actions(trained):
         # The distribution it reports is the network's on the lookahead of that posterior.
         # Jitted: run eagerly, the exact DP's small ops take half a minute to dispatch.
         @jax.jit
-        def logits(k, params, buffer, state, step):
-            o = fn._obs(buffer, state, step)
+        def logits(k, params, shapes, buffer, state, step):
+            o = fn._programs.obs(shapes, buffer, state, step)
             out = policy_output(k, o, params, loaded.config, refit_posterior(k, o, post), "auto")
             return out[1].var_logits
 
@@ -121,6 +121,39 @@ def test_seed_api_and_jitted_selector_choose_the_same_actions(trained):
         assert chosen == list(jitted["variable"][s, 1:]), (s, chosen, jitted["variable"][s])
         np.testing.assert_allclose([i["value"] for i in res["interventions"]],
                                    jitted["value"][s, 1:], atol=1e-5)
+
+
+def test_the_workflows_next_episode_traces_nothing_new(trained):
+    """The workflow makes a new intervention function for each episode: the next one, on
+    another seed, another target and another intervention range of the same size, reuses the
+    compiled programs of the first (tracing and compiling them again was 9 of a `medium`
+    episode's 11 s). Counted with JAX's own trace events, which fire even where the persistent
+    compilation cache then loads the program."""
+    import dataclasses
+
+    from jax._src.dispatch import JAXPR_TRACE_EVENT
+    loaded = load_grpo_policy(str(trained / "final"))
+    ep = EpisodeConfig(n_observational=8, n_interventions=3)
+
+    def episode(scm, seed):
+        fn = create_grpo_intervention_fn(loaded, scm, capacity=ep.capacity, seed=seed)
+        run_active_learning(scm, ep, intervention_fn=fn, seed=seed)
+        run_active_learning(scm, ep, seed=seed)                  # the random default too
+
+    episode(easy(), 0)
+    traced = []
+
+    def listen(event, duration, **kwargs):
+        if event == JAXPR_TRACE_EVENT:
+            traced.append(kwargs.get("fun_name"))
+
+    other = dataclasses.replace(easy(), target=0, intervention_range=(-1.0, 3.0))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        episode(other, 1)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert traced == []
 
 
 def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
