@@ -387,6 +387,8 @@ def test_float_flags_accept_their_range():
     (["eval", "--grpo-checkpoint", "r", "--output-dir", "o", "--gpus-per-worker", "-3"],
      "--gpus-per-worker"),
     (["ray", "--seconds", "1e6"], "--seconds"),
+    (["phase2", "--workflow-episodes", "1001"], "--workflow-episodes must be an integer in [0, 1000], got 1001"),
+    (["phase2", "--grpo-checkpoint", "no/such/run"], "checkpoint not found: no/such/run"),
 ])
 def test_benchmark_flags(capsys, tmp_path, args, needle):
     assert needle in refused(capsys, tmp_path, *args, main=benchmark.main, output=False)
