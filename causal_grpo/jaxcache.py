@@ -50,10 +50,21 @@ def numerics() -> dict[str, bool | str]:
     reused, under other numbers."""
     import jax
     c = jax.config
-    return {"enable_x64": bool(c.jax_enable_x64),
-            "default_matmul_precision": str(c.jax_default_matmul_precision),
-            "default_prng_impl": str(c.jax_default_prng_impl),
-            "threefry_partitionable": bool(c.jax_threefry_partitionable)}
+    out = {"enable_x64": bool(c.jax_enable_x64),
+           "default_matmul_precision": str(c.jax_default_matmul_precision),
+           "default_prng_impl": str(c.jax_default_prng_impl),
+           "threefry_partitionable": bool(c.jax_threefry_partitionable)}
+    # JAX adds this offset to every seed (JAX_RANDOM_SEED_OFFSET), so it changes every cell's
+    # data. In the key only when set: cells and runs made at the default keep their keys.
+    if seed_offset():
+        out["random_seed_offset"] = seed_offset()
+    return out
+
+
+def seed_offset() -> int:
+    """JAX's ``random_seed_offset`` (global only: JAX has no public per-thread setter)."""
+    import jax
+    return int(jax.config.jax_random_seed_offset)
 
 
 def numerics_env() -> dict[str, str]:
@@ -66,6 +77,8 @@ def numerics_env() -> dict[str, str]:
         value = getattr(jax.config, f"jax_{name}")
         if value is not None:
             env[f"JAX_{name.upper()}"] = str(int(value)) if isinstance(value, bool) else str(value)
+    if seed_offset():
+        env["JAX_RANDOM_SEED_OFFSET"] = str(seed_offset())
     return env
 
 

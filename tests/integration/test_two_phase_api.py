@@ -349,11 +349,21 @@ def test_a_run_from_before_a_setting_existed(trained, tmp_path, capsys):
 
 
 def test_numerics_follow_jaxs_environment():
-    code = "from causal_grpo.jaxcache import numerics; print(numerics())"
-    env = dict(os.environ, JAX_THREEFRY_PARTITIONABLE="0", JAX_DEFAULT_PRNG_IMPL="rbg")
+    """Including the offset JAX adds to every seed, which changes every cell's data: keyed and
+    passed on to Ray workers when set, absent at its default (so keys made before it counted
+    stay valid)."""
+    code = ("from causal_grpo.jaxcache import numerics, numerics_env\n"
+            "print(numerics(), numerics_env())")
+    env = dict(os.environ, JAX_THREEFRY_PARTITIONABLE="0", JAX_DEFAULT_PRNG_IMPL="rbg",
+               JAX_RANDOM_SEED_OFFSET="3")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120).stdout
     assert "'default_prng_impl': 'rbg'" in out and "'threefry_partitionable': False" in out, out
+    assert "'random_seed_offset': 3" in out and "'JAX_RANDOM_SEED_OFFSET': '3'" in out, out
+    env.pop("JAX_RANDOM_SEED_OFFSET")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120).stdout
+    assert "'default_prng_impl': 'rbg'" in out and "seed_offset" not in out.lower(), out
 
 
 TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode", "4",
