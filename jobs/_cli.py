@@ -74,6 +74,21 @@ def _interrupt_again_if_swallowed(previous_hook: Callable) -> Callable:
 _depth = [0]         # jobs running in this process under user_errors_exit_2
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """XLA's out-of-memory error (host or accelerator; the memory checks before a run estimate,
+    a device may hold less, or other processes may take it), as one line; None for any other.
+    From a Ray worker it arrives wrapped in a RayTaskError."""
+    import jax
+    cause = getattr(e, "cause", None) or e
+    text = str(cause)
+    if not isinstance(cause, jax.errors.JaxRuntimeError) or "RESOURCE_EXHAUSTED" not in text:
+        return None
+    what = next(line for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line)
+    return (f"ran out of memory ({' '.join(what.split())[:200]}); finished work is kept: rerun "
+            "with less at once (a smaller --batch-size where the job has one, fewer seeds or "
+            "workers per machine)")
+
+
 def user_errors_exit_2(prog: str) -> Callable:
     """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
     :class:`RunFailure` one line and exit code 1."""
@@ -100,6 +115,12 @@ def user_errors_exit_2(prog: str) -> Callable:
                 fail(prog, str(cause if isinstance(cause, UserError) else e))
             except RunFailure as e:
                 sys.stderr.write(f"{prog}: {' '.join(str(e).split())}\n")
+                raise SystemExit(1)
+            except RuntimeError as e:
+                line = out_of_memory(e)
+                if line is None:
+                    raise
+                sys.stderr.write(f"{prog}: {line}\n")
                 raise SystemExit(1)
             except KeyboardInterrupt:
                 sys.stderr.write(f"{prog}: interrupted; finished work is kept, rerun to resume\n")

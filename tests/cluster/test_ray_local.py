@@ -164,8 +164,8 @@ class TestTwoWorkers:
 
 @worker_actor
 class Sleeper(Worker):
-    """Work of a chosen length, a process that dies of its work (SIGKILL) every time, or work
-    refused as bad input."""
+    """Work of a chosen length, a process that dies of its work (SIGKILL) every time, work
+    refused as bad input, or work that runs out of memory."""
 
     def run(self, item):
         if item == "crash":
@@ -174,6 +174,9 @@ class Sleeper(Worker):
             from causal_grpo.errors import UserError
             time.sleep(0.0 if item == "refuse" else 1.0)
             raise UserError("a batch of 9 seeds would need about 99 GB of memory")
+        if item == "oom":           # XLA's own out-of-memory error, as a device's would be
+            import jax.numpy as jnp
+            jnp.zeros((2**38,), jnp.float32).block_until_ready()
         time.sleep(item)
         return item
 
@@ -247,6 +250,29 @@ def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
         "job: error: a batch of 9 seeds would need about 99 GB of memory"]
+
+
+def test_a_worker_out_of_memory_is_one_line_and_exit_1(local_ray, capsys):
+    """XLA's RESOURCE_EXHAUSTED in an actor (a device smaller than the memory check assumed)
+    reaches the CLI as RayTaskError(JaxRuntimeError): one line naming it, exit code 1, not a
+    traceback."""
+    from jobs._cli import user_errors_exit_2
+    pool = _sleepers(1)
+
+    @user_errors_exit_2("job")
+    def job():
+        list(pool.map_unordered(lambda a, s: a.run.remote(s), ["oom"]))
+
+    try:
+        with pytest.raises(SystemExit) as e:
+            job()
+    finally:
+        pool.close()
+    assert e.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("job: ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating "
+                           "1099511627776 bytes"), line
+    assert "smaller --batch-size" in line
 
 
 def test_a_failing_batch_stops_the_run_after_the_results_ready_beside_it(local_ray):

@@ -588,3 +588,26 @@ def test_a_refused_benchmark_leaves_no_directory_behind(capsys, tmp_path, args):
                    main=benchmark.main, output=False)
     assert "nonsense" in line or "no/such/run" in line, line
     assert sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
+
+
+def test_running_out_of_memory_mid_run_is_one_line_and_exit_1(capsys):
+    """A real XLA allocation failure (what an accelerator smaller than the checks assumed
+    raises): one line naming it, exit code 1; any other runtime error stays a traceback."""
+    import jax.numpy as jnp
+
+    @_cli.user_errors_exit_2("job")
+    def job(n):
+        return jnp.zeros((n,), jnp.float32).block_until_ready()
+
+    with pytest.raises(SystemExit) as e:
+        job(2**38)
+    assert e.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("job: ran out of memory (RESOURCE_EXHAUSTED: Out of memory "), line
+
+    @_cli.user_errors_exit_2("job")
+    def bug():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        bug()
