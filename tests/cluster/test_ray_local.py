@@ -232,47 +232,32 @@ def test_a_batch_that_kills_every_worker_stops_the_run_with_one_line(local_ray, 
                        "(last: ActorDiedError); stopping"), err
 
 
-def test_bad_input_found_in_a_worker_is_one_line_and_exit_2(local_ray, capsys):
+@pytest.mark.parametrize("item, code, line", [
+    ("refuse", 2, "job: error: a batch of 9 seeds would need about 99 GB of memory"),
+    ("oom", 1, "job: ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating "
+               "1099511627776 bytes"),
+])
+def test_a_workers_bad_input_or_lack_of_memory_is_one_line(local_ray, capsys, item, code, line):
     """A UserError raised inside an actor (e.g. a batch whose compiled program does not fit)
-    reaches the CLI as RayTaskError(UserError): one line, its own message, exit code 2."""
+    reaches the CLI as RayTaskError(UserError): one line, its own message, exit code 2. XLA's
+    RESOURCE_EXHAUSTED there (a device smaller than the memory check assumed) arrives as
+    RayTaskError(JaxRuntimeError): one line naming it, exit code 1, not a traceback."""
     from jobs._cli import user_errors_exit_2
     pool = _sleepers(1)
 
     @user_errors_exit_2("job")
     def job():
-        list(pool.map_unordered(lambda a, s: a.run.remote(s), ["refuse"]))
+        list(pool.map_unordered(lambda a, s: a.run.remote(s), [item]))
 
     try:
         with pytest.raises(SystemExit) as e:
             job()
     finally:
         pool.close()
-    assert e.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "job: error: a batch of 9 seeds would need about 99 GB of memory"]
-
-
-def test_a_worker_out_of_memory_is_one_line_and_exit_1(local_ray, capsys):
-    """XLA's RESOURCE_EXHAUSTED in an actor (a device smaller than the memory check assumed)
-    reaches the CLI as RayTaskError(JaxRuntimeError): one line naming it, exit code 1, not a
-    traceback."""
-    from jobs._cli import user_errors_exit_2
-    pool = _sleepers(1)
-
-    @user_errors_exit_2("job")
-    def job():
-        list(pool.map_unordered(lambda a, s: a.run.remote(s), ["oom"]))
-
-    try:
-        with pytest.raises(SystemExit) as e:
-            job()
-    finally:
-        pool.close()
-    assert e.value.code == 1
-    (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("job: ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating "
-                           "1099511627776 bytes"), line
-    assert "smaller --batch-size" in line
+    assert e.value.code == code
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith(line), err
+    assert item == "refuse" and err == line or "smaller --batch-size" in err
 
 
 def test_a_failing_batch_stops_the_run_after_the_results_ready_beside_it(local_ray):
