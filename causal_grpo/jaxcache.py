@@ -77,8 +77,9 @@ def numerics_env() -> dict[str, str]:
         value = getattr(jax.config, f"jax_{name}")
         if value is not None:
             env[f"JAX_{name.upper()}"] = str(int(value)) if isinstance(value, bool) else str(value)
-    if seed_offset():
-        env["JAX_RANDOM_SEED_OFFSET"] = str(seed_offset())
+    # Always, 0 included: a node's own JAX_RANDOM_SEED_OFFSET would otherwise shift a worker's
+    # keys under the driver's key for no offset.
+    env["JAX_RANDOM_SEED_OFFSET"] = str(seed_offset())
     return env
 
 

@@ -105,7 +105,7 @@ class GRPOInterventionFn:
         self.loaded, self.d, self.target, self.names = loaded, d, target, names
         self.low, self.high, self.capacity = lo, hi, capacity
         self._programs = _acting_programs(loaded.config, bool(greedy), lookahead_draws,
-                                          posterior, d)
+                                          posterior, d, capacity)
         self._shapes = SCM.without_graph(target, jnp.ones((d,), bool), lo, hi)
         self._state = self._programs.surrogate.init(jax.random.PRNGKey(seed),
                                                     jnp.ones((d,), bool))
@@ -168,12 +168,15 @@ class _ActingPrograms(NamedTuple):
     dist: Any          # jit: the same arguments -> (variable probs, value-bin probs)
 
 
-# Built once per policy architecture, acting settings and size, so that a new function for
-# each episode (as the workflow asks) reuses the compiled programs: compiling them took about
-# 9 of the 11 s of a `medium` episode. The SCM's target and range are arguments, not constants.
-@functools.lru_cache(maxsize=8)
+# Built once per policy architecture, acting settings, size and history capacity, so that a
+# new function for each episode (as the workflow asks) reuses the compiled programs: compiling
+# them took about 9 of the 11 s of a `medium` episode. The SCM's target and range are
+# arguments, not constants. Few are kept: XLA's CPU code for one lookahead program holds
+# thousands of memory mappings (causal_grpo.sweep.MAX_PROGRAMS), and the capacity is in the key
+# so that functions of many capacities do not pile programs onto one entry.
+@functools.lru_cache(maxsize=4)
 def _acting_programs(config, greedy: bool, lookahead_draws: LookaheadDraws,
-                     posterior: AnalyticConfig, d: int) -> _ActingPrograms:
+                     posterior: AnalyticConfig, d: int, capacity: int) -> _ActingPrograms:
     sur = make_analytic_surrogate(posterior, d)
     # The lookahead refits this function's own posterior settings, as the sweep's selector
     # refits the episode's.
@@ -252,10 +255,10 @@ class _RandomFn:
 
 # One surrogate and one set of compiled episode programs per setting, reused across episodes
 # (compiling them was about 3.5 of the 4 s of a `medium` episode); the SCM is an argument.
-_fresh_surrogate = functools.lru_cache(maxsize=8)(make_surrogate)
+_fresh_surrogate = functools.lru_cache(maxsize=4)(make_surrogate)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _episode_programs(sur: Surrogate, n0: int, capacity: int, T: int) -> tuple:
     return (jax.jit(lambda k, s: start_episode(k, s, sur, n0, capacity, T)),
             jax.jit(sur.update),

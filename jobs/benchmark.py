@@ -196,7 +196,12 @@ def _bench_workflow(args, spec, loaded) -> list[dict]:
     """Seconds per episode of the Python workflow: the first (compiles its programs) and the
     mean of the next ones (new seeds, a new intervention function each)."""
     from causal_grpo.active_learning import EpisodeConfig
+    from causal_grpo.scm import SCMSpec
     from causal_grpo.two_phase import create_grpo_intervention_fn, run_active_learning
+    if args.workflow_episodes and not isinstance(spec, SCMSpec):
+        print(f"{spec.name} workflow: not timed (the workflow takes a fixed SCM, not a family "
+              "of random graphs)", flush=True)
+        return []
     cfg = EpisodeConfig(n_observational=args.n_observational, n_interventions=args.n_interventions)
     drivers = {"random (default)": lambda seed: None}
     if loaded is not None:

@@ -156,6 +156,34 @@ def test_the_workflows_next_episode_traces_nothing_new(trained):
     assert traced == []
 
 
+def test_programs_are_shared_by_functions_of_one_setting_only(trained):
+    """Functions of one policy, size and capacity share their compiled programs; another
+    capacity gets its own entry (on one entry, each capacity's compile stayed for good)."""
+    loaded = load_grpo_policy(str(trained / "final"))
+    a, b, c = (create_grpo_intervention_fn(loaded, easy(), capacity=n, seed=s)
+               for n, s in ((16, 0), (16, 1), (20, 0)))
+    assert a._programs is b._programs and a._programs is not c._programs
+
+
+def test_benchmark_phase2_times_the_workflow(trained, tmp_path, capsys):
+    """Per episode, with the random default and a policy; a family of random graphs, which
+    the workflow does not take, is timed vmapped only (it ended with an error and no table)."""
+    import pandas as pd
+
+    from jobs import benchmark
+    small = ["--surrogates", "analytic", "--seeds", "2", "--n-observational", "5",
+             "--n-interventions", "2", "--repeats", "1", "--workflow-episodes", "2"]
+    out = tmp_path / "p2.csv"
+    assert benchmark.main(["phase2", "--scm", "easy", *small, "--grpo-checkpoint",
+                           str(trained / "final"), "--out", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert list(rows["workflow"].dropna()) == ["random (default)", "grpo"]
+    assert (rows["next_episode_s"].dropna() > 0).all()
+    assert benchmark.main(["phase2", "--scm", "er4", *small, "--out", str(out)]) == 0
+    assert "er4 workflow: not timed" in capsys.readouterr().out
+    assert "workflow" not in pd.read_csv(out)
+
+
 def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
     """A neural surrogate keeps `capacity` rows and drops later ones: given one smaller than the
     episode, the run would silently learn from part of its data."""
@@ -349,9 +377,9 @@ def test_a_run_from_before_a_setting_existed(trained, tmp_path, capsys):
 
 
 def test_numerics_follow_jaxs_environment():
-    """Including the offset JAX adds to every seed, which changes every cell's data: keyed and
-    passed on to Ray workers when set, absent at its default (so keys made before it counted
-    stay valid)."""
+    """Including the offset JAX adds to every seed, which changes every cell's data: keyed when
+    set, absent from the key at its default (so keys made before it counted stay valid), and
+    always passed on to Ray workers."""
     code = ("from causal_grpo.jaxcache import numerics, numerics_env\n"
             "print(numerics(), numerics_env())")
     env = dict(os.environ, JAX_THREEFRY_PARTITIONABLE="0", JAX_DEFAULT_PRNG_IMPL="rbg",
@@ -363,7 +391,8 @@ def test_numerics_follow_jaxs_environment():
     env.pop("JAX_RANDOM_SEED_OFFSET")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120).stdout
-    assert "'default_prng_impl': 'rbg'" in out and "seed_offset" not in out.lower(), out
+    assert "'default_prng_impl': 'rbg'" in out and "'random_seed_offset'" not in out, out
+    assert "'JAX_RANDOM_SEED_OFFSET': '0'" in out, out     # so a node's own cannot leak in
 
 
 TRAIN_ARGS = ["--episodes", "48", "--max-variables", "5", "--steps-per-episode", "4",
