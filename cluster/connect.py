@@ -15,6 +15,7 @@ default 75% of the card its workers share. What actors print reaches the driver'
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from causal_grpo.errors import UserError
 # The driver's library digest (version.library_id), which every worker checks its own against.
 DRIVER_CODE_ENV = "CAUSAL_GRPO_DRIVER_CODE"
 DRIVER_RELEASES_ENV = "CAUSAL_GRPO_DRIVER_JAX"
+DRIVER_NUMERICS_ENV = "CAUSAL_GRPO_DRIVER_NUMERICS"
 # Set for a worker with a GPU share, which then refuses to compute without one.
 GPU_WORKER_ENV = "CAUSAL_GRPO_GPU_WORKER"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
@@ -35,7 +37,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     """Environment variables of a worker actor. A CPU worker gets the driver's XLA flags with
     the pinned numerics (jaxcache.pin_cpu_numerics; N actors on N cores share them): XLA flags
     can change how results are computed, and a worker must compute as the driver does."""
-    from causal_grpo.jaxcache import ENV_VAR, numerics_env, pin_cpu_numerics, releases
+    from causal_grpo.jaxcache import ENV_VAR, numerics, numerics_env, pin_cpu_numerics, releases
     from causal_grpo.version import library_id
     if gpus_per_worker <= 0:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
@@ -50,6 +52,7 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
     env |= numerics_env()      # the driver's, jax.config.update included
     env[DRIVER_CODE_ENV] = library_id()
     env[DRIVER_RELEASES_ENV] = releases()
+    env[DRIVER_NUMERICS_ENV] = json.dumps(numerics(), sort_keys=True)
     return env
 
 

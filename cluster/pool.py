@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import json
 import logging
 import os
 import re
@@ -87,9 +88,10 @@ class Worker:
     def __init__(self):
         import socket
 
-        from causal_grpo.jaxcache import enable_compilation_cache, releases
+        from causal_grpo.jaxcache import enable_compilation_cache, numerics, releases
         from causal_grpo.version import library_id
-        from cluster.connect import DRIVER_CODE_ENV, DRIVER_RELEASES_ENV, GPU_WORKER_ENV
+        from cluster.connect import (DRIVER_CODE_ENV, DRIVER_NUMERICS_ENV, DRIVER_RELEASES_ENV,
+                                     GPU_WORKER_ENV)
 
         # Attached to a cluster outside `ray job submit`, workers import the nodes' installed
         # copy: cells it computed would be stored under the driver's code version.
@@ -103,6 +105,18 @@ class Worker:
         if driver is not None and driver != own:
             raise UserError(f"a Ray worker on {socket.gethostname()} runs {own}, the driver "
                             f"{driver}; install the driver's releases on every node")
+        # The driver's JAX settings travel as JAX_* variables, but a setting at its default has
+        # none that could override the node's own (a JAX_DEFAULT_MATMUL_PRECISION in a node's
+        # environment): its cells would be computed otherwise and filed under the driver's key.
+        driver = json.loads(os.environ.get(DRIVER_NUMERICS_ENV, "null"))
+        if driver is not None and driver != numerics():
+            own = numerics()
+            differ = "; ".join(f"{k} {own.get(k)} there, {driver.get(k)} on the driver"
+                               for k in sorted(own.keys() | driver.keys())
+                               if own.get(k) != driver.get(k))
+            raise UserError(f"a Ray worker on {socket.gethostname()} computes with other JAX "
+                            f"settings than the driver ({differ}); unset that node's JAX_* "
+                            "environment variables or set the same on the driver")
         # A GPU share on a node whose jax lacks CUDA computes on its CPU (JAX only warns), and
         # its cells would be filed as a GPU's.
         if os.environ.get(GPU_WORKER_ENV) == "1":

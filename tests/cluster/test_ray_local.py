@@ -407,6 +407,19 @@ def test_a_worker_with_other_library_code_than_the_driver_stops_the_run(local_ra
     assert line.endswith(" than the driver (0000000000000000); submit the job with `ray job "
                          "submit --working-dir .` or install the driver's code on every node")
 
+
+def test_a_worker_with_other_jax_settings_than_the_driver_stops_the_run(local_ray, capsys):
+    """The driver's matmul precision at its default (None) has no JAX_* value to pass on, so a
+    node's own JAX_DEFAULT_MATMUL_PRECISION reached the worker: cells computed otherwise,
+    filed under the driver's key."""
+    from cluster.connect import worker_env
+    line = _start_refused(worker_env(0) | {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}, capsys)
+    assert line.endswith(" computes with other JAX settings than the driver "
+                         "(default_matmul_precision highest there, None on the driver); unset "
+                         "that node's JAX_* environment variables or set the same on the "
+                         "driver"), line
+
+
 TINY = P.Phase1Config(
     curriculum=(P.Stage(sizes=(4,), d_pad=4, iterations=2, episodes=4),),
     graph_kind=GraphKind.ER, steps_per_episode=2, n_observational=10,
