@@ -108,9 +108,8 @@ class Worker:
         # The driver's JAX settings travel as JAX_* variables, but a setting at its default has
         # none that could override the node's own (a JAX_DEFAULT_MATMUL_PRECISION in a node's
         # environment): its cells would be computed otherwise and filed under the driver's key.
-        driver = json.loads(os.environ.get(DRIVER_NUMERICS_ENV, "null"))
-        if driver is not None and driver != numerics():
-            own = numerics()
+        driver, own = json.loads(os.environ.get(DRIVER_NUMERICS_ENV, "null")), numerics()
+        if driver is not None and driver != own:
             differ = "; ".join(f"{k} {own.get(k)} there, {driver.get(k)} on the driver"
                                for k in sorted(own.keys() | driver.keys())
                                if own.get(k) != driver.get(k))

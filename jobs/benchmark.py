@@ -198,7 +198,9 @@ def _bench_workflow(args, spec, loaded) -> list[dict]:
     from causal_grpo.active_learning import EpisodeConfig
     from causal_grpo.scm import SCMSpec
     from causal_grpo.two_phase import create_grpo_intervention_fn, run_active_learning
-    if args.workflow_episodes and not isinstance(spec, SCMSpec):
+    if not args.workflow_episodes:
+        return []
+    if not isinstance(spec, SCMSpec):
         print(f"{spec.name} workflow: not timed (the workflow takes a fixed SCM, not a family "
               "of random graphs)", flush=True)
         return []
@@ -208,7 +210,7 @@ def _bench_workflow(args, spec, loaded) -> list[dict]:
         drivers["grpo"] = lambda seed: create_grpo_intervention_fn(
             loaded, spec, capacity=cfg.capacity, seed=seed)
     rows = []
-    for name, make_fn in drivers.items() if args.workflow_episodes else ():
+    for name, make_fn in drivers.items():
         times = []
         for seed in range(args.workflow_episodes):
             t0 = time.time()
