@@ -12,7 +12,8 @@ Cache:
 
 Compiling our programs takes minutes on a small machine (every Phase-1 stage, every Phase-2
 SCM size x method); with the cache a second run, a resumed run and the second Ray worker on a
-machine load the compiled executables from disk instead.
+machine load the compiled executables from disk instead. Entries cut short by a process killed
+while writing them are removed when a process enables the cache (:func:`remove_cut_entries`).
 
 ``CAUSAL_GRPO_JAX_CACHE`` chooses the directory; "off" or empty disables the cache. Unset:
 ``$XDG_CACHE_HOME/causal-grpo/jax`` (``~/.cache/causal-grpo/jax``; none without a home
@@ -25,7 +26,9 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 import warnings
+import zlib
 from typing import Callable
 
 ENV_VAR = "CAUSAL_GRPO_JAX_CACHE"
@@ -131,6 +134,87 @@ def cache_dir() -> str | None:
     return os.path.join(base, "causal-grpo", "jax")
 
 
+# JAX writes an entry in place and never replaces one that exists, so an entry cut short by a
+# process killed while writing it (kill -9, a lost node, Ctrl-C between open and write) failed
+# to load, warned and was compiled again in every later process. Entries are compressed streams
+# whose end is checked (zlib's Adler-32, zstd's frame end): a cut one is found from the file.
+_CHECKED = ".checked"  # its modification time: entries written before it have been checked
+_WRITE_GRACE_S = 60.0  # a younger entry may still be being written: never judged
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _is_cut(path: str) -> bool:
+    """Whether the entry at ``path`` is shorter than any entry (4 bytes) or a zlib / zstd stream
+    that ends early. Bytes of any other format are never judged cut (JAX may change its
+    format)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4:
+            return True
+        if head == _ZSTD_MAGIC:
+            reader = _zstd_reader()
+            if reader is None:
+                return False  # written by a JAX with a zstd module this Python lacks
+            stream, error = reader
+        elif head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0:
+            stream, error = zlib.decompressobj(), zlib.error
+        else:
+            return False
+        data = head
+        try:
+            while data:
+                stream.decompress(data)
+                data = f.read(1 << 20)
+        except error:
+            return True
+        return not getattr(stream, "eof", True)
+
+
+def _zstd_reader() -> tuple | None:
+    """A zstd stream decompressor and its error, from the modules JAX compresses with."""
+    try:
+        from compression import zstd  # Python >= 3.14
+        return zstd.ZstdDecompressor(), zstd.ZstdError
+    except ImportError:
+        pass
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError
+
+
+def remove_cut_entries(path: str) -> list[str]:
+    """Delete the cache entries in ``path`` cut short by a writer killed mid-write; returns their
+    names. Only entries written since the last check and at least :data:`_WRITE_GRACE_S` ago are
+    read, so a start costs a directory listing and a live writer's file is left alone."""
+    stamp = os.path.join(path, _CHECKED)
+    try:
+        since = os.stat(stamp).st_mtime
+    except OSError:
+        since = float("-inf")
+    until = time.time() - _WRITE_GRACE_S
+    removed = []
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not entry.name.endswith("-cache") or not since < entry.stat().st_mtime <= until:
+                continue
+            if _is_cut(entry.path):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue  # gone already (another process checking, a cleared cache)
+    with contextlib.suppress(OSError):
+        with open(stamp, "a"):
+            pass
+        os.utime(stamp, (until, until))
+    return removed
+
+
 def enable_compilation_cache() -> str | None:
     """Point JAX's persistent compilation cache at :func:`cache_dir`; returns the directory.
 
@@ -149,6 +233,7 @@ def enable_compilation_cache() -> str | None:
     except OSError as e:
         warnings.warn(f"JAX compilation cache disabled: cannot write to {path} ({e.strerror})")
         return None
+    remove_cut_entries(path)
     settings = {"jax_compilation_cache_dir": path,
                 # JAX's default skips programs that compile in under a second: much of our
                 # start-up is many such programs besides the few large ones.

@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import zlib
 
 import pytest
 
@@ -26,10 +28,12 @@ print(json.dumps({"dir": path, "hits": events.get("/jax/compilation_cache/cache_
 """
 
 
-def _probe(env):
+def _probe(env, stderr=None):
     r = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    if stderr is not None:
+        stderr.append(r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -48,6 +52,56 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
     assert set(os.listdir(cache)) == entries
     off = _probe(dict(env, CAUSAL_GRPO_JAX_CACHE="off"))
     assert off == {"dir": None, "hits": 0, "misses": 0}
+
+
+def test_an_entry_cut_short_by_a_killed_writer_is_compiled_again_once(tmp_path):
+    """JAX writes an entry in place and never replaces one that exists: an entry cut short by a
+    process killed mid-write warned and was compiled again in every later process."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env |= dict(CAUSAL_GRPO_JAX_CACHE=str(cache), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    _probe(env)
+    (name,) = [n for n in os.listdir(cache) if n.startswith("jit__lambda")]
+    entry = cache / name
+    whole = entry.read_bytes()
+    entry.write_bytes(whole[: len(whole) // 2])
+    # As a killed writer left it a while ago (the check leaves a file written in the last
+    # minute alone: it may be a live writer's), and before the last check.
+    os.utime(entry, (time.time() - 2 * jaxcache._WRITE_GRACE_S,) * 2)
+    (cache / jaxcache._CHECKED).touch()
+    os.utime(cache / jaxcache._CHECKED, (time.time() - 3 * jaxcache._WRITE_GRACE_S,) * 2)
+    stderr = []
+    for _ in range(2):
+        out = _probe(env, stderr)
+    assert "Error reading persistent compilation cache" not in "".join(stderr), stderr
+    assert out["hits"] >= 1 and out["misses"] == 0
+    assert entry.read_bytes() != whole[: len(whole) // 2] and not jaxcache._is_cut(str(entry))
+
+
+def test_only_cut_entries_written_since_the_last_check_are_removed(tmp_path):
+    full = zlib.compress(os.urandom(4000) * 20)
+    files = {"jit_a-1-cache": full, "jit_b-2-cache": full[: len(full) // 2],
+             "jit_c-3-cache": b"", "jit_d-4-cache": full[:-1], "jit_e-5-cache": full + b"x",
+             "jit_f-6-cache": b"another format", "jit_g-7-atime": b"", "jit_h-8-cache": b"\x78"}
+    old = time.time() - 2 * jaxcache._WRITE_GRACE_S
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        os.utime(tmp_path / name, (old, old))
+    young = tmp_path / "jit_i-9-cache"
+    young.write_bytes(b"")
+    assert sorted(jaxcache.remove_cut_entries(str(tmp_path))) == [
+        "jit_b-2-cache", "jit_c-3-cache", "jit_d-4-cache", "jit_h-8-cache"]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [".checked", "jit_a-1-cache", "jit_e-5-cache", "jit_f-6-cache", "jit_g-7-atime",
+         young.name])
+    # What was checked is not read again; the young entry is, once it is old enough.
+    (tmp_path / "jit_j-10-cache").write_bytes(b"")
+    os.utime(tmp_path / "jit_j-10-cache", (old, old))
+    assert jaxcache.remove_cut_entries(str(tmp_path)) == []
+    os.utime(young, (time.time() - jaxcache._WRITE_GRACE_S - 1,) * 2)
+    os.utime(tmp_path / jaxcache._CHECKED, (old + 1, old + 1))
+    assert jaxcache.remove_cut_entries(str(tmp_path)) == [young.name]
+    assert (tmp_path / "jit_j-10-cache").exists()
 
 
 def test_the_cache_directory_is_per_user_and_overridable(monkeypatch, tmp_path):
