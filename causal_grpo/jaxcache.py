@@ -26,7 +26,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 import warnings
 import zlib
 from typing import Callable
@@ -138,39 +137,13 @@ def cache_dir() -> str | None:
 # process killed while writing it (kill -9, a lost node, Ctrl-C between open and write) failed
 # to load, warned and was compiled again in every later process. Entries are compressed streams
 # whose end is checked (zlib's Adler-32, zstd's frame end): a cut one is found from the file.
-_CHECKED = ".checked"  # its modification time: entries written before it have been checked
+_CHECKED = ".checked"  # its modification time: entries changed before it have been checked
 _WRITE_GRACE_S = 60.0  # a younger entry may still be being written: never judged
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 16
 
 
-def _is_cut(path: str) -> bool:
-    """Whether the entry at ``path`` is shorter than any entry (4 bytes) or a zlib / zstd stream
-    that ends early. Bytes of any other format are never judged cut (JAX may change its
-    format)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        if len(head) < 4:
-            return True
-        if head == _ZSTD_MAGIC:
-            reader = _zstd_reader()
-            if reader is None:
-                return False  # written by a JAX with a zstd module this Python lacks
-            stream, error = reader
-        elif head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0:
-            stream, error = zlib.decompressobj(), zlib.error
-        else:
-            return False
-        data = head
-        try:
-            while data:
-                stream.decompress(data)
-                data = f.read(1 << 20)
-        except error:
-            return True
-        return not getattr(stream, "eof", True)
-
-
-def _zstd_reader() -> tuple | None:
+def _zstd_decompressor() -> tuple | None:
     """A zstd stream decompressor and its error, from the modules JAX compresses with."""
     try:
         from compression import zstd  # Python >= 3.14
@@ -184,34 +157,85 @@ def _zstd_reader() -> tuple | None:
     return zstandard.ZstdDecompressor().decompressobj(), zstandard.ZstdError
 
 
-def remove_cut_entries(path: str) -> list[str]:
+def _is_cut(path: str) -> bool | None:
+    """True for an entry cut short: shorter than any entry (4 bytes), or a zlib / zstd stream
+    that breaks or ends before its end marker. False for a complete stream (what follows it is
+    JAX's to judge) and for any other format (JAX's may change). None for a zstd stream this
+    Python cannot read."""
+    with open(path, "rb") as f:
+        data = f.read(4)
+        if len(data) < 4:
+            return True
+        if data == _ZSTD_MAGIC:
+            reader = _zstd_decompressor()
+            if reader is None:
+                return None
+            stream, error = reader
+        elif data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
+            stream, error = zlib.decompressobj(), zlib.error
+        else:
+            return False
+        try:
+            # Small reads: what one read decompresses to stays small.
+            while data and not stream.eof:
+                stream.decompress(data)
+                data = f.read(_CHUNK)
+        except error:
+            return True
+        return not stream.eof
+
+
+def remove_cut_entries(path: str, grace_s: float | None = None) -> list[str]:
     """Delete the cache entries in ``path`` cut short by a writer killed mid-write; returns their
-    names. Only entries written since the last check and at least :data:`_WRITE_GRACE_S` ago are
-    read, so a start costs a directory listing and a live writer's file is left alone."""
+    names. Only entries changed since the last check, and at least ``grace_s`` (default
+    :data:`_WRITE_GRACE_S`) before now by the file system's clock, are read: a start costs a
+    directory listing, and a live writer's file is left alone. Change times (not modification
+    times, which copies keep) on the file system's clock (a shared disk's, not this machine's)
+    decide; the check's mark never passes an entry it could not judge."""
+    grace_ns = int(1e9 * (_WRITE_GRACE_S if grace_s is None else grace_s))
     stamp = os.path.join(path, _CHECKED)
     try:
-        since = os.stat(stamp).st_mtime
+        since = os.stat(stamp).st_mtime_ns
     except OSError:
-        since = float("-inf")
-    until = time.time() - _WRITE_GRACE_S
-    removed = []
+        since = -1
+    removed: list[str] = []
     try:
-        entries = list(os.scandir(path))
+        fd, mark = tempfile.mkstemp(prefix=_CHECKED + "-", dir=path)
     except OSError:
         return removed
-    for entry in entries:
-        try:
-            if not entry.name.endswith("-cache") or not since < entry.stat().st_mtime <= until:
+    try:
+        os.close(fd)
+        until = os.stat(mark).st_ctime_ns - grace_ns  # before the listing: nothing is missed
+        with os.scandir(path) as listing:
+            entries = list(listing)
+        for entry in entries:
+            try:
+                if not entry.name.endswith("-cache") or not entry.is_file():
+                    continue  # a FIFO would block the read
+                changed = entry.stat().st_ctime_ns
+            except OSError:
+                continue  # gone already (another process checking, a cleared cache)
+            if not since < changed <= until:
                 continue
-            if _is_cut(entry.path):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        except OSError:
-            continue  # gone already (another process checking, a cleared cache)
-    with contextlib.suppress(OSError):
-        with open(stamp, "a"):
-            pass
-        os.utime(stamp, (until, until))
+            try:
+                cut = _is_cut(entry.path)
+                if cut:
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                cut = None
+            if cut is None:
+                until = min(until, changed - 1)  # judged by a later check
+        os.utime(mark, ns=(until, until))
+        # A new file rather than the old one's times: those only its owner may set.
+        os.replace(mark, stamp)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(mark)
     return removed
 
 

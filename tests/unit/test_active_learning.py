@@ -306,7 +306,7 @@ def test_a_neural_refit_from_a_padded_buffer_trains_as_on_its_rows():
     cfg = SurrogateConfig(kind=SurrogateKind.NEURAL, neural=NeuralConfig(steps_per_sample=5))
     sur = make_surrogate(cfg, d, capacity)
     key, mask = jax.random.PRNGKey(1), jnp.ones(d, bool)
-    rows = sample_n(jax.random.PRNGKey(2), easy(), n)[:, :d]
+    rows = sample_n(jax.random.PRNGKey(2), easy().to_scm(), n)[:, :d]
     pad = jnp.zeros((capacity - n, d))
     # The first of split(k, 400) are split(k, 150) under partitionable threefry (JAX's default).
     with jax.threefry_partitionable(True):

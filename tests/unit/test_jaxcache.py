@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zlib
 
 import pytest
@@ -65,43 +64,58 @@ def test_an_entry_cut_short_by_a_killed_writer_is_compiled_again_once(tmp_path):
     entry = cache / name
     whole = entry.read_bytes()
     entry.write_bytes(whole[: len(whole) // 2])
-    # As a killed writer left it a while ago (the check leaves a file written in the last
-    # minute alone: it may be a live writer's), and before the last check.
-    os.utime(entry, (time.time() - 2 * jaxcache._WRITE_GRACE_S,) * 2)
-    (cache / jaxcache._CHECKED).touch()
-    os.utime(cache / jaxcache._CHECKED, (time.time() - 3 * jaxcache._WRITE_GRACE_S,) * 2)
+    # The check leaves an entry changed in the last minute alone (it may be a live writer's):
+    # here the cut is as old as the check needs.
+    probe = PROBE.replace("path = enable_compilation_cache()",
+                          "import causal_grpo.jaxcache as c\nc._WRITE_GRACE_S = 0.0\n"
+                          "path = enable_compilation_cache()")
     stderr = []
     for _ in range(2):
-        out = _probe(env, stderr)
+        r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        stderr.append(r.stderr)
     assert "Error reading persistent compilation cache" not in "".join(stderr), stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["hits"] >= 1 and out["misses"] == 0
-    assert entry.read_bytes() != whole[: len(whole) // 2] and not jaxcache._is_cut(str(entry))
+    assert len(entry.read_bytes()) > len(whole) // 2 and jaxcache._is_cut(str(entry)) is False
 
 
-def test_only_cut_entries_written_since_the_last_check_are_removed(tmp_path):
+def test_only_cut_entries_changed_since_the_last_check_are_removed(tmp_path, monkeypatch):
     full = zlib.compress(os.urandom(4000) * 20)
     files = {"jit_a-1-cache": full, "jit_b-2-cache": full[: len(full) // 2],
              "jit_c-3-cache": b"", "jit_d-4-cache": full[:-1], "jit_e-5-cache": full + b"x",
              "jit_f-6-cache": b"another format", "jit_g-7-atime": b"", "jit_h-8-cache": b"\x78"}
-    old = time.time() - 2 * jaxcache._WRITE_GRACE_S
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        os.utime(tmp_path / name, (old, old))
-    young = tmp_path / "jit_i-9-cache"
-    young.write_bytes(b"")
-    assert sorted(jaxcache.remove_cut_entries(str(tmp_path))) == [
-        "jit_b-2-cache", "jit_c-3-cache", "jit_d-4-cache", "jit_h-8-cache"]
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        [".checked", "jit_a-1-cache", "jit_e-5-cache", "jit_f-6-cache", "jit_g-7-atime",
-         young.name])
-    # What was checked is not read again; the young entry is, once it is old enough.
-    (tmp_path / "jit_j-10-cache").write_bytes(b"")
-    os.utime(tmp_path / "jit_j-10-cache", (old, old))
+    (tmp_path / "jit_i-9-cache").mkdir()
+    os.mkfifo(tmp_path / "jit_j-10-cache")     # reading it would block
+    # A copy keeps an entry's modification time: the change time decides.
+    os.utime(tmp_path / "jit_b-2-cache", (0, 0))
+    cut = {"jit_b-2-cache", "jit_c-3-cache", "jit_d-4-cache", "jit_h-8-cache"}
+    # Changed within the last minute (at default settings): perhaps still being written.
     assert jaxcache.remove_cut_entries(str(tmp_path)) == []
-    os.utime(young, (time.time() - jaxcache._WRITE_GRACE_S - 1,) * 2)
-    os.utime(tmp_path / jaxcache._CHECKED, (old + 1, old + 1))
-    assert jaxcache.remove_cut_entries(str(tmp_path)) == [young.name]
-    assert (tmp_path / "jit_j-10-cache").exists()
+    assert cut <= set(os.listdir(tmp_path))
+    assert sorted(jaxcache.remove_cut_entries(str(tmp_path), grace_s=0)) == sorted(cut)
+    assert sorted(os.listdir(tmp_path)) == sorted(set(files) - cut | {
+        ".checked", "jit_i-9-cache", "jit_j-10-cache"})
+    # What was checked is not read again; a new entry is. One that could not be judged (a zstd
+    # stream without a zstd module, a read error) is judged by a later check.
+    judged = []
+    real = jaxcache._is_cut
+
+    def spy(path):
+        judged.append(os.path.basename(path))
+        return None if len(judged) == 1 else real(path)
+
+    monkeypatch.setattr(jaxcache, "_is_cut", spy)
+    (tmp_path / "jit_k-11-cache").write_bytes(b"")
+    assert jaxcache.remove_cut_entries(str(tmp_path), grace_s=0) == []
+    assert jaxcache.remove_cut_entries(str(tmp_path), grace_s=0) == ["jit_k-11-cache"]
+    assert judged == ["jit_k-11-cache"] * 2
+    assert jaxcache.remove_cut_entries(str(tmp_path), grace_s=0) == []
+    assert judged == ["jit_k-11-cache"] * 2
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".checked-")]
 
 
 def test_the_cache_directory_is_per_user_and_overridable(monkeypatch, tmp_path):
