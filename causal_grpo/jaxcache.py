@@ -141,6 +141,7 @@ _CHECKED = ".checked"  # its modification time: entries changed before it have b
 _WRITE_GRACE_S = 60.0  # a younger entry may still be being written: never judged
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 16
+_LEFTOVERS = (_CHECKED + "-", ".probe-")  # this module's temporary files
 
 
 def _zstd_decompressor() -> tuple | None:
@@ -158,17 +159,17 @@ def _zstd_decompressor() -> tuple | None:
 
 
 def _is_cut(path: str) -> bool | None:
-    """True for an entry cut short: shorter than any entry (4 bytes), or a zlib / zstd stream
-    that breaks or ends before its end marker. False for a complete stream (what follows it is
-    JAX's to judge) and for any other format (JAX's may change). None for a zstd stream this
-    Python cannot read."""
+    """True for an entry cut short: shorter than any entry (4 bytes), a hole (zeros where a
+    stream's magic belongs) or a zlib / zstd stream that breaks or ends before its end marker.
+    False for a complete stream (what follows it is JAX's to judge) and for any other format
+    (JAX's may change). None for a zstd stream this Python cannot read to its end."""
     with open(path, "rb") as f:
         data = f.read(4)
-        if len(data) < 4:
+        if len(data) < 4 or data == bytes(4):
             return True
         if data == _ZSTD_MAGIC:
             reader = _zstd_decompressor()
-            if reader is None:
+            if reader is None or not hasattr(reader[0], "eof"):  # zstandard < 0.18 lacks it
                 return None
             stream, error = reader
         elif data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
@@ -206,25 +207,36 @@ def remove_cut_entries(path: str, grace_s: float | None = None) -> list[str]:
     try:
         os.close(fd)
         until = os.stat(mark).st_ctime_ns - grace_ns  # before the listing: nothing is missed
+        if since > until:
+            since = -1  # a mark from the future (a copied cache, a clock set back): judge all
         with os.scandir(path) as listing:
             entries = list(listing)
         for entry in entries:
             try:
-                if not entry.name.endswith("-cache") or not entry.is_file():
+                if not entry.is_file():
                     continue  # a FIFO would block the read
-                changed = entry.stat().st_ctime_ns
+                before = entry.stat()
             except OSError:
                 continue  # gone already (another process checking, a cleared cache)
-            if not since < changed <= until:
+            changed = before.st_ctime_ns
+            if entry.name.startswith(_LEFTOVERS) and changed <= until and entry.path != mark:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)  # of a process killed while it checked
+                continue
+            if not entry.name.endswith("-cache") or not since < changed <= until:
                 continue
             try:
                 cut = _is_cut(entry.path)
                 if cut:
-                    os.unlink(entry.path)
-                    removed.append(entry.name)
+                    # Only the file judged: a fresh entry written since (another check removed
+                    # the cut one) has another inode or change time.
+                    now = os.stat(entry.path)
+                    if (now.st_ino, now.st_ctime_ns) == (before.st_ino, changed):
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
             except FileNotFoundError:
                 continue
-            except OSError:
+            except (OSError, EOFError, ValueError):
                 cut = None
             if cut is None:
                 until = min(until, changed - 1)  # judged by a later check

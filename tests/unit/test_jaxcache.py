@@ -118,6 +118,75 @@ def test_only_cut_entries_changed_since_the_last_check_are_removed(tmp_path, mon
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".checked-")]
 
 
+class _ZstdOverZlib:
+    """Python 3.14's zstd decompressor, over zlib: an entry is zstd's magic then a zlib stream.
+    Like zstd's, it refuses input after the end of its frame."""
+
+    def __init__(self):
+        self._zlib, self._magic, self.eof = zlib.decompressobj(), 4, False
+
+    def decompress(self, data):
+        if self.eof:
+            raise EOFError("Already at the end of a Zstandard frame")
+        skip, self._magic = min(self._magic, len(data)), self._magic - min(self._magic, len(data))
+        try:
+            out = self._zlib.decompress(data[skip:])
+        except zlib.error as e:
+            raise ValueError(str(e)) from e
+        self.eof = self._zlib.eof
+        return out
+
+
+def test_cut_entries_in_any_format_jax_writes_and_what_a_check_leaves(tmp_path, monkeypatch):
+    big = zlib.compress(os.urandom(3 * jaxcache._CHUNK))       # a stream over several reads
+    zstd_like = jaxcache._ZSTD_MAGIC + big
+    monkeypatch.setattr(jaxcache, "_zstd_decompressor", lambda: (_ZstdOverZlib(), ValueError))
+    cases = {"whole": (zstd_like, False), "cut": (zstd_like[:-10], True),
+             # The bytes after a complete stream are JAX's to judge: read no further.
+             "then more": (zstd_like + b"x" * 2 * jaxcache._CHUNK, False),
+             "hole": (bytes(4) + big, True), "zlib cut": (big[:-1], True)}
+    for name, (data, cut) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert jaxcache._is_cut(str(tmp_path / name)) is cut, name
+    # Without a zstd module its streams cannot be judged: a later check does.
+    monkeypatch.setattr(jaxcache, "_zstd_decompressor", lambda: None)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "jit_a-1-cache").write_bytes(zstd_like[:-10])
+    for leftover in (".checked-killed", ".probe-killed"):  # of a process killed mid-check
+        (cache / leftover).write_bytes(b"")
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == []
+    assert sorted(os.listdir(cache)) == [".checked", "jit_a-1-cache"]
+    monkeypatch.setattr(jaxcache, "_zstd_decompressor", lambda: (_ZstdOverZlib(), ValueError))
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == ["jit_a-1-cache"]
+    # A read error: the same.
+    (cache / "jit_b-2-cache").write_bytes(b"")
+    real = jaxcache._is_cut
+
+    def unreadable(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(jaxcache, "_is_cut", unreadable)
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == []
+    monkeypatch.setattr(jaxcache, "_is_cut", real)
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == ["jit_b-2-cache"]
+    # A mark from the future (a cache copied from a machine whose clock ran ahead) is ignored.
+    os.utime(cache / jaxcache._CHECKED, (2**33, 2**33))
+    (cache / "jit_c-3-cache").write_bytes(b"")
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == ["jit_c-3-cache"]
+    # A fresh entry written while the cut one was judged (another check removed that one) stays.
+    (cache / "jit_d-4-cache").write_bytes(b"")
+
+    def replaced_meanwhile(path):
+        (cache / "fresh").write_bytes(big)
+        os.replace(cache / "fresh", path)
+        return True
+
+    monkeypatch.setattr(jaxcache, "_is_cut", replaced_meanwhile)
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == []
+    assert (cache / "jit_d-4-cache").read_bytes() == big
+
+
 def test_the_cache_directory_is_per_user_and_overridable(monkeypatch, tmp_path):
     monkeypatch.delenv(jaxcache.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
