@@ -196,7 +196,11 @@ def remove_cut_entries(path: str, grace_s: float | None = None) -> list[str]:
     grace_ns = int(1e9 * (_WRITE_GRACE_S if grace_s is None else grace_s))
     stamp = os.path.join(path, _CHECKED)
     try:
-        since = os.stat(stamp).st_mtime_ns
+        st = os.stat(stamp)
+        # A mark this function wrote is dated at least the grace before it was written; one
+        # dated later is a copy (cp without -p dates it at the copy, after entries copied before
+        # it) or from a clock set back: judge everything.
+        since = st.st_mtime_ns if st.st_mtime_ns <= st.st_ctime_ns - grace_ns else -1
     except OSError:
         since = -1
     removed: list[str] = []
@@ -207,8 +211,6 @@ def remove_cut_entries(path: str, grace_s: float | None = None) -> list[str]:
     try:
         os.close(fd)
         until = os.stat(mark).st_ctime_ns - grace_ns  # before the listing: nothing is missed
-        if since > until:
-            since = -1  # a mark from the future (a copied cache, a clock set back): judge all
         with os.scandir(path) as listing:
             entries = list(listing)
         for entry in entries:

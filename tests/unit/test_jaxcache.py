@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -174,6 +175,12 @@ def test_cut_entries_in_any_format_jax_writes_and_what_a_check_leaves(tmp_path, 
     os.utime(cache / jaxcache._CHECKED, (2**33, 2**33))
     (cache / "jit_c-3-cache").write_bytes(b"")
     assert jaxcache.remove_cut_entries(str(cache), grace_s=0) == ["jit_c-3-cache"]
+    # So is a mark copied after the entries (cp without -p dates it at the copy).
+    (cache / "jit_e-5-cache").write_bytes(b"")
+    (cache / jaxcache._CHECKED).unlink()
+    (cache / jaxcache._CHECKED).write_bytes(b"")
+    time.sleep(0.6)
+    assert jaxcache.remove_cut_entries(str(cache), grace_s=0.5) == ["jit_e-5-cache"]
     # A fresh entry written while the cut one was judged (another check removed that one) stays.
     (cache / "jit_d-4-cache").write_bytes(b"")
 
