@@ -40,7 +40,7 @@ from causal_grpo.features import BootstrapConfig, bootstrap_noise, bootstrap_pro
 from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy
 from causal_grpo.options import MISSING, check_options, differences, option
-from causal_grpo.policy import act, make_policy_selector
+from causal_grpo.policy import SAMPLE_STREAM, act, make_policy_selector
 from causal_grpo.results import f1_auc, paired_p
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
 from causal_grpo.scm import SCM, propagate
@@ -212,6 +212,13 @@ class EpisodeData(NamedTuple):
     info: dict
 
 
+def candidate_keys(select_key: Array, group_size: int) -> Array:
+    """The G candidates' sampling keys at one state: a stream of ``select_key``'s own, as
+    :func:`policy.act` samples, since ``select_key`` also sets the lookahead's outcomes
+    (``split(select_key, G)[1]`` is its ``lookahead_key``)."""
+    return jax.random.split(jax.random.fold_in(select_key, SAMPLE_STREAM), group_size)
+
+
 def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) -> EpisodeData:
     """One Phase-1 episode with G candidates per step (jittable; vmap over keys)."""
     sur = make_analytic_surrogate(cfg.surrogate, stage.d_pad)
@@ -238,7 +245,7 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
         # The G candidates: one input (the lookahead from the running posterior), G samples.
         inp, var, vbin, logp = jax.vmap(
             lambda k: act(k_select, obs, params, cfg.policy, (sur, state), sample_key=k),
-            out_axes=(None, 0, 0, 0))(jax.random.split(k_select, G))
+            out_axes=(None, 0, 0, 0))(candidate_keys(k_select, G))
         vals = values_of_bins[vbin]
         masks = jax.nn.one_hot(var, d, dtype=bool)
 
@@ -338,8 +345,13 @@ def init_params(cfg: Phase1Config) -> Any:
     return make_policy(cfg.policy).init(jax.random.PRNGKey(cfg.seed), dummy_input(cfg.policy))
 
 
+# Under partitionable threefry split(key, n)[i] is fold_in(key, i): a stream of its own for
+# training, away from the small indices Haiku's init draws PRNGKey(seed)'s weights from.
+TRAIN_STREAM = 0x5452414E
+
+
 def train_key(cfg: Phase1Config) -> Array:
-    return jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+    return jax.random.fold_in(jax.random.PRNGKey(cfg.seed), TRAIN_STREAM)
 
 
 class Trainer:

@@ -226,3 +226,20 @@ def test_the_loss_is_minus_the_objective_minus_entropy_plus_kl():
     h = -(p * np.log(p)).sum()
     kl = (p * np.log(p / 0.25)).sum()                 # the reference is uniform on 4 actions
     np.testing.assert_allclose(float(loss), -obj.mean() - 0.1 * h + 0.5 * kl, rtol=1e-5)
+
+
+def test_no_phase1_key_serves_two_purposes():
+    """Under partitionable threefry split(key, n)[i] is fold_in(key, i). The G candidates were
+    sampled with split(select_key, G), whose second key is the lookahead's outcome key, and
+    training's root key was fold_in(PRNGKey(seed), 1), the first key Haiku's init draws the
+    weights from (checked: the first layer's weights were a draw from it)."""
+    from causal_grpo.active_learning import lookahead_key, refit_key
+    with jax.threefry_partitionable(True):
+        k = jax.random.fold_in(jax.random.PRNGKey(3), 7)
+        taken = {tuple(np.asarray(x).tolist())
+                 for x in (k, lookahead_key(k), refit_key(k), *jax.random.split(k, 64))}
+        cand = {tuple(np.asarray(x).tolist()) for x in P.candidate_keys(k, 64)}
+        assert len(cand) == 64 and not cand & taken
+        root = jax.random.PRNGKey(TINY.seed)
+        init_keys = {tuple(np.asarray(x).tolist()) for x in jax.random.split(root, 1024)}
+        assert tuple(np.asarray(P.train_key(TINY)).tolist()) not in init_keys
