@@ -296,11 +296,34 @@ def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "−")
 
 
+def dense_summary(scm: str, g) -> list[str]:
+    """One dense SCM's README table: each method's F1, SHD and AUPRC after 1, 5 and 10
+    interventions (those within the episode), policies averaged over runs; step 0 in the line
+    above it (every method starts from the same data)."""
+    at = g.groupby(["method", "step"], sort=False)[["f1_mean", "shd_mean", "auprc_mean"]].mean()
+    steps = sorted(s for s in DENSE_STEPS if s > 0 and s in set(g["step"]))
+    if not steps:
+        return []
+    start = at.xs(0, level="step")
+    after = " / ".join(map(str, steps))
+    lines = ["", f"{scm}: all methods start from F1 {start['f1_mean'].mean():.3f}, SHD "
+                 f"{start['shd_mean'].mean():.1f}, AUPRC {start['auprc_mean'].mean():.3f} "
+                 "(policies: mean of runs)\n",
+             f"| method | F1 after {after} | SHD after {after} | AUPRC after {after} |",
+             "|---|---:|---:|---:|"]
+    present = set(g["method"])
+    for method in [m for m in REFERENCES + (UNTRAINED, TRAINED, PROTOCOL_POLICY) if m in present]:
+        r = at.loc[method]
+        cells = [" / ".join(f"{r.loc[s, col]:.{digits}f}" for s in steps)
+                 for col, digits in (("f1_mean", 3), ("shd_mean", 1), ("auprc_mean", 3))]
+        lines.append(f"| {SHORT[method]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary(methods, pooled, dense, last: int) -> list[str]:
     """README's tables: per SCM each method's F1-AUC (the policies' mean over runs, the trained
     one's range of run means) and the trained policy minus the strongest references, ✓ where
-    Holm p < ALPHA in every run; per dense SCM each method's F1 after 1, 5 and 10 interventions
-    and SHD and AUPRC after the last, averaged over runs."""
+    Holm p < ALPHA in every run; per dense SCM :func:`dense_summary`."""
     runs = int(pooled["runs"].max())
     cols = REFERENCES + (UNTRAINED,)
     lines = [f"## Summary: F1-AUC over steps 1–{last}, trained policy minus the strongest "
@@ -318,23 +341,7 @@ def summary(methods, pooled, dense, last: int) -> list[str]:
             cells.append(_signed(row["diff_mean"]) + (" ✓" if row["holds_every_run"] else ""))
         lines.append(f"| {scm} | " + " | ".join(cells) + " |")
     for scm, g in dense.groupby("scm", sort=False):
-        at = g.groupby(["method", "step"], sort=False)[["f1_mean", "shd_mean", "auprc_mean"]].mean()
-        steps = sorted(s for s in DENSE_STEPS if s > 0 and s in set(g["step"]))
-        if not steps:
-            continue
-        start = at.xs(0, level="step")
-        lines += ["", f"{scm}: all methods start from F1 {start['f1_mean'].mean():.3f}, SHD "
-                      f"{start['shd_mean'].mean():.1f}, AUPRC {start['auprc_mean'].mean():.3f} "
-                      "(policies: mean of runs)\n",
-                  "| method | " + " | ".join(f"F1 after {s}" for s in steps)
-                  + f" | SHD after {steps[-1]} | AUPRC after {steps[-1]} |",
-                  "|---|" + "---:|" * (len(steps) + 2)]
-        for method in dict.fromkeys(g["method"]):
-            r = at.loc[method]
-            lines.append(f"| {SHORT[method]} | " + " | ".join(f"{r.loc[s, 'f1_mean']:.3f}"
-                                                          for s in steps)
-                         + f" | {r.loc[steps[-1], 'shd_mean']:.1f} | "
-                         f"{r.loc[steps[-1], 'auprc_mean']:.3f} |")
+        lines += dense_summary(scm, g)
     return lines + [""]
 
 

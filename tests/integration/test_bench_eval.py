@@ -258,3 +258,24 @@ def test_acting_cost_counts_the_shortlist_above_the_exact_posterior():
     assert acting_cost(100, True, 2, exact=False) == 33
     assert acting_cost(5, True, 8, exact=False) == 1 + 2 * 4 * 8     # fewer than 8 to list
     assert acting_cost(50, False, 1, exact=False) == 0
+
+
+def test_dense_summary_is_f1_shd_auprc_after_each_step_with_runs_averaged():
+    """The README's dense table by hand: steps 1, 5, 10 of every metric, the trained policy's
+    two runs averaged, references first and in a fixed order whatever the rows' order."""
+    rows = []
+    for method, run, base in (("trained_policy", 0, 0.40), ("plugin_active", -1, 0.30),
+                              ("trained_policy", 1, 0.50), ("random_active", -1, 0.10)):
+        for step in (0, 1, 5, 10):
+            rows.append({"scm": "dense10", "method": method, "run": run, "step": step,
+                         "f1_mean": 0.2 if step == 0 else base + step / 100,
+                         "shd_mean": 20.0 if step == 0 else 10 * base + step,
+                         "auprc_mean": 0.5 if step == 0 else base + step / 1000})
+    lines = bench_eval.dense_summary("dense10", pd.DataFrame(rows))
+    assert lines[1].startswith("dense10: all methods start from F1 0.200, SHD 20.0, AUPRC 0.500")
+    assert lines[2] == ("| method | F1 after 1 / 5 / 10 | SHD after 1 / 5 / 10 "
+                        "| AUPRC after 1 / 5 / 10 |")
+    assert lines[4:] == [
+        "| random | 0.110 / 0.150 / 0.200 | 2.0 / 6.0 / 11.0 | 0.101 / 0.105 / 0.110 |",
+        "| plug-in | 0.310 / 0.350 / 0.400 | 4.0 / 8.0 / 13.0 | 0.301 / 0.305 / 0.310 |",
+        "| trained | 0.460 / 0.500 / 0.550 | 5.5 / 9.5 / 14.5 | 0.451 / 0.455 / 0.460 |"]
