@@ -236,15 +236,17 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
     The surrogate is refitted from the buffer each step; cost: d * n_values * n_draws updates,
     of the what-if posterior above the exact posterior's size (:func:`lookahead_gains`). Every
     variable is a candidate there too, not only the choosers' shortlist, so that the bound
-    also covers what the shortlist leaves out.
+    also covers what the shortlist leaves out. Keyed as :func:`make_plugin_gain_selector`, so
+    on the same cell the two simulate outcomes from the same noise.
     """
 
     def select(key: Array, obs: Observation, params: Any = None) -> Action:
         buf = obs.buffer
-        state = surrogate.update(surrogate.init(key, obs.var_mask), buf.values, buf.intervened,
-                                 buf.valid)
-        return _best_expected_gain(key, obs, surrogate, state, scm, jnp.zeros((scm.d,)),
-                                   scm.adj, n_draws, n_values, shortlist_size=None)
+        state = surrogate.update(surrogate.init(refit_key(key), obs.var_mask), buf.values,
+                                 buf.intervened, buf.valid)
+        return _best_expected_gain(lookahead_key(key), obs, surrogate, state, scm,
+                                   jnp.zeros((scm.d,)), scm.adj, n_draws, n_values,
+                                   shortlist_size=None)
 
     return select
 

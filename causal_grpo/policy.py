@@ -186,6 +186,16 @@ class PolicyHandle(NamedTuple):
     lookahead_draws: LookaheadDraws = 1
 
 
+def episode_selector(policy: PolicyHandle, analytic: AnalyticConfig | None) -> Callable:
+    """The policy's selector for an episode whose posterior has the settings ``analytic``
+    (in-degree, score): its lookahead refits under them, as Phase 1 trained it (the handle's
+    own selector refits under the defaults). A handle without an architecture is a plain
+    selector, returned as is."""
+    if policy.config is None:
+        return policy.selector
+    return make_policy_selector(policy.config, policy.greedy, policy.lookahead_draws, analytic)
+
+
 def policy_handle(loaded: "LoadedPolicy", greedy: bool = False,
                   lookahead_draws: LookaheadDraws = "auto") -> PolicyHandle:
     """A loaded policy as the pure selector of the jitted Phase-2 loop (``lookahead_draws``:

@@ -30,7 +30,7 @@ from causal_grpo.active_learning import (EpisodeConfig, Method, StepRecord, make
                                          make_plugin_selector, method_id)
 from causal_grpo.errors import UserError
 from causal_grpo.jaxcache import build, numerics
-from causal_grpo.policy import PolicyHandle, make_policy_selector, resolve_lookahead_draws
+from causal_grpo.policy import PolicyHandle, episode_selector, resolve_lookahead_draws
 from causal_grpo.scm import SCM, stack_scms
 from causal_grpo.scm_families import FamilyConfig, ScmSource, instantiate, resolve_scm
 from causal_grpo.surrogate import make_surrogate
@@ -131,11 +131,8 @@ def _runner(episode: EpisodeConfig, method: Method, d: int, policy: PolicyHandle
         draws = resolve_lookahead_draws(episode.lookahead_draws, d)
         selector = make_plugin_selector(surrogate, draws)
     else:
-        selector = policy.selector if method.needs_policy else None
-        if method.needs_policy and policy.config is not None:
-            # The lookahead refits the posterior with the episode's settings (in-degree, score).
-            selector = make_policy_selector(policy.config, policy.greedy, policy.lookahead_draws,
-                                            episode.surrogate.analytic)
+        selector = (episode_selector(policy, episode.surrogate.analytic)
+                    if method.needs_policy else None)
     _RUNNERS[key] = _Program(make_batch_runner(episode, d, selector))
     return _RUNNERS[key]
 

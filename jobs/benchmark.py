@@ -256,7 +256,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
     policy = None
     if args.grpo_checkpoint:
         from causal_grpo.checkpoint import load_grpo_policy
-        from causal_grpo.policy import policy_handle
+        from causal_grpo.policy import episode_selector, policy_handle
         policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
     from causal_grpo.surrogate import SurrogateConfig
     from jobs.two_phase_training import episode_config
@@ -324,7 +324,7 @@ def bench_ceiling(args) -> "pd.DataFrame":
 
         runners = {m.value: reference(method_id(m)) for m in (Method.RANDOM, Method.UNCERTAINTY)}
         if policy is not None:
-            acting = make_batch_runner(cfg, d, policy.selector)
+            acting = make_batch_runner(cfg, d, episode_selector(policy, cfg.surrogate.analytic))
             runners["grpo_active"] = lambda k, s: acting(k, s, policy.params, 0)
         runners["expected_gain_oracle"] = make_reference_runner(
             cfg, d, functools.partial(make_expected_gain_selector, n_draws=args.draws))

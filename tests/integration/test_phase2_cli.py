@@ -290,3 +290,26 @@ def test_posterior_benchmark_parts_compose_to_the_surrogates_update():
     # Not trivially equal: the rows before the merge give another posterior.
     before = parts["dp"][0](parts["local_scores"][0](stats))
     assert np.abs(np.exp(before) - np.exp(log_post)).max() > 1e-3
+
+
+def test_ceilings_policy_row_is_the_sweeps_cell_on_a_dense_scm(tmp_path):
+    """With --grpo-checkpoint the ceiling's grpo_active row is the sweep's: its lookahead refits
+    the episode's posterior (every parent set on dense<d>), not the default in-degree 4, which
+    changed the policy's choices on dense8."""
+    from causal_grpo.checkpoint import save_checkpoint
+    from causal_grpo.networks import PolicyConfig
+    from causal_grpo.phase1 import Phase1Config, init_params
+
+    cfg = PolicyConfig(hidden=16, layers=1, heads=2)
+    ckpt = str(tmp_path / "final")
+    save_checkpoint(ckpt, init_params(Phase1Config(policy=cfg, seed=4)), cfg, training={},
+                    metrics={})
+    common = ["--seeds", "4", "--n-interventions", "6", "--base-seed", "91",
+              "--grpo-checkpoint", ckpt]
+    assert benchmark.main(["ceiling", "--scms", "dense8", "--draws", "1", "--out",
+                           str(tmp_path / "c.csv"), *common]) == 0
+    ceiling = pd.read_csv(tmp_path / "c.csv").set_index("method")["f1_auc"]
+    assert two_phase_training.main(["--scm-type", "dense8", "--methods", "grpo_active", "--quiet",
+                                    "--output-dir", str(tmp_path / "p2"), *common]) == 0
+    auc = pd.read_csv(tmp_path / "p2" / "summary.csv").set_index("method")["f1_auc_mean"]
+    assert ceiling["grpo_active"] == pytest.approx(auc["grpo_active"], abs=1e-6)

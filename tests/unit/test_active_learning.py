@@ -183,13 +183,14 @@ def test_expected_gain_oracle_picks_the_best_candidate_of_a_plain_loop():
     key = jax.random.PRNGKey(5)
     act = jax.jit(lambda k, o: AL.make_expected_gain_selector(scm, sur, n_draws=4)(k, o))(key, obs)
 
-    state = jax.jit(sur.update)(sur.init(key, scm.var_mask), buf.values, buf.intervened, buf.valid)
+    state = jax.jit(sur.update)(sur.init(AL.refit_key(key), scm.var_mask), buf.values,
+                                buf.intervened, buf.valid)
     before = float(M.expected_shd(scm.adj, sur.edge_probs(state), scm.var_mask))
     # One posterior update and its expected SHD, as one program (op by op: 32 slow updates).
     after = jax.jit(lambda x, do: M.expected_shd(
         scm.adj, sur.edge_probs(sur.update(state, x[None], do[None], jnp.ones((1,), bool))),
         scm.var_mask))
-    eps = jax.random.normal(key, (4, d))
+    eps = jax.random.normal(AL.lookahead_key(key), (4, d))   # keyed as the plug-in chooser
     gains = {}
     for j in range(d):
         if j == int(scm.target):

@@ -139,3 +139,41 @@ def test_selectors_refit_the_posterior_from_their_own_stream(monkeypatch):
     look = np.asarray(AL.lookahead_key(key))
     assert not any(np.array_equal(np.asarray(k), look)
                    for k in (AL.refit_key(key), *jax.random.split(AL.refit_key(key))))
+
+
+def test_the_oracle_refits_and_simulates_from_the_plugin_choosers_keys(monkeypatch):
+    """The expected-gain oracle (the ceiling's truth-knowing reference) refits from
+    ``refit_key(key)`` and simulates outcomes from ``lookahead_key(key)``, as the plug-in
+    chooser does: one key per purpose, and on the same cell the two draw the same outcome
+    noise. It used the selector's key for both, whose ``split(key)[i]`` words XOR to the
+    outcome normals' raw bits."""
+    import jax
+
+    import jax.numpy as jnp
+
+    from causal_grpo.scm_families import easy
+    from causal_grpo.surrogate import SurrogateConfig, make_surrogate
+
+    scm = easy().to_scm()
+    sur = make_surrogate(SurrogateConfig(), scm.d, 20)
+    st = AL.start_episode(jax.random.PRNGKey(1), scm, sur, 15, 20, 5)
+    obs = AL.observe(scm, st.buffer, jnp.asarray(0), sur.edge_probs(st.state))
+    inits, outcomes = [], []
+
+    def init(key, var_mask):
+        jax.debug.callback(lambda k: inits.append(np.asarray(k)), key)
+        return sur.init(key, var_mask)
+
+    real = AL.lookahead_gains
+
+    def lookahead_gains(key, *args, **kw):
+        jax.debug.callback(lambda k: outcomes.append(np.asarray(k)), key)
+        return real(key, *args, **kw)
+
+    monkeypatch.setattr(AL, "lookahead_gains", lookahead_gains)
+    spy = sur._replace(init=init)
+    key = jax.random.PRNGKey(5)
+    for make in (AL.make_expected_gain_selector, AL.make_plugin_gain_selector):
+        jax.block_until_ready(jax.jit(make(scm, spy, n_draws=1))(key, obs))
+    assert len(inits) == 2 and all(np.array_equal(k, AL.refit_key(key)) for k in inits)
+    assert len(outcomes) == 2 and all(np.array_equal(k, AL.lookahead_key(key)) for k in outcomes)
