@@ -292,24 +292,41 @@ def test_posterior_benchmark_parts_compose_to_the_surrogates_update():
     assert np.abs(np.exp(before) - np.exp(log_post)).max() > 1e-3
 
 
-def test_ceilings_policy_row_is_the_sweeps_cell_on_a_dense_scm(tmp_path):
-    """With --grpo-checkpoint the ceiling's grpo_active row is the sweep's: its lookahead refits
-    the episode's posterior (every parent set on dense<d>), not the default in-degree 4, which
-    changed the policy's choices on dense8."""
+
+def test_ceilings_policy_refits_the_episodes_posterior(tmp_path, monkeypatch):
+    """With --grpo-checkpoint the ceiling's grpo_active acts as in the sweep: its lookahead
+    refits the episode's posterior (every parent set on dense8), not the default in-degree 4,
+    which changed the policy's choices there (its row was not the sweep's cell)."""
+    from causal_grpo import active_learning
+    from causal_grpo import policy as pol
     from causal_grpo.checkpoint import save_checkpoint
     from causal_grpo.networks import PolicyConfig
     from causal_grpo.phase1 import Phase1Config, init_params
 
+    built, real = {}, pol.make_policy_selector
+
+    def spy(*args, **kwargs):
+        select = real(*args, **kwargs)
+        built[id(select)] = args[3] if len(args) > 3 else kwargs.get("analytic")
+        return select
+
+    class Seen(Exception):
+        pass
+
+    def runner(cfg, d, selector=None):
+        if selector is None:
+            return lambda *a: None
+        raise Seen(selector, cfg)
+
+    monkeypatch.setattr(pol, "make_policy_selector", spy)
+    monkeypatch.setattr(active_learning, "make_batch_runner", runner)
     cfg = PolicyConfig(hidden=16, layers=1, heads=2)
     ckpt = str(tmp_path / "final")
     save_checkpoint(ckpt, init_params(Phase1Config(policy=cfg, seed=4)), cfg, training={},
                     metrics={})
-    common = ["--seeds", "4", "--n-interventions", "6", "--base-seed", "91",
-              "--grpo-checkpoint", ckpt]
-    assert benchmark.main(["ceiling", "--scms", "dense8", "--draws", "1", "--out",
-                           str(tmp_path / "c.csv"), *common]) == 0
-    ceiling = pd.read_csv(tmp_path / "c.csv").set_index("method")["f1_auc"]
-    assert two_phase_training.main(["--scm-type", "dense8", "--methods", "grpo_active", "--quiet",
-                                    "--output-dir", str(tmp_path / "p2"), *common]) == 0
-    auc = pd.read_csv(tmp_path / "p2" / "summary.csv").set_index("method")["f1_auc_mean"]
-    assert ceiling["grpo_active"] == pytest.approx(auc["grpo_active"], abs=1e-6)
+    with pytest.raises(Seen) as e:
+        benchmark.main(["ceiling", "--scms", "dense8", "--seeds", "1", "--draws", "1",
+                        "--grpo-checkpoint", ckpt])
+    selector, episode = e.value.args
+    assert episode.surrogate.analytic.max_indegree == 7
+    assert built[id(selector)] == episode.surrogate.analytic
