@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from causal_grpo import metrics as M
 from causal_grpo.features import (BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs,
                                   features_from_probs)
-from causal_grpo.scm import SCM, propagate, sample_n
+from causal_grpo.scm import SCM, column_moments, propagate, sample_n, unit_scale
 from causal_grpo.surrogate import Surrogate, SurrogateConfig, make_surrogate
 
 Array = jax.Array
@@ -260,7 +260,10 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
     mask and range; weights, residual noise std) and the intercepts (d,).
     """
     d = graph.shape[-1]
-    X = buffer.values
+    # Fitted in units of order one (the ridge and the noise floor are sized for them), then
+    # returned in the data's.
+    sc = unit_scale(column_moments(buffer.values, buffer.valid)[1])
+    X = buffer.values / sc
     usable = buffer.valid[:, None] & ~buffer.intervened
 
     def node(j):
@@ -274,9 +277,10 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
         return beta[:d] * pa, beta[d], jnp.sqrt((resid ** 2).sum() / dof)
 
     w_in, intercept, std = jax.vmap(node)(jnp.arange(d))       # w_in[j, i]: weight of i -> j
+    w_in = w_in * sc[:, None] / sc[None, :]
     fitted = template._replace(adj=graph.astype(jnp.float32), weights=w_in.T,
-                               noise_std=jnp.maximum(std, 1e-3))
-    return fitted, intercept
+                               noise_std=jnp.maximum(std, 1e-3) * sc)
+    return fitted, intercept * sc
 
 
 def plugin_simulator(probs: Array, buffer: Buffer, template: SCM) -> tuple[SCM, Array, Array]:

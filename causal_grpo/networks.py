@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from causal_grpo.features import N_FEATURES, masked_pairs
+from causal_grpo.scm import column_moments, unit_scale
 
 Array = jax.Array
 NEG = -1e9
@@ -119,10 +120,11 @@ class BiasedAttention(hk.Module):
 
 def _standardise(values: Array, valid: Array) -> Array:
     w = valid.astype(jnp.float32)[:, None]
-    n = jnp.maximum(w.sum(), 1.0)
-    mean = (values * w).sum(0) / n
-    var = (((values - mean) ** 2) * w).sum(0) / n
-    return jnp.clip((values - mean) / jnp.sqrt(var + 1e-6), -10.0, 10.0) * w
+    mean, var = column_moments(values, valid)
+    # The floor is sized for data of order one; small units are brought to it first.
+    sc = unit_scale(var)
+    x, var = (values - mean) / sc, var / sc ** 2
+    return jnp.clip(x / jnp.sqrt(var + 1e-6), -10.0, 10.0) * w
 
 
 class PolicyNet(hk.Module):

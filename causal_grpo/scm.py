@@ -111,6 +111,29 @@ NOISE_TAIL = 6.0
 MAX_ABS_VALUE = 1e15
 # Smaller non-zero numbers become 0 (or lose precision) in float32: an edge would vanish.
 MIN_ABS_NUMBER = float(np.finfo(np.float32).tiny)
+# The fixed floors of the regressions and standardisations (ridges, residual and variance
+# floors) are sized for data of order one and would swamp a variable in small units; below this
+# variance (std 0.044; the built-in SCMs' noise std is 0.1 or more) a variable is first brought
+# to order one by an exact power of two (unit_scale). Above it the floors are below 0.1% of a
+# variance, except the plug-in fit's ridge of 1e-3 on n rows: 1e-3 / (n var).
+SMALL_VARIANCE = 2.0 ** -9
+
+
+def unit_scale(var: Array) -> Array:
+    """Per-variable power of two that brings a variance below :data:`SMALL_VARIANCE` to order
+    one (divide the values by it); 1 elsewhere and at 0. Exact, so a variable above the bound
+    is left bit for bit as it was, and one below it gives the numbers the same variable in
+    other units gives."""
+    e = jnp.round(0.5 * jnp.log2(jnp.maximum(var, MIN_ABS_NUMBER))).astype(jnp.int32)
+    return jnp.where((var > 0) & (var < SMALL_VARIANCE), jnp.ldexp(jnp.float32(1.0), e), 1.0)
+
+
+def column_moments(values: Array, valid: Array) -> tuple[Array, Array]:
+    """(d,) mean and (population) variance of each column over the valid rows of (C, d)."""
+    v = valid.astype(jnp.float32)[:, None]
+    n = jnp.maximum(v.sum(), 1.0)
+    mean = (values * v).sum(0) / n
+    return mean, (((values - mean) ** 2) * v).sum(0) / n
 
 
 def value_bounds(weights: np.ndarray, noise_std: np.ndarray,

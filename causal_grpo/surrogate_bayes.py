@@ -49,6 +49,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from causal_grpo.errors import UserError
+from causal_grpo.scm import unit_scale
 from causal_grpo.surrogate import Surrogate
 
 Array = jax.Array
@@ -262,6 +263,10 @@ def set_scores(stats: Stats, var_mask: Array, idx: Array, size: Array, penalty: 
     rows = jnp.arange(own.shape[0])
     n = jnp.maximum(stats.n, 1.0)
     cov = stats.m2 / n[:, None, None]                                 # (d, d, d) MLE per node
+    # The floors below are sized for data of order one: variables in small units are brought
+    # to it first (exact powers of two). BIC moves by a constant per node, BGe not at all.
+    sc = unit_scale(jnp.diagonal(cov, axis1=1, axis2=2))              # (d, d)
+    cov = cov / (sc[:, :, None] * sc[:, None, :])
     if score is Score.BGE:
         # Standardise by node i's rows; the prior mean is the sample mean, so R = t I + S_N.
         sd = jnp.sqrt(jnp.maximum(jnp.diagonal(cov, axis1=1, axis2=2), 1e-12))  # (d, d)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from causal_grpo.scm import column_moments, unit_scale
 from causal_grpo.surrogate import Surrogate
 
 Array = jax.Array
@@ -92,6 +93,10 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
 
     def loss_fn(params, key, values, intervened, valid, var_mask):
         m = _mask(var_mask)
+        # Its initial weights and learning rate are sized for data of order one or more: small
+        # units are brought to it (a full standardisation changes its fit on the built-in SCMs,
+        # docs/EXPERIMENTS.md).
+        values = values / unit_scale(column_moments(values, valid)[1])
         probs = jax.nn.sigmoid(params.theta) * m
         # Straight-through Gumbel-sigmoid gates, one graph per row.
         logistic = jax.random.logistic(key, (values.shape[0], d, d))
