@@ -244,10 +244,12 @@ def _policy_lines(scm: str, paired: pd.DataFrame, early_steps: int) -> list[str]
     return out + [""] if out else out
 
 
-def fmt_ci(m: float, ci: float, digits: int = 3, signed: bool = False) -> str:
-    """``m ± ci`` for tables; ``m ± —`` where the CI is undefined (one seed)."""
-    half = "—" if math.isnan(ci) else f"{ci:.{digits}f}"
-    return f"{m:{'+' if signed else ''}.{digits}f} ± {half}"
+def fmt_ci(m: float, ci: float, digits: int | None = 3, signed: bool = False) -> str:
+    """``m ± ci`` for tables (``digits`` decimals, or None: 3 significant digits, for numbers
+    in the SCM's own units); ``m ± —`` where the CI is undefined (one seed)."""
+    spec = ".3g" if digits is None else f".{digits}f"
+    half = "—" if math.isnan(ci) else f"{ci:{spec}}"
+    return f"{m:{'+' if signed else ''}{spec}} ± {half}"
 
 
 def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
@@ -273,7 +275,7 @@ def markdown_table(summary: pd.DataFrame, paired: pd.DataFrame | None = None,
         for _, r in grp.iterrows():
             cells = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci95"], digits)
                      for m, digits in (("f1_auc_early", 3), ("f1_auc", 3), ("final_f1", 3),
-                                       ("final_shd", 2), ("best_target", 2))]
+                                       ("final_shd", 2), ("best_target", None))]
             line = f"| {r['method']} | {r['n_seeds']} | " + " | ".join(cells) + " |"
             if paired is not None and not paired.empty:
                 p = paired[(paired["scm"] == scm) & (paired["method"] == r["method"])

@@ -76,6 +76,9 @@ def test_mean_ci_of_one_value_is_undefined_and_tables_say_so():
     assert fmt_ci(m, h) == "0.250 ± —"
     assert fmt_ci(-0.0126, 0.004, signed=True) == "-0.013 ± 0.004"
     assert fmt_ci(1.5, 0.25, 2) == "1.50 ± 0.25"
+    # Numbers in an SCM's own units keep 3 significant digits: not "-0.00 ± 0.00" in small ones.
+    assert fmt_ci(-1.234e-4, 2.5e-5, None) == "-0.000123 ± 2.5e-05"
+    assert fmt_ci(-2.345, 0.26, None) == "-2.35 ± 0.26"
 
 
 def test_paired_p_undefined_cases_are_nan():
