@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causal_grpo.scm import unit_scale
 from causal_grpo.surrogate_bayes import (AnalyticConfig, Stats, _subset_sum, add_rows,
                                          empty_stats, set_scores)
 
@@ -88,7 +89,11 @@ def select_candidates(stats: Stats, var_mask: Array, K: int) -> Array:
 
         return jax.lax.scan(step, (cov, ok), None, length=K)[1]
 
-    return jax.vmap(one)(jnp.arange(d), stats.m2).astype(jnp.int32)
+    # Small units to order one first (exact powers of two), as the scores do: the floors above
+    # are sized for it, and products of two small variances underflow float32.
+    sc = unit_scale(jnp.diagonal(stats.m2, axis1=1, axis2=2) / jnp.maximum(stats.n, 1.0)[:, None])
+    m2 = stats.m2 / (sc[:, :, None] * sc[:, None, :])
+    return jax.vmap(one)(jnp.arange(d), m2).astype(jnp.int32)
 
 
 def _pred_sets(order: Array, cand: Array) -> Array:

@@ -111,6 +111,10 @@ NOISE_TAIL = 6.0
 MAX_ABS_VALUE = 1e15
 # Smaller non-zero numbers become 0 (or lose precision) in float32: an edge would vanish.
 MIN_ABS_NUMBER = float(np.finfo(np.float32).tiny)
+# The posterior's statistics hold squares of values: a variable of noise std 1e-20 has
+# variances below float32's smallest normal number (its F1 was 0 at any data size). 1e-18
+# leaves a factor 100 on the squares.
+MIN_NOISE_STD = 1e-18
 # The fixed floors of the regressions and standardisations (ridges, residual and variance
 # floors) are sized for data of order one and would swamp a variable in small units; below this
 # variance (std 0.044; the built-in SCMs' noise std is 0.1 or more) a variable is first brought
@@ -161,10 +165,11 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
         i, j = tiny[0]
         raise SCMError(f"SCM '{spec.name}': coefficient {w[i, j]:g} of edge {v[i]}->{v[j]} is "
                        f"below float32's smallest normal number {MIN_ABS_NUMBER:.3g}")
-    if np.any(s < MIN_ABS_NUMBER):
-        j = int(np.argmax(s < MIN_ABS_NUMBER))
-        raise SCMError(f"SCM '{spec.name}': noise_std {s[j]:g} of {v[j]} is below float32's "
-                       f"smallest normal number {MIN_ABS_NUMBER:.3g}")
+    if np.any(s < MIN_NOISE_STD):
+        j = int(np.argmax(s < MIN_NOISE_STD))
+        raise SCMError(f"SCM '{spec.name}': noise_std {s[j]:g} of {v[j]} is below "
+                       f"{MIN_NOISE_STD:g}: the posterior's statistics hold squares of values, "
+                       f"which would leave float32's range; rescale the SCM")
     bounds = value_bounds(w, s, spec.intervention_range)
     # The first variable in causal order that exceeds the bound is where the growth starts.
     over = [j for j in topological_order(w != 0) if not bounds[j] <= MAX_ABS_VALUE]
@@ -179,8 +184,8 @@ def _check_float32_magnitudes(spec: "SCMSpec") -> None:
     if not lo < hi:
         raise SCMError(f"SCM '{spec.name}': intervention_range {list(spec.intervention_range)} "
                        f"has the same ends in float32")
-    # Each number itself too: a coefficient of 1e39 on a parent held tiny keeps the bound along
-    # paths small, and becomes inf in float32.
+    # Each number itself too: the bound along paths stays small for a large coefficient on a
+    # parent held tiny (1e20 on a noise std of 1e-18).
     big = np.argwhere(np.abs(w) > MAX_ABS_VALUE)
     if len(big):
         i, j = big[0]

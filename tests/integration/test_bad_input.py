@@ -78,7 +78,9 @@ def chain(n: int, coef: float) -> dict:
     # first exceeds 1e15 at k = 30.
     (chain(40, 3.0), "variable X30"),
     ({**TOY, "edges": [["A", "B", 1e-45]]}, "edge A->B"),
-], ids=["coef-1e30", "coef-1e300", "noise-1e30", "range-1e30", "long-path", "coef-underflow"])
+    ({**TOY, "noise_std": {"A": 1.0, "B": 1e-20, "C": 1.0}}, "of B"),
+], ids=["coef-1e30", "coef-1e300", "noise-1e30", "range-1e30", "long-path", "coef-underflow",
+        "noise-underflow"])
 def test_scm_numbers_that_overflow_float32_are_refused_at_load(capsys, tmp_path, obj, variable):
     line = refused(capsys, tmp_path, *BASE, "--scm-type", scm_file(tmp_path, obj))
     assert variable in line and "float32" in line, line

@@ -151,11 +151,14 @@ INVALID = [
      "above the float32-safe"),
     ("range_huge_and_close", mutate(_set("intervention_range", [1e20, 1e20 + 1e12])),
      "above the float32-safe"),
-    # A parent held tiny keeps the bound along paths small; the coefficient is inf in float32.
-    ("coef_beyond_float32", mutate(lambda o: (o["edges"].__setitem__(0, ["A", "B", 1e39]),
-                                              o["noise_std"].__setitem__("A", 1e-37),
+    # A parent held tiny keeps the bound along paths small (600 here); the coefficient itself
+    # is above the float32-safe bound.
+    ("coef_beyond_float32", mutate(lambda o: (o["edges"].__setitem__(0, ["A", "B", 1e20]),
+                                              o["noise_std"].__setitem__("A", 1e-18),
                                               o.__setitem__("intervention_range", [0, 1e-30]))),
-     r"coefficient 1e\+39 of edge A->B is above the float32-safe"),
+     r"coefficient 1e\+20 of edge A->B is above the float32-safe"),
+    ("noise_below_float32", mutate(lambda o: o["noise_std"].__setitem__("A", 1e-20)),
+     r"noise_std 1e-20 of A is below 1e-18"),
     ("unknown_key", mutate(_set("colour", "red")), "unknown key"),
     ("bad_name", mutate(_set("name", "has space")), "name"),
     ("one_variable", {"variables": ["A"], "target": "A", "edges": [], "noise_std": 1.0},

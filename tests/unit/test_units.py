@@ -24,8 +24,9 @@ from causal_grpo.surrogate_bayes import AnalyticConfig, Score
 from causal_grpo.sweep import cell_batch
 
 D = 5
-# Per-variable units; 2^-20 puts a variance near 1e-12 (std 1e-6), 2^6 checks large ones too.
-UNITS = 2.0 ** np.array([-14.0, 0.0, -20.0, 6.0, -9.0], np.float32)
+# Per-variable units; 2^-45 puts a variance near 1e-27 (std 3e-14: products of two such
+# variances underflow float32), 2^6 checks large ones too.
+UNITS = 2.0 ** np.array([-14.0, 0.0, -45.0, 6.0, -9.0], np.float32)
 
 
 def _data(n: int = 40, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,6 +67,21 @@ def test_the_posterior_does_not_depend_on_units(cfg):
     off = unit[~np.eye(D, dtype=bool)]
     assert np.ptp(off) > 0.2                             # edge probabilities the data moved
     np.testing.assert_allclose(_edge_probs(cfg, x * units, iv), unit, atol=2e-3)
+
+
+def test_order_mcmcs_candidate_parents_do_not_depend_on_units():
+    """Forward selection by partial correlation (K = 2 of 4 possible parents, so it chooses)."""
+    from causal_grpo.posterior_mcmc import select_candidates
+    from causal_grpo.surrogate_bayes import add_rows, empty_stats
+    x, iv, _ = _data()
+
+    def cand(values):
+        st = add_rows(empty_stats(D), jnp.asarray(values), jnp.asarray(iv), jnp.ones(len(x), bool))
+        return np.asarray(jax.jit(select_candidates, static_argnums=2)(st, jnp.ones(D, bool), 2))
+
+    unit = cand(x)
+    assert np.all(unit < D)
+    np.testing.assert_array_equal(cand(x * UNITS), unit)
 
 
 def test_the_plugin_scm_fit_changes_only_by_the_units():
