@@ -260,8 +260,7 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
     mask and range; weights, residual noise std) and the intercepts (d,).
     """
     d = graph.shape[-1]
-    # Fitted in units of order one (the ridge and the noise floor are sized for them), then
-    # returned in the data's.
+    # Fitted in units of order one (the ridge is sized for them), then returned in the data's.
     sc = unit_scale(column_moments(buffer.values, buffer.valid)[1])
     X = buffer.values / sc
     usable = buffer.valid[:, None] & ~buffer.intervened
@@ -274,12 +273,18 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
         beta = jnp.linalg.solve(Xw @ Xa + ridge * jnp.eye(d + 1), Xw @ X[:, j])
         resid = (X[:, j] - Xa @ beta) * w
         dof = jnp.maximum(w.sum() - pa.sum() - 1.0, 1.0)
-        return beta[:d] * pa, beta[d], jnp.sqrt((resid ** 2).sum() / dof)
+        # The noise floor (an exact fit would simulate no noise) is relative to the column's
+        # spread: interventions spread a column far beyond its noise (+-2 on a noise std of
+        # 1e-5), so no fixed floor suits every column. A constant column keeps 1e-3.
+        mean = (X[:, j] * w).sum() / jnp.maximum(w.sum(), 1.0)
+        spread = jnp.sqrt((((X[:, j] - mean) * w) ** 2).sum() / jnp.maximum(w.sum(), 1.0))
+        floor = jnp.where(spread > 0, 1e-6 * spread, 1e-3)
+        return beta[:d] * pa, beta[d], jnp.maximum(jnp.sqrt((resid ** 2).sum() / dof), floor)
 
     w_in, intercept, std = jax.vmap(node)(jnp.arange(d))       # w_in[j, i]: weight of i -> j
     w_in = w_in * sc[:, None] / sc[None, :]
     fitted = template._replace(adj=graph.astype(jnp.float32), weights=w_in.T,
-                               noise_std=jnp.maximum(std, 1e-3) * sc)
+                               noise_std=std * sc)
     return fitted, intercept * sc
 
 
