@@ -276,8 +276,7 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
         # The noise floor (an exact fit would simulate no noise) is relative to the column's
         # spread: interventions spread a column far beyond its noise (+-2 on a noise std of
         # 1e-5), so no fixed floor suits every column. A constant column keeps 1e-3.
-        mean = (X[:, j] * w).sum() / jnp.maximum(w.sum(), 1.0)
-        spread = jnp.sqrt((((X[:, j] - mean) * w) ** 2).sum() / jnp.maximum(w.sum(), 1.0))
+        spread = jnp.sqrt(column_moments(X[:, j, None], usable[:, j])[1][0])
         floor = jnp.where(spread > 0, 1e-6 * spread, 1e-3)
         return beta[:d] * pa, beta[d], jnp.maximum(jnp.sqrt((resid ** 2).sum() / dof), floor)
 

@@ -118,8 +118,8 @@ MIN_NOISE_STD = 1e-18
 # The fixed floors of the regressions and standardisations (ridges, residual and variance
 # floors) are sized for data of order one and would swamp a variable in small units; below this
 # variance (std 0.044; the built-in SCMs' noise std is 0.1 or more) a variable is first brought
-# to order one by an exact power of two (unit_scale). Above it the floors are below 0.1% of a
-# variance, except the plug-in fit's ridge of 1e-3 on n rows: 1e-3 / (n var).
+# to order one by an exact power of two (unit_scale). Above it each floor is below 0.1% of the
+# variance it is added to, except the plug-in fit's ridge of 1e-3 on n rows: 1e-3 / (n var).
 SMALL_VARIANCE = 2.0 ** -9
 
 
