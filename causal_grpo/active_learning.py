@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from causal_grpo import metrics as M
 from causal_grpo.features import (BootstrapConfig, Buffer, bootstrap_noise, bootstrap_probs,
                                   features_from_probs)
-from causal_grpo.scm import SCM, column_moments, propagate, sample_n, unit_scale
+from causal_grpo.scm import EXACT, SCM, column_moments, propagate, sample_n, unit_scale
 from causal_grpo.surrogate import Surrogate, SurrogateConfig, make_surrogate
 
 Array = jax.Array
@@ -270,8 +270,9 @@ def fit_linear_scm(graph: Array, buffer: Buffer, template: SCM,
         pa = graph[:, j]
         Xa = jnp.concatenate([X * pa[None], jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
         Xw = (Xa * w[:, None]).T
-        beta = jnp.linalg.solve(Xw @ Xa + ridge * jnp.eye(d + 1), Xw @ X[:, j])
-        resid = (X[:, j] - Xa @ beta) * w
+        gram = jnp.matmul(Xw, Xa, precision=EXACT) + ridge * jnp.eye(d + 1)
+        beta = jnp.linalg.solve(gram, jnp.matmul(Xw, X[:, j], precision=EXACT))
+        resid = (X[:, j] - jnp.matmul(Xa, beta, precision=EXACT)) * w
         dof = jnp.maximum(w.sum() - pa.sum() - 1.0, 1.0)
         # The noise floor (an exact fit would simulate no noise) is relative to the column's
         # spread: interventions spread a column far beyond its noise (+-2 on a noise std of

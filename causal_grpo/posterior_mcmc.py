@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causal_grpo.scm import unit_scale
+from causal_grpo.scm import EXACT, unit_scale
 from causal_grpo.surrogate_bayes import (AnalyticConfig, Stats, _subset_sum, add_rows,
                                          empty_stats, set_scores)
 
@@ -246,7 +246,7 @@ def _reweighted_edges(alpha: Array, cand: Array, orders: Array, log_w0: Array) -
     log_w = jax.vmap(_log_weight, (0, None, None))(orders, alpha, cand)
     r = jax.nn.softmax(log_w - log_w0)
     e = jax.vmap(_order_edges, (0, None, None))(orders, alpha, cand)  # (O, d, K)
-    return _scatter_edges(jnp.einsum("o,odk->dk", r, e), cand)
+    return _scatter_edges(jnp.einsum("o,odk->dk", r, e, precision=EXACT), cand)
 
 
 def order_of(probs: Array) -> Array:

@@ -49,7 +49,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from causal_grpo.errors import UserError
-from causal_grpo.scm import unit_scale
+from causal_grpo.scm import EXACT, unit_scale
 from causal_grpo.surrogate import Surrogate
 
 Array = jax.Array
@@ -212,14 +212,15 @@ def add_rows(stats: Stats, values: Array, intervened: Array, valid: Array) -> St
     w = (valid[:, None] & ~intervened.astype(bool)).astype(jnp.float32).T  # (d, r)
     nb = w.sum(1)                                                          # (d,)
     safe = jnp.maximum(nb, 1.0)
-    mean_b = (w @ values) / safe[:, None]                                  # (d, d)
+    mean_b = jnp.matmul(w, values, precision=EXACT) / safe[:, None]        # (d, d)
     cen = values[None, :, :] - mean_b[:, None, :]                          # (d, r, d)
-    m2_b = jnp.einsum("ir,ira,irb->iab", w, cen, cen)
+    m2_b = jnp.einsum("ir,ira,irb->iab", w, cen, cen, precision=EXACT)
     n = stats.n + nb
     frac = jnp.where(n > 0, nb / jnp.maximum(n, 1.0), 0.0)
     delta = mean_b - stats.mean
     mean = stats.mean + delta * frac[:, None]
-    m2 = stats.m2 + m2_b + jnp.einsum("ia,ib->iab", delta, delta) * (stats.n * frac)[:, None, None]
+    outer = jnp.einsum("ia,ib->iab", delta, delta, precision=EXACT)
+    m2 = stats.m2 + m2_b + outer * (stats.n * frac)[:, None, None]
     return Stats(n, mean, m2)
 
 
@@ -419,7 +420,7 @@ class AnalyticState(NamedTuple):
 
 def edge_probs_from_parent_posterior(log_post: Array, tab: Tables) -> Array:
     """(d, d) edge marginals, ``probs[j, i] = P(j -> i)`` from per-node set posteriors."""
-    return jnp.einsum("ip,ipj->ji", jnp.exp(log_post), jnp.asarray(tab.ps_member))
+    return jnp.einsum("ip,ipj->ji", jnp.exp(log_post), jnp.asarray(tab.ps_member), precision=EXACT)
 
 
 def _n_sets(n: int, k: int) -> int:

@@ -1,0 +1,57 @@
+"""Every product of data runs at full float32 precision, on any device.
+
+On NVIDIA GPUs XLA's default for a float32 matrix product is TF32 (a 10-bit mantissa). Measured
+on an H200 (docs/BENCHMARKS.md, "On a GPU"): sample covariances were off by 2.6e-4 relative and
+the simulator's values by 7.7e-4, and `er20` episodes no longer followed the CPU's (other
+choices from the first steps, expected SHD off by up to 6); with full precision every choice
+was the CPU's. CPUs compute float32 products in full either way, so no number here can show the
+difference: the test reads the compiled programs instead. Every matrix product in a Phase-2
+episode of the built-in methods and of the plug-in chooser (the simulator, the sufficient
+statistics, the exact and the order-MCMC posterior, their what-if updates, the plug-in fit)
+must ask for HIGHEST. The policy network's products are not data and keep the default.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from causal_grpo import active_learning as AL
+from causal_grpo.scm_families import FamilyConfig, GraphKind, sample_family
+from causal_grpo.surrogate import make_surrogate
+
+
+def _products(jaxpr) -> list:
+    """The dot_general equations of a jaxpr and of every jaxpr inside it (jit, scan,
+    while, cond and switch branches, custom derivatives)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _products(inner)
+    return found
+
+
+@pytest.mark.parametrize("d", [6, 18])   # the exact DP; order MCMC above 16 variables
+def test_every_product_in_an_episode_asks_for_full_precision(d):
+    cfg = AL.EpisodeConfig(n_observational=5, n_interventions=2, lookahead_draws=1)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    scms = jax.vmap(lambda k: sample_family(k, FamilyConfig(kind=GraphKind.ER, d=d)))(keys)
+    surrogate = make_surrogate(cfg.surrogate, d, cfg.capacity)
+    runners = {"built-in methods": AL.make_batch_runner(cfg, d),
+               "plug-in chooser": AL.make_batch_runner(cfg, d,
+                                                       AL.make_plugin_selector(surrogate, 1))}
+    for name, runner in runners.items():
+        products = _products(jax.make_jaxpr(runner)(keys, scms, None, jnp.int32(0)).jaxpr)
+        # The simulator, the statistics and the edge marginals at least; the plug-in fit too.
+        assert len(products) >= (3 if name == "built-in methods" else 6), name
+        for eqn in products:
+            precision = eqn.params["precision"]
+            assert precision == (jax.lax.Precision.HIGHEST,) * 2, (
+                f"{name}: a product of shapes {[v.aval.shape for v in eqn.invars]} at "
+                f"{precision}\n{eqn.source_info.traceback}")
