@@ -6,6 +6,7 @@
     python -m jobs.benchmark ray         # in-process vs 1 vs 2 Ray workers (Phase 1 and 2)
     python -m jobs.benchmark ceiling     # the best one-step chooser (knows the SCM) vs the rest
     python -m jobs.benchmark posterior   # where one exact posterior update's time goes, per d
+    python -m jobs.benchmark devices     # the same Phase-2 cells on the CPU and an accelerator
     python -m jobs.benchmark eval --grpo-checkpoint RUN [RUN ...] --output-dir OUT
                                          # the frozen evaluation (jobs/bench_eval.py)
     python -m jobs.benchmark scale       # posterior speed, memory, accuracy vs GIES, d = 10..100
@@ -471,6 +472,84 @@ def bench_posterior(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+# Methods whose cells need no policy (a policy's network runs at the device's own precision).
+DEVICE_METHODS = ("random_active", "uncertainty_active", "observational", "plugin_active")
+
+
+def device_differences(cfg, first, second) -> list[dict]:
+    """Every cell of ``cfg`` (a ``SweepConfig`` of :data:`DEVICE_METHODS`) computed on device
+    ``first`` and on ``second``; per (scm, method): how often the two chose the same
+    intervention, how many seeds ever chose differently, and how far F1, expected SHD and the
+    final edge probabilities lie apart."""
+    import jax
+    import numpy as np
+
+    from causal_grpo import sweep
+
+    runs = []
+    for device in (first, second):
+        # A compiled program belongs to the device it was compiled for: compile anew.
+        sweep._RUNNERS.clear()
+        with jax.default_device(device):
+            runs.append([sweep.run_batch(b, cfg) for b in sweep.plan_batches(cfg)])
+    sweep._RUNNERS.clear()
+    rows = []
+    for scm in cfg.scms:
+        for method in cfg.methods:
+            idx = [i for i, b in enumerate(sweep.plan_batches(cfg))
+                   if b.scm == scm and b.method is method]
+            a, b = ({k: np.concatenate([run[i][k] for i in idx]) for k in run[idx[0]]}
+                    for run in runs)
+            close = np.abs(a["value"] - b["value"]) <= 1e-4 * np.maximum(1, np.abs(a["value"]))
+            same = (a["variable"] == b["variable"]) & close
+            gap = {k: float(np.abs(a[k] - b[k]).max()) for k in ("f1", "expected_shd",
+                                                                 "final_probs")}
+            rows.append({
+                "scm": scm, "method": method.value, "seeds": len(a["seed"]),
+                "same_choice": float(same[:, 1:].mean()),
+                "seeds_choosing_differently": int((~same[:, 1:]).any(axis=1).sum()),
+                "f1_max_diff": gap["f1"], "expected_shd_max_diff": gap["expected_shd"],
+                "final_prob_max_diff": gap["final_probs"],
+                "final_edges_across_half": int(((a["final_probs"] > 0.5)
+                                                != (b["final_probs"] > 0.5)).sum()),
+                "f1_auc_first": float(a["f1"][:, 1:].mean()),
+                "f1_auc_second": float(b["f1"][:, 1:].mean())})
+    return rows
+
+
+def bench_devices(args) -> "pd.DataFrame":
+    """The same Phase-2 cells on the CPU and on this machine's accelerator (GPU or TPU): their
+    choices and numbers side by side. Last bits differ between devices; a choice or an edge
+    that differs says by how much that moved the episode."""
+    import jax
+    import pandas as pd
+
+    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.sweep import SweepConfig
+
+    for name in args.scms:
+        resolve_scm(name)
+    accelerator = jax.devices()[0]
+    if accelerator.platform == "cpu":
+        raise UserError("devices: JAX sees no accelerator here (only the CPU); this subcommand "
+                        "compares an accelerator's Phase-2 cells with the CPU's")
+    cfg = SweepConfig(scms=tuple(args.scms), methods=tuple(Method(m) for m in args.methods),
+                      seeds=args.seeds, base_seed=args.base_seed, batch_size=args.seeds,
+                      episode=EpisodeConfig(n_observational=args.n_observational,
+                                            n_interventions=args.n_interventions))
+    print(f"cpu against {accelerator.device_kind} ({accelerator.platform})", flush=True)
+    rows = device_differences(cfg, jax.devices("cpu")[0], accelerator)
+    for r in rows:
+        print(f"{r['scm']:8s} {r['method']:18s} same choice {r['same_choice']:.3f} "
+              f"(seeds choosing differently {r['seeds_choosing_differently']} of {r['seeds']}); "
+              f"max |diff| F1 {r['f1_max_diff']:.2e}, expected SHD "
+              f"{r['expected_shd_max_diff']:.2e}, final edge probability "
+              f"{r['final_prob_max_diff']:.2e} ({r['final_edges_across_half']} across 0.5); "
+              f"F1-AUC {r['f1_auc_first']:.4f} / {r['f1_auc_second']:.4f}", flush=True)
+    return pd.DataFrame(rows)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -524,6 +603,15 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--seconds", type=positive_float("--seconds"), default=3.0,
                    help="timing per part and d")
 
+    v = sub.add_parser("devices", help="the same Phase-2 cells on the CPU and the accelerator")
+    v.add_argument("--scms", type=comma_list, default=["er10", "er15", "hard", "er20"])
+    v.add_argument("--methods", type=list_of(_device_method, distinct=True),
+                   default=["random_active", "plugin_active"])
+    v.add_argument("--seeds", type=positive_int("--seeds"), default=8)
+    v.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    v.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
+    v.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
+
     from jobs.bench_scale import add_parser as add_scale
     add_scale(sub, comma_list, positive_int, list_of(positive_float("--degree", allow_zero=True), 2))
 
@@ -549,9 +637,15 @@ def _surrogate(text: str) -> str:
     return text
 
 
+def _device_method(text: str) -> str:
+    if text not in DEVICE_METHODS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(DEVICE_METHODS)}")
+    return text
+
+
 def _check_memory(args) -> None:
-    """gies, phase2, scale and (unless --batch-size) ceiling run all seeds of a graph in one
-    vmapped batch."""
+    """gies, phase2, scale, devices and (unless --batch-size) ceiling run all seeds of a graph
+    in one vmapped batch."""
     if args.cmd == "phase2":    # one batch per surrogate, each with its own seeds
         from causal_grpo import surrogate_bayes
         from causal_grpo.scm_families import resolve_scm
@@ -570,6 +664,9 @@ def _check_memory(args) -> None:
         return
     steps = max(getattr(args, "budgets", None) or [args.n_interventions])
     d = max(getattr(args, "d", None) or getattr(args, "dims", None) or [2])
+    if args.cmd == "devices":   # all seeds of an SCM in one batch
+        from causal_grpo.scm_families import resolve_scm
+        d = max(resolve_scm(name).d for name in args.scms)
     if args.cmd == "gies":     # all seeds' posteriors at once (scale checks its own)
         from causal_grpo import surrogate_bayes
         surrogate_bayes.check_fits(surrogate_bayes.AnalyticConfig(), d, args.seeds)
@@ -603,12 +700,13 @@ def _run(args) -> "pd.DataFrame":
                             "tables (a rerun would take it for another job's file); write it "
                             "elsewhere")
         io.check_output_file(args.out, "--out")
-    if args.cmd in ("gies", "phase2", "ceiling", "scale"):
+    if args.cmd in ("gies", "phase2", "ceiling", "scale", "devices"):
         _check_memory(args)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}", flush=True)
     # Subcommand -> (module, function); the heavy modules are imported only when chosen.
     runners = {"gies": (__name__, "bench_gies"), "phase2": (__name__, "bench_phase2"),
                "ceiling": (__name__, "bench_ceiling"), "posterior": (__name__, "bench_posterior"),
+               "devices": (__name__, "bench_devices"),
                "eval": ("jobs.bench_eval", "bench_eval"), "scale": ("jobs.bench_scale", "bench_scale"),
                "phase1": ("jobs.bench_grpo", "bench_phase1"), "ray": ("jobs.bench_ray", "bench_ray")}
     module, function = runners[args.cmd]

@@ -20,6 +20,8 @@ import pytest
 from causal_grpo import active_learning as AL
 from causal_grpo.scm_families import FamilyConfig, GraphKind, sample_family
 from causal_grpo.surrogate import make_surrogate
+from causal_grpo.sweep import SweepConfig
+from jobs.benchmark import device_differences
 
 
 def _products(jaxpr) -> list:
@@ -53,3 +55,30 @@ def test_every_product_in_an_episode_asks_for_full_precision(d):
         assert precision == (jax.lax.Precision.HIGHEST,) * 2, (
             f"a product of shapes {[v.aval.shape for v in eqn.invars]} at {precision}\n"
             f"{eqn.source_info.traceback}")
+
+
+def test_the_device_comparison_reports_what_differs_and_nothing_else(monkeypatch):
+    """``benchmark devices`` (the CPU against an accelerator; none here) with the CPU twice, the
+    second run altered by hand (seed 1's second intervention on another variable, one final edge
+    probability moved across 0.5): exactly that is reported, the rest is equal."""
+    from causal_grpo import sweep
+    cfg = SweepConfig(scms=("er4",), methods=(AL.Method.RANDOM,), seeds=2, batch_size=2,
+                      episode=AL.EpisodeConfig(n_observational=5, n_interventions=3))
+    calls, run_batch = [], sweep.run_batch
+
+    def altered(batch, cfg):
+        out = {k: v.copy() for k, v in run_batch(batch, cfg).items()}
+        calls.append(batch)
+        if len(calls) == 2:
+            out["variable"][1, 2] = (out["variable"][1, 2] + 1) % 4
+            out["final_probs"][0, 0, 1] = 1.0 - out["final_probs"][0, 0, 1] + 0.25 * (
+                out["final_probs"][0, 0, 1] == 0.5)
+        return out
+
+    monkeypatch.setattr(sweep, "run_batch", altered)
+    cpu = jax.devices("cpu")[0]
+    [row] = device_differences(cfg, cpu, cpu)
+    assert row["seeds_choosing_differently"] == 1 and row["same_choice"] == 5 / 6
+    assert row["final_edges_across_half"] == 1 and row["final_prob_max_diff"] > 0
+    assert row["f1_max_diff"] == row["expected_shd_max_diff"] == 0
+    assert row["seeds"] == 2 and row["f1_auc_first"] == row["f1_auc_second"] > 0
