@@ -123,8 +123,8 @@ MIN_NOISE_STD = 1e-18
 SMALL_VARIANCE = 2.0 ** -9
 
 # Products of data (the simulator, sufficient statistics, regressions, edge marginals) at full
-# float32 precision: on NVIDIA GPUs XLA's default for a float32 matrix product is TF32, a
-# 10-bit mantissa. CPUs compute float32 products in full either way.
+# float32 precision: on NVIDIA GPUs from Ampere on, XLA's default for a float32 matrix product
+# is TF32, a 10-bit mantissa. CPUs compute float32 products in full either way.
 EXACT = jax.lax.Precision.HIGHEST
 
 

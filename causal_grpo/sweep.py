@@ -148,7 +148,9 @@ class _Program:
         self.needs: dict[str, int] = {}
 
     def __call__(self, args: tuple, what: str, share: int = 1, registry: str | None = None):
-        shapes = str(jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args))
+        # A program is compiled for the device it will run on (``jax.default_device``).
+        shapes = str(jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), args)) + str(
+            jax.config.jax_default_device)
         if shapes not in self.executables:
             exe = self.run.lower(*args).compile()
             self.needs[shapes] = check_program_memory(exe, what, share, registry)

@@ -472,40 +472,40 @@ def bench_posterior(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-# Methods whose cells need no policy (a policy's network runs at the device's own precision).
+# The methods whose cells need no trained policy.
 DEVICE_METHODS = ("random_active", "uncertainty_active", "observational", "plugin_active")
 
 
 def device_differences(cfg, first, second) -> list[dict]:
     """Every cell of ``cfg`` (a ``SweepConfig`` of :data:`DEVICE_METHODS`) computed on device
-    ``first`` and on ``second``; per (scm, method): how often the two chose the same
-    intervention, how many seeds ever chose differently, and how far F1, expected SHD and the
-    final edge probabilities lie apart."""
+    ``first`` and on ``second``; per (scm, method): seeds whose SCM came out differently, how
+    often the two chose the same intervention, how many seeds ever chose differently, and how
+    far F1, expected SHD and the final edge probabilities lie apart."""
     import jax
     import numpy as np
 
     from causal_grpo import sweep
 
+    batches = sweep.plan_batches(cfg)
     runs = []
     for device in (first, second):
-        # A compiled program belongs to the device it was compiled for: compile anew.
-        sweep._RUNNERS.clear()
         with jax.default_device(device):
-            runs.append([sweep.run_batch(b, cfg) for b in sweep.plan_batches(cfg)])
-    sweep._RUNNERS.clear()
+            runs.append([sweep.run_batch(b, cfg) for b in batches])
     rows = []
     for scm in cfg.scms:
         for method in cfg.methods:
-            idx = [i for i, b in enumerate(sweep.plan_batches(cfg))
-                   if b.scm == scm and b.method is method]
+            idx = [i for i, b in enumerate(batches) if b.scm == scm and b.method is method]
             a, b = ({k: np.concatenate([run[i][k] for i in idx]) for k in run[idx[0]]}
                     for run in runs)
+            scm_differs = ((a["true_adj"] != b["true_adj"]).any(axis=(1, 2))
+                           | (a["target"] != b["target"]))
             close = np.abs(a["value"] - b["value"]) <= 1e-4 * np.maximum(1, np.abs(a["value"]))
             same = (a["variable"] == b["variable"]) & close
             gap = {k: float(np.abs(a[k] - b[k]).max()) for k in ("f1", "expected_shd",
                                                                  "final_probs")}
             rows.append({
                 "scm": scm, "method": method.value, "seeds": len(a["seed"]),
+                "scm_differs": int(scm_differs.sum()),
                 "same_choice": float(same[:, 1:].mean()),
                 "seeds_choosing_differently": int((~same[:, 1:]).any(axis=1).sum()),
                 "f1_max_diff": gap["f1"], "expected_shd_max_diff": gap["expected_shd"],
@@ -518,35 +518,47 @@ def device_differences(cfg, first, second) -> list[dict]:
 
 
 def bench_devices(args) -> "pd.DataFrame":
-    """The same Phase-2 cells on the CPU and on this machine's accelerator (GPU or TPU): their
-    choices and numbers side by side. Last bits differ between devices; a choice or an edge
-    that differs says by how much that moved the episode."""
+    """The same Phase-2 cells of the policy-free methods on the CPU and on this machine's
+    accelerator (GPU or TPU): their SCMs, choices and numbers side by side. Last bits differ
+    between devices; a choice or an edge that differs says by how much that moved an episode."""
     import jax
     import pandas as pd
 
-    from causal_grpo.active_learning import EpisodeConfig, Method
+    from causal_grpo.active_learning import Method
     from causal_grpo.scm_families import resolve_scm
+    from causal_grpo.surrogate import SurrogateConfig
     from causal_grpo.sweep import SweepConfig
+    from jobs.two_phase_training import episode_config
 
-    for name in args.scms:
-        resolve_scm(name)
+    if len(set(args.scms)) != len(args.scms):
+        raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
+    sources = {name: resolve_scm(name) for name in args.scms}
     accelerator = jax.devices()[0]
     if accelerator.platform == "cpu":
         raise UserError("devices: JAX sees no accelerator here (only the CPU); this subcommand "
                         "compares an accelerator's Phase-2 cells with the CPU's")
-    cfg = SweepConfig(scms=tuple(args.scms), methods=tuple(Method(m) for m in args.methods),
-                      seeds=args.seeds, base_seed=args.base_seed, batch_size=args.seeds,
-                      episode=EpisodeConfig(n_observational=args.n_observational,
-                                            n_interventions=args.n_interventions))
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        raise UserError("devices: JAX's CPU backend is off here (JAX_PLATFORMS leaves it out); "
+                        "add cpu to JAX_PLATFORMS or unset it") from None
     print(f"cpu against {accelerator.device_kind} ({accelerator.platform})", flush=True)
-    rows = device_differences(cfg, jax.devices("cpu")[0], accelerator)
-    for r in rows:
-        print(f"{r['scm']:8s} {r['method']:18s} same choice {r['same_choice']:.3f} "
-              f"(seeds choosing differently {r['seeds_choosing_differently']} of {r['seeds']}); "
-              f"max |diff| F1 {r['f1_max_diff']:.2e}, expected SHD "
-              f"{r['expected_shd_max_diff']:.2e}, final edge probability "
-              f"{r['final_prob_max_diff']:.2e} ({r['final_edges_across_half']} across 0.5); "
-              f"F1-AUC {r['f1_auc_first']:.4f} / {r['f1_auc_second']:.4f}", flush=True)
+    rows = []
+    for name, src in sources.items():
+        # Each SCM's episode as the Phase-2 sweep runs it (dense<d>: its protocol).
+        cfg = SweepConfig(scms=(name,), methods=tuple(Method(m) for m in args.methods),
+                          seeds=args.seeds, base_seed=args.base_seed, batch_size=args.seeds,
+                          episode=episode_config({name: src}, args.n_observational,
+                                                 args.n_interventions, SurrogateConfig()))
+        for r in device_differences(cfg, cpu, accelerator):
+            rows.append(r)
+            print(f"{r['scm']:8s} {r['method']:18s} SCMs differing {r['scm_differs']}; same "
+                  f"choice {r['same_choice']:.3f} (seeds choosing differently "
+                  f"{r['seeds_choosing_differently']} of {r['seeds']}); max |diff| F1 "
+                  f"{r['f1_max_diff']:.2e}, expected SHD {r['expected_shd_max_diff']:.2e}, "
+                  f"final edge probability {r['final_prob_max_diff']:.2e} "
+                  f"({r['final_edges_across_half']} across 0.5); F1-AUC "
+                  f"{r['f1_auc_first']:.4f} / {r['f1_auc_second']:.4f}", flush=True)
     return pd.DataFrame(rows)
 
 
@@ -608,7 +620,8 @@ def build_parser() -> ArgumentParser:
     v.add_argument("--methods", type=list_of(_device_method, distinct=True),
                    default=["random_active", "plugin_active"])
     v.add_argument("--seeds", type=positive_int("--seeds"), default=8)
-    v.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=30)
+    v.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=None,
+                   help="default: the family's protocol (dense<d>: 50), else 30")
     v.add_argument("--n-interventions", type=positive_int("--n-interventions"), default=10)
     v.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
 

@@ -391,7 +391,8 @@ def test_float_flags_accept_their_range():
     (["ray", "--seconds", "1e6"], "--seconds"),
     (["phase2", "--workflow-episodes", "1001"], "--workflow-episodes must be an integer in [0, 1000], got 1001"),
     (["phase2", "--grpo-checkpoint", "no/such/run"], "checkpoint not found: no/such/run"),
-    (["devices"], "JAX sees no accelerator here"),       # CI machines have none
+    (["devices"], "JAX sees no accelerator here"),       # the tests run JAX_PLATFORMS=cpu
+    (["devices", "--scms", "er10,er10"], "--scms lists an SCM twice"),
     (["devices", "--methods", "grpo_active"], "'grpo_active' is not one of"),
     (["devices", "--scms", "nonsense"], "nonsense"),
     (["devices", "--scms", "er10", "--seeds", "100000000"], "--seeds 100000000 is too large"),
