@@ -485,6 +485,7 @@ def device_differences(cfg, first, second) -> list[dict]:
     import numpy as np
 
     from causal_grpo import sweep
+    from causal_grpo.results import f1_auc
 
     batches = sweep.plan_batches(cfg)
     runs = []
@@ -512,8 +513,8 @@ def device_differences(cfg, first, second) -> list[dict]:
                 "final_prob_max_diff": gap["final_probs"],
                 "final_edges_across_half": int(((a["final_probs"] > 0.5)
                                                 != (b["final_probs"] > 0.5)).sum()),
-                "f1_auc_first": float(a["f1"][:, 1:].mean()),
-                "f1_auc_second": float(b["f1"][:, 1:].mean())})
+                "f1_auc_first": float(f1_auc(a["f1"]).mean()),
+                "f1_auc_second": float(f1_auc(b["f1"]).mean())})
     return rows
 
 
