@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from causal_grpo.scm import column_moments, unit_scale
+from causal_grpo.scm import EXACT, column_moments, unit_scale
 from causal_grpo.surrogate import Surrogate
 
 Array = jax.Array
@@ -74,7 +74,7 @@ def _acyclicity(p: Array) -> Array:
     a = p * p
     term, total = jnp.eye(d), jnp.zeros(())
     for k in range(1, d + 1):
-        term = term @ a / k
+        term = jnp.matmul(term, a, precision=EXACT) / k
         total = total + jnp.trace(term)
     return total
 
@@ -88,7 +88,7 @@ def make_neural_surrogate(cfg: NeuralConfig, d: int, capacity: int) -> Surrogate
         """(d,) predicted means of one row x (d,) under gates (d, d)."""
         gx = gates * x[:, None]                                   # [i, j]: input i to child j
         lin = jnp.sum(gx * params.w, axis=0)
-        hid = jnp.tanh(jnp.einsum("ij,hij->hj", gx, params.u) + params.c)
+        hid = jnp.tanh(jnp.einsum("ij,hij->hj", gx, params.u, precision=EXACT) + params.c)
         return params.b + lin + jnp.sum(params.v * hid, axis=0)
 
     def loss_fn(params, key, values, intervened, valid, var_mask):

@@ -50,6 +50,25 @@ def test_every_product_in_an_episode_asks_for_full_precision(d):
     runner = AL.make_batch_runner(cfg, d, AL.make_plugin_selector(surrogate, 1))
     products = _products(jax.make_jaxpr(runner)(keys, scms, None, jnp.int32(0)).jaxpr)
     assert len(products) >= 20
+    _assert_full_precision(products)
+
+
+def test_the_neural_surrogates_products_ask_for_full_precision():
+    """Its network reads the data (gated inputs) and its acyclicity term the edge
+    probabilities it fits: both decide the edges it reports, so both are products of data."""
+    from causal_grpo.surrogate import SurrogateConfig, SurrogateKind
+    cfg = AL.EpisodeConfig(n_observational=5, n_interventions=1,
+                           surrogate=SurrogateConfig(kind=SurrogateKind.NEURAL))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    scms = jax.vmap(lambda k: sample_family(k, FamilyConfig(kind=GraphKind.ER, d=4)))(keys)
+    runner = AL.make_batch_runner(cfg, 4)        # every built-in method's selector
+    products = _products(jax.make_jaxpr(runner)(keys, scms, None, jnp.int32(0)).jaxpr)
+    # The forward and backward products of both terms, and the simulator's.
+    assert len(products) >= 5
+    _assert_full_precision(products)
+
+
+def _assert_full_precision(products: list) -> None:
     for eqn in products:
         precision = eqn.params["precision"]
         assert precision == (jax.lax.Precision.HIGHEST,) * 2, (
