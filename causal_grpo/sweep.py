@@ -160,21 +160,39 @@ class _Program:
 
 
 def check_program_memory(executable: Any, what: str, share: int = 1,
-                         registry: str | None = None) -> int:
+                         registry: str | None = None, device: Any = None) -> int:
     """Refuse (one-line :class:`UserError`) a compiled program whose buffers, by XLA's own
-    buffer assignment, exceed this process's part of the memory still available: all of it,
-    or 1/``share`` where ``share`` workers run such programs on one machine (measured: a
-    25-seed ``dense10`` policy batch, 10.6 GB by this figure, peaked at 11.7 GB of RSS over a
-    1.1 GB start). What the other workers' running programs already took (``registry``,
-    :func:`held_by_others`) counts towards the share, not against it. On an accelerator the
-    buffers live in its memory, not the host's: only the CPU backend is checked. Returns the
-    program's need in bytes (0 where unknown)."""
-    if jax.default_backend() != "cpu":
-        return 0
+    buffer assignment, exceed what it can have of the memory of the device it runs on
+    (``device``; None: ``jax.default_device``, else JAX's first device).
+
+    On the CPU: this process's part of the memory still available, all of it or 1/``share``
+    where ``share`` workers run such programs on one machine (measured: a 25-seed ``dense10``
+    policy batch, 10.6 GB by this figure, peaked at 11.7 GB of RSS over a 1.1 GB start). What
+    the other workers' running programs already took (``registry``, :func:`held_by_others`)
+    counts towards the share, not against it. On an accelerator: what this process's allocator
+    has left (``memory_stats``: its limit, which ``XLA_PYTHON_CLIENT_MEM_FRACTION`` sets for
+    workers sharing a card, less what it holds); unchecked where the device gives no limit.
+    Returns the program's need of host memory in bytes (0 on an accelerator or where unknown).
+    """
+    if device is None:
+        device = jax.config.jax_default_device or jax.devices()[0]
+        if isinstance(device, str):                         # a platform name
+            device = jax.devices(device)[0]
     try:
         m = executable.memory_analysis()
         need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     except (AttributeError, NotImplementedError, TypeError):
+        return 0
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+            if need > free:
+                raise UserError(
+                    f"{what} would need about {io.format_bytes(need)} of {device.device_kind} "
+                    f"memory and this process has {io.format_bytes(free)} of it; lower "
+                    "--batch-size, or with GPU workers raise --gpus-per-worker (a batch size "
+                    "of its own needs an output directory of its own)")
         return 0
     available = io.available_memory_bytes()
     shared = available + (held_by_others(registry) if share > 1 else 0)

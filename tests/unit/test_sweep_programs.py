@@ -262,3 +262,47 @@ def test_a_cells_numbers_depend_on_its_seed_not_its_place_in_a_batch():
         np.testing.assert_allclose(got["f1"], whole["f1"][rows], atol=1e-4)
     assert not np.array_equal(whole["true_adj"][0], whole["true_adj"][2]) or not np.allclose(
         whole["final_probs"][0], whole["final_probs"][2])
+
+
+class _Card:
+    """An accelerator's face to the check (none here): its kind and its allocator's figures,
+    as ``Device.memory_stats`` gives them on a GPU."""
+
+    platform, device_kind = "gpu", "NVIDIA H200"
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_an_accelerators_program_is_checked_against_its_allocator_not_the_host(monkeypatch):
+    """On a GPU the buffers live in the card's memory, limited per process (workers sharing a
+    card each get a fraction): a program beyond the limit less what the process holds is
+    refused in one line naming both, whatever the host has; one within it passes, as does
+    any program on a device that gives no limit. None of them counts towards host memory."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from causal_grpo.errors import UserError
+
+    exe = jax.jit(lambda x: jnp.outer(x, x)).lower(jnp.ones(1000)).compile()
+    m = exe.memory_analysis()
+    need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    assert need >= 4 * 1000 ** 2                                 # its (1000, 1000) output
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: 1000)   # ignored on a card
+    held = 10 ** 6
+    tight = _Card({"bytes_limit": need + held - 1, "bytes_in_use": held})
+    with pytest.raises(UserError) as e:
+        sweep.check_program_memory(exe, "a batch", device=tight)
+    assert str(e.value).count("\n") == 0
+    assert (f"a batch would need about {sweep.io.format_bytes(need)} of NVIDIA H200 memory and "
+            f"this process has {sweep.io.format_bytes(need - 1)} of it; lower --batch-size, or "
+            "with GPU workers raise --gpus-per-worker") in str(e.value)
+    roomy = _Card({"bytes_limit": need + held, "bytes_in_use": held})
+    assert sweep.check_program_memory(exe, "a batch", share=2, device=roomy) == 0
+    assert sweep.check_program_memory(exe, "a batch", device=_Card(None)) == 0
+    with pytest.raises(UserError, match="this machine has 1.0 kB available"):    # the host's
+        sweep.check_program_memory(exe, "a batch", device=jax.devices("cpu")[0])
