@@ -472,15 +472,17 @@ def bench_posterior(args) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
-# The methods whose cells need no trained policy.
-DEVICE_METHODS = ("random_active", "uncertainty_active", "observational", "plugin_active")
+# The Phase-2 methods compared; the last two need --grpo-checkpoint.
+DEVICE_METHODS = ("random_active", "uncertainty_active", "observational", "plugin_active",
+                  "grpo_active", "grpo_bootstrap")
 
 
-def device_differences(cfg, first, second) -> list[dict]:
-    """Every cell of ``cfg`` (a ``SweepConfig`` of :data:`DEVICE_METHODS`) computed on device
-    ``first`` and on ``second``; per (scm, method): seeds whose SCM came out differently, how
-    often the two chose the same intervention, how many seeds ever chose differently, and how
-    far F1, expected SHD and the final edge probabilities lie apart."""
+def device_differences(cfg, first, second, policy=None) -> list[dict]:
+    """Every cell of ``cfg`` (a ``SweepConfig`` of :data:`DEVICE_METHODS`; ``policy``: the
+    ``PolicyHandle`` of its ``grpo_*`` methods) computed on device ``first`` and on ``second``;
+    per (scm, method): seeds whose SCM came out differently, how often the two chose the same
+    intervention, how many seeds ever chose differently, and how far F1, expected SHD and the
+    final edge probabilities lie apart."""
     import jax
     import numpy as np
 
@@ -491,7 +493,7 @@ def device_differences(cfg, first, second) -> list[dict]:
     runs = []
     for device in (first, second):
         with jax.default_device(device):
-            runs.append([sweep.run_batch(b, cfg) for b in batches])
+            runs.append([sweep.run_batch(b, cfg, policy) for b in batches])
     rows = []
     for scm in cfg.scms:
         for method in cfg.methods:
@@ -519,9 +521,9 @@ def device_differences(cfg, first, second) -> list[dict]:
 
 
 def bench_devices(args) -> "pd.DataFrame":
-    """The same Phase-2 cells of the policy-free methods on the CPU and on this machine's
-    accelerator (GPU or TPU): their SCMs, choices and numbers side by side. Last bits differ
-    between devices; a choice or an edge that differs says by how much that moved an episode."""
+    """The same Phase-2 cells on the CPU and on this machine's accelerator (GPU or TPU): their
+    SCMs, choices and numbers side by side. Last bits differ between devices; a choice or an
+    edge that differs says by how much that moved an episode."""
     import jax
     import pandas as pd
 
@@ -533,7 +535,22 @@ def bench_devices(args) -> "pd.DataFrame":
 
     if len(set(args.scms)) != len(args.scms):
         raise UserError(f"--scms lists an SCM twice: {','.join(args.scms)}")
+    methods = tuple(Method(m) for m in args.methods or (
+        "random_active", "plugin_active", *(("grpo_active",) if args.grpo_checkpoint else ())))
+    needing = [m.value for m in methods if m.needs_policy]
+    if needing and not args.grpo_checkpoint:
+        raise UserError(f"devices: {', '.join(needing)} needs --grpo-checkpoint DIR")
+    if args.grpo_checkpoint and not needing:
+        raise UserError("devices: --grpo-checkpoint is used only by grpo_active and "
+                        "grpo_bootstrap, and --methods lists neither")
     sources = {name: resolve_scm(name) for name in args.scms}
+    policy = None
+    if args.grpo_checkpoint:
+        from causal_grpo.checkpoint import load_grpo_policy
+        from causal_grpo.policy import policy_handle
+        policy = policy_handle(load_grpo_policy(args.grpo_checkpoint))
+        # On the host, so that each device's program takes the weights onto its own device.
+        policy = policy._replace(params=jax.device_get(policy.params))
     accelerator = jax.devices()[0]
     if accelerator.platform == "cpu":
         raise UserError("devices: JAX sees no accelerator here (only the CPU); this subcommand "
@@ -547,11 +564,11 @@ def bench_devices(args) -> "pd.DataFrame":
     rows = []
     for name, src in sources.items():
         # Each SCM's episode as the Phase-2 sweep runs it (dense<d>: its protocol).
-        cfg = SweepConfig(scms=(name,), methods=tuple(Method(m) for m in args.methods),
+        cfg = SweepConfig(scms=(name,), methods=methods,
                           seeds=args.seeds, base_seed=args.base_seed, batch_size=args.seeds,
                           episode=episode_config({name: src}, args.n_observational,
                                                  args.n_interventions, SurrogateConfig()))
-        for r in device_differences(cfg, cpu, accelerator):
+        for r in device_differences(cfg, cpu, accelerator, policy):
             rows.append(r)
             print(f"{r['scm']:8s} {r['method']:18s} SCMs differing {r['scm_differs']}; same "
                   f"choice {r['same_choice']:.3f} (seeds choosing differently "
@@ -618,8 +635,12 @@ def build_parser() -> ArgumentParser:
 
     v = sub.add_parser("devices", help="the same Phase-2 cells on the CPU and the accelerator")
     v.add_argument("--scms", type=comma_list, default=["er10", "er15", "hard", "er20"])
-    v.add_argument("--methods", type=list_of(_device_method, distinct=True),
-                   default=["random_active", "plugin_active"])
+    v.add_argument("--methods", type=list_of(_device_method, distinct=True), default=None,
+                   help="default: random_active, plugin_active, and grpo_active with "
+                        "--grpo-checkpoint")
+    v.add_argument("--grpo-checkpoint", default=None,
+                   help="the policy of the grpo_* methods (acting as in the Phase-2 sweep: "
+                        "sampled, lookahead draws auto)")
     v.add_argument("--seeds", type=positive_int("--seeds"), default=8)
     v.add_argument("--n-observational", type=positive_int("--n-observational", 2), default=None,
                    help="default: the family's protocol (dense<d>: 50), else 30")

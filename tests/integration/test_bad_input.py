@@ -393,7 +393,12 @@ def test_float_flags_accept_their_range():
     (["phase2", "--grpo-checkpoint", "no/such/run"], "checkpoint not found: no/such/run"),
     (["devices"], "JAX sees no accelerator here"),       # the tests run JAX_PLATFORMS=cpu
     (["devices", "--scms", "er10,er10"], "--scms lists an SCM twice"),
-    (["devices", "--methods", "grpo_active"], "'grpo_active' is not one of"),
+    (["devices", "--methods", "random_active,grpo_active"],
+     "devices: grpo_active needs --grpo-checkpoint DIR"),
+    (["devices", "--methods", "oracle_active"], "'oracle_active' is not one of"),
+    (["devices", "--grpo-checkpoint", "no/such/run"], "checkpoint not found: no/such/run"),
+    (["devices", "--grpo-checkpoint", "policies/seed0", "--methods", "random_active"],
+     "--grpo-checkpoint is used only by grpo_active and grpo_bootstrap"),
     (["devices", "--scms", "nonsense"], "nonsense"),
     (["devices", "--scms", "er10", "--seeds", "100000000"], "--seeds 100000000 is too large"),
 ])

@@ -13,11 +13,14 @@ network's products are not data and keep the default.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from causal_grpo import active_learning as AL
+from causal_grpo.results import f1_auc
 from causal_grpo.scm_families import FamilyConfig, GraphKind, sample_family
 from causal_grpo.surrogate import make_surrogate
 from causal_grpo.sweep import SweepConfig
@@ -85,8 +88,8 @@ def test_the_device_comparison_reports_what_differs_and_nothing_else(monkeypatch
                       episode=AL.EpisodeConfig(n_observational=5, n_interventions=3))
     calls, run_batch = [], sweep.run_batch
 
-    def altered(batch, cfg):
-        out = {k: v.copy() for k, v in run_batch(batch, cfg).items()}
+    def altered(batch, cfg, policy=None):
+        out = {k: v.copy() for k, v in run_batch(batch, cfg, policy).items()}
         calls.append(batch)
         if len(calls) == 2:
             out["variable"][1, 2] = (out["variable"][1, 2] + 1) % 4
@@ -102,3 +105,22 @@ def test_the_device_comparison_reports_what_differs_and_nothing_else(monkeypatch
     assert row["f1_max_diff"] == row["expected_shd_max_diff"] == 0
     assert row["seeds"] == 2 and row["scm_differs"] == 0
     assert row["f1_auc_first"] == row["f1_auc_second"] > 0
+
+
+def test_the_device_comparison_runs_the_policy_as_the_sweep_does():
+    """With a policy (``--grpo-checkpoint``), its cells on each device are the sweep's own cells
+    of that policy: same choices, same numbers (the CPU twice here)."""
+    from causal_grpo import sweep
+    from causal_grpo.checkpoint import load_grpo_policy
+    from causal_grpo.policy import policy_handle
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    policy = policy_handle(load_grpo_policy(os.path.join(root, "policies", "seed0")))
+    cfg = SweepConfig(scms=("er4",), methods=(AL.Method.GRPO_ACTIVE,), seeds=2, batch_size=2,
+                      episode=AL.EpisodeConfig(n_observational=5, n_interventions=3))
+    cpu = jax.devices("cpu")[0]
+    [row] = device_differences(cfg, cpu, cpu, policy._replace(params=jax.device_get(
+        policy.params)))
+    assert row["same_choice"] == 1 and row["seeds_choosing_differently"] == 0
+    assert row["final_prob_max_diff"] == row["f1_max_diff"] == 0
+    sweep_cells = sweep.run_batch(sweep.plan_batches(cfg)[0], cfg, policy)
+    assert row["f1_auc_first"] == pytest.approx(float(f1_auc(sweep_cells["f1"]).mean()))
