@@ -170,8 +170,8 @@ def check_program_memory(executable: Any, what: str, share: int = 1,
     policy batch, 10.6 GB by this figure, peaked at 11.7 GB of RSS over a 1.1 GB start). What
     the other workers' running programs already took (``registry``, :func:`held_by_others`)
     counts towards the share, not against it. On an accelerator: what this process's allocator
-    has left (``memory_stats``: its limit, which ``XLA_PYTHON_CLIENT_MEM_FRACTION`` sets for
-    workers sharing a card, less what it holds); unchecked where the device gives no limit.
+    has left (``memory_stats``: its limit, a fraction of the card that the Ray layer sets for
+    its GPU workers, less what it holds); unchecked where the device gives no limit.
     Returns the program's need of host memory in bytes (0 on an accelerator or where unknown).
     """
     if device is None:
@@ -191,8 +191,9 @@ def check_program_memory(executable: Any, what: str, share: int = 1,
                 raise UserError(
                     f"{what} would need about {io.format_bytes(need)} of {device.device_kind} "
                     f"memory and this process has {io.format_bytes(free)} of it; lower "
-                    "--batch-size, or with GPU workers raise --gpus-per-worker (a batch size "
-                    "of its own needs an output directory of its own)")
+                    "--batch-size (a batch size of its own needs an output directory of its "
+                    "own), or give the process more of the card (Ray GPU workers: "
+                    "--gpus-per-worker up to 1; in-process: XLA_CLIENT_MEM_FRACTION)")
         return 0
     available = io.available_memory_bytes()
     shared = available + (held_by_others(registry) if share > 1 else 0)

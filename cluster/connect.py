@@ -30,6 +30,10 @@ DRIVER_RELEASES_ENV = "CAUSAL_GRPO_DRIVER_JAX"
 DRIVER_NUMERICS_ENV = "CAUSAL_GRPO_DRIVER_NUMERICS"
 # Set for a worker with a GPU share, which then refuses to compute without one.
 GPU_WORKER_ENV = "CAUSAL_GRPO_GPU_WORKER"
+# A GPU worker's share of its card's memory. jaxlib also reads a newer name and refuses to
+# start where both are set, so a GPU worker drops the newer one a node may set (cluster.pool).
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+NEWER_MEM_FRACTION_ENV = "XLA_CLIENT_MEM_FRACTION"
 CPU_ENV = {"JAX_PLATFORMS": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}
 
 
@@ -43,9 +47,11 @@ def worker_env(gpus_per_worker: float) -> dict[str, str]:
         env = dict(CPU_ENV, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
         pin_cpu_numerics(env)
     else:
+        # Its allocator's limit: 0.9 of its Ray share (rounded down), so that the workers
+        # Ray packs onto one card never ask for more than 90% of it together; a batch beyond
+        # a worker's limit is refused before it runs (sweep.check_program_memory).
         env = {"RAY_USAGE_STATS_ENABLED": "0", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-               "XLA_PYTHON_CLIENT_MEM_FRACTION":
-                   f"{max(0.05, 0.9 * min(gpus_per_worker, 1.0)):.2f}",
+               MEM_FRACTION_ENV: f"{math.floor(0.9e6 * min(gpus_per_worker, 1.0)) / 1e6:.6f}",
                "TQDM_DISABLE": "1", GPU_WORKER_ENV: "1"}
     if ENV_VAR in os.environ:   # else each machine's own per-user default
         env[ENV_VAR] = os.environ[ENV_VAR]

@@ -91,7 +91,7 @@ class Worker:
         from causal_grpo.jaxcache import enable_compilation_cache, numerics, releases
         from causal_grpo.version import library_id
         from cluster.connect import (DRIVER_CODE_ENV, DRIVER_NUMERICS_ENV, DRIVER_RELEASES_ENV,
-                                     GPU_WORKER_ENV)
+                                     GPU_WORKER_ENV, NEWER_MEM_FRACTION_ENV)
 
         # Attached to a cluster outside `ray job submit`, workers import the nodes' installed
         # copy: cells it computed would be stored under the driver's code version.
@@ -119,6 +119,8 @@ class Worker:
         # A GPU share on a node whose jax lacks CUDA computes on its CPU (JAX only warns), and
         # its cells would be filed as a GPU's.
         if os.environ.get(GPU_WORKER_ENV) == "1":
+            # Before JAX starts: its share of the card is the driver's (cluster.connect).
+            os.environ.pop(NEWER_MEM_FRACTION_ENV, None)
             import jax
             if jax.default_backend() != "gpu":
                 raise UserError(f"a Ray worker on {socket.gethostname()} has a GPU share but JAX "

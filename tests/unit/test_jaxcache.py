@@ -328,3 +328,26 @@ def test_workers_refuse_jax_releases_other_than_the_drivers(monkeypatch):
     monkeypatch.setenv(DRIVER_RELEASES_ENV, "jax 0.9.0, jaxlib 0.9.0")
     with pytest.raises(UserError, match=r"runs jax [\d.]+, jaxlib [\d.]+, the driver jax 0.9.0"):
         Worker()
+
+
+def test_gpu_workers_packed_on_one_card_ask_for_at_most_90_percent_of_it(monkeypatch):
+    """Each GPU worker's allocator limit is 0.9 of its Ray share, rounded down, however small
+    the share (a floor of 5% once let 40 workers at 0.025 ask for twice the card), and a
+    newer name of the same setting that a node sets is dropped before JAX starts, as jaxlib
+    refuses to start with both."""
+    import math
+
+    from causal_grpo.errors import UserError
+    from cluster.connect import (GPU_WORKER_ENV, MEM_FRACTION_ENV, NEWER_MEM_FRACTION_ENV,
+                                 worker_env)
+    from cluster.pool import Worker
+    for share in (1e-4, 0.025, 0.03, 0.125, 1 / 3, 0.5, 1, 4):
+        fraction = float(worker_env(share)[MEM_FRACTION_ENV])
+        per_card = max(1, math.floor(1 / share + 1e-9))       # workers Ray packs on one card
+        assert per_card * fraction <= 0.9
+        assert fraction == pytest.approx(0.9 * min(share, 1), abs=1e-6)
+    monkeypatch.setenv(NEWER_MEM_FRACTION_ENV, "0.5")
+    monkeypatch.setenv(GPU_WORKER_ENV, "1")
+    with pytest.raises(UserError, match="has a GPU share but JAX there computes on cpu"):
+        Worker()                                                 # no GPU here
+    assert NEWER_MEM_FRACTION_ENV not in os.environ

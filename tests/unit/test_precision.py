@@ -124,3 +124,31 @@ def test_the_device_comparison_runs_the_policy_as_the_sweep_does():
     assert row["final_prob_max_diff"] == row["f1_max_diff"] == 0
     sweep_cells = sweep.run_batch(sweep.plan_batches(cfg)[0], cfg, policy)
     assert row["f1_auc_first"] == pytest.approx(float(f1_auc(sweep_cells["f1"]).mean()))
+
+
+def test_benchmark_devices_compares_the_policy_the_sweep_acts_with(monkeypatch, capsys):
+    """``benchmark devices --grpo-checkpoint`` hands the comparison the policy as Phase 2's
+    sweep builds it (sampled, lookahead draws auto: the same digest), with grpo_active added to
+    the default methods, the CPU first and the accelerator second (a stand-in: none here)."""
+    from causal_grpo.checkpoint import load_grpo_policy
+    from causal_grpo.policy import policy_handle
+    from jobs import benchmark, two_phase_training
+
+    class Card:
+        platform, device_kind = "gpu", "NVIDIA H200"
+
+    card, devices, seen = Card(), jax.devices, {}
+    monkeypatch.setattr(jax, "devices", lambda *a: devices(*a) if a else [card])
+    monkeypatch.setattr(benchmark, "device_differences",
+                        lambda cfg, first, second, policy=None: seen.update(
+                            cfg=cfg, first=first, second=second, policy=policy) or [])
+    run = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "seed0")
+    assert benchmark.main(["devices", "--grpo-checkpoint", run, "--scms", "er4",
+                           "--seeds", "2"]) == 0
+    draws = two_phase_training.build_parser().get_default("lookahead_draws")
+    assert seen["policy"].digest == policy_handle(load_grpo_policy(run),
+                                                  lookahead_draws=draws).digest
+    assert [m.value for m in seen["cfg"].methods] == ["random_active", "plugin_active",
+                                                       "grpo_active"]
+    assert seen["first"].platform == "cpu" and seen["second"] is card
+    assert "cpu against NVIDIA H200 (gpu)" in capsys.readouterr().out

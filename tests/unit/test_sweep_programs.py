@@ -299,10 +299,35 @@ def test_an_accelerators_program_is_checked_against_its_allocator_not_the_host(m
         sweep.check_program_memory(exe, "a batch", device=tight)
     assert str(e.value).count("\n") == 0
     assert (f"a batch would need about {sweep.io.format_bytes(need)} of NVIDIA H200 memory and "
-            f"this process has {sweep.io.format_bytes(need - 1)} of it; lower --batch-size, or "
-            "with GPU workers raise --gpus-per-worker") in str(e.value)
+            f"this process has {sweep.io.format_bytes(need - 1)} of it; lower --batch-size (a "
+            "batch size of its own needs an output directory of its own), or give the process "
+            "more of the card (Ray GPU workers: --gpus-per-worker up to 1; in-process: "
+            "XLA_CLIENT_MEM_FRACTION)") in str(e.value)
     roomy = _Card({"bytes_limit": need + held, "bytes_in_use": held})
     assert sweep.check_program_memory(exe, "a batch", share=2, device=roomy) == 0
     assert sweep.check_program_memory(exe, "a batch", device=_Card(None)) == 0
     with pytest.raises(UserError, match="this machine has 1.0 kB available"):    # the host's
         sweep.check_program_memory(exe, "a batch", device=jax.devices("cpu")[0])
+
+
+def test_the_checked_device_is_the_one_the_program_runs_on(monkeypatch):
+    """Without a device named: JAX's default device, or the one ``jax.default_device`` sets
+    (a device or a platform name), as the sweep compiles for it."""
+    import contextlib
+
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from causal_grpo.errors import UserError
+
+    exe = jax.jit(lambda x: jnp.outer(x, x)).lower(jnp.ones(1000)).compile()
+    monkeypatch.setattr(sweep.io, "available_memory_bytes", lambda: 1000)
+    cpu = jax.devices("cpu")[0]
+    for chosen in (contextlib.nullcontext(), jax.default_device("cpu"), jax.default_device(cpu)):
+        with chosen, pytest.raises(UserError, match="this machine has 1.0 kB available"):
+            sweep.check_program_memory(exe, "a batch")
+    card = _Card({"bytes_limit": 1000, "bytes_in_use": 0})
+    monkeypatch.setattr(jax, "devices", lambda *a: [card])       # JAX's default is a card
+    with pytest.raises(UserError, match="of NVIDIA H200 memory and this process has 1.0 kB"):
+        sweep.check_program_memory(exe, "a batch")
