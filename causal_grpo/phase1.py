@@ -476,6 +476,17 @@ class Resume(NamedTuple):
     elapsed: float                        # seconds the run took before ``start``
 
 
+def _check_policy(path: str, remedy: str) -> None:
+    """A checkpoint's policy as Phase 2 would load it; a damaged one is a one-line
+    :class:`UserError` that ends with ``remedy``."""
+    from causal_grpo.checkpoint import CheckpointError, load_grpo_policy
+    from causal_grpo.errors import UserError
+    try:
+        load_grpo_policy(path)
+    except CheckpointError as e:
+        raise UserError(f"{e}: a damaged run; {remedy}") from None
+
+
 def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
                 collect: str | None = None,
                 advice: str = "use a new --output-dir (or the flags it was run with, by the "
@@ -496,6 +507,12 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
     if not resume:
         return nothing
     final_dir = os.path.join(out_dir, "final")
+    untrained = os.path.join(out_dir, "step_0")
+    if os.path.isdir(untrained):
+        # What training adds is measured against it (benchmark eval): a run whose untrained
+        # policy is damaged would finish and be refused only there.
+        _check_policy(untrained, "its untrained policy cannot be rebuilt in place; train into "
+                                 "a new --output-dir")
     found = latest_checkpoint(out_dir)
     # A finished run is judged by its final config alone (nothing else of it is read).
     existing = final_dir if os.path.exists(os.path.join(final_dir, "config.json")) else (
@@ -527,6 +544,8 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
             if not isinstance(metrics, dict):
                 raise UserError(f"{final_dir}/config.json has no metrics: a damaged run; remove "
                                 f"{final_dir} to finish it again from its newest checkpoint")
+            _check_policy(final_dir, f"remove {final_dir} to finish it again from its newest "
+                                     "checkpoint")
             return nothing._replace(
                 finished=metrics, note=f"{final_dir} exists: training already complete{since}")
     if found is None:

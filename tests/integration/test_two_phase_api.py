@@ -580,6 +580,10 @@ def _newest_step(run):
 @pytest.mark.parametrize("damage, needle", [
     ("final config not json", "config.json is not valid JSON"),
     ("final config without metrics", "has no metrics"),
+    ("final policy truncated", "final/policy_params.pkl is truncated or corrupt"),
+    ("final policy missing", "no policy_params.pkl in checkpoint directory"),
+    ("untrained policy truncated", "step_0/policy_params.pkl is truncated or corrupt"),
+    ("final untrained policy truncated", "step_0/policy_params.pkl is truncated or corrupt"),
     ("step config not utf-8", "is not UTF-8"),
     ("trainer state truncated", "trainer_state.npz is unreadable"),
     ("train log garbage", "train_log.csv is unreadable"),
@@ -597,7 +601,12 @@ def test_a_damaged_run_directory_is_one_line_exit_2_on_resume(trained, tmp_path,
     shutil.copytree(trained, run)
     if not damage.startswith("final"):
         shutil.rmtree(run / "final")                 # an interrupted run: resumes from a step
-    if damage == "final config not json":
+    if damage.endswith("policy truncated"):
+        pkl = run / ("step_0" if "untrained" in damage else "final") / C.PARAMS_FILE
+        pkl.write_bytes(pkl.read_bytes()[:1000])
+    elif damage == "final policy missing":
+        (run / "final" / C.PARAMS_FILE).unlink()
+    elif damage == "final config not json":
         (run / "final" / "config.json").write_text("{")
     elif damage == "final config without metrics":
         cfg = json.loads((run / "final" / "config.json").read_text())
