@@ -182,7 +182,8 @@ def write_pickle(path: str, obj: Any) -> None:
 def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
     """Checks inside the block that create ``paths`` (:func:`ensure_writable_dir`) leave none
     of them behind when a later check refuses the run (:class:`UserError`): each that did not
-    exist is removed again while empty, with the parents created for it."""
+    exist is removed again while it holds only empty directories (a sweep's cell directories,
+    made before a Ray cluster is found wanting), with the parents created for it."""
     new = []                                  # (directory, its top-most new ancestor or itself)
     for path in map(os.path.abspath, paths):
         top = path
@@ -194,6 +195,10 @@ def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
         yield
     except UserError:
         for path, top in new:
+            for below, _, _ in os.walk(path, topdown=False):
+                if below != path:
+                    with contextlib.suppress(OSError):        # holds a file: kept
+                        os.rmdir(below)
             while True:
                 try:
                     os.rmdir(path)
@@ -241,6 +246,8 @@ def ensure_writable_dir(path: str, exclusive: bool = False) -> str:
     asks the same at the same time (a job submitted again while the first runs) is refused
     (flock: on a network file system, processes of other machines do not see the lock)."""
     try:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"output path {path} exists and is not a directory")
         os.makedirs(path, exist_ok=True)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         raise UserError(f"cannot create output directory {path}: "

@@ -331,7 +331,8 @@ class CellStore:
 
     def __init__(self, root: str, digest: str):
         self.dir = os.path.join(root, digest)
-        os.makedirs(self.dir, exist_ok=True)
+        # Checked now: a resumed run's cell directory may have become read-only since.
+        io.ensure_writable_dir(self.dir)
         io.drop_stale_partials(self.dir)
 
     def path(self, batch: Batch) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import re
@@ -89,9 +90,24 @@ def out_of_memory(e: BaseException) -> str | None:
             "workers per machine)")
 
 
+# Where storage fails under a running job (the output directory was checked before it began).
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def storage_failure(e: BaseException) -> str | None:
+    """A write that the disk refused mid-run (full, a quota, read-only, permissions changed,
+    an I/O error) as one line; None for any other error. Results are written whole under a
+    temporary name, so whatever finished before it is on disk."""
+    if not isinstance(e, OSError) or e.errno not in STORAGE_ERRNOS:
+        return None
+    where = f" at {e.filename}" if e.filename else ""
+    return (f"storage failed{where}: {e.strerror or e}; finished work is kept: free space or "
+            "fix the directory, then rerun to resume")
+
+
 def user_errors_exit_2(prog: str) -> Callable:
     """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
-    :class:`RunFailure` one line and exit code 1."""
+    :class:`RunFailure`, running out of memory or a failed write one line and exit code 1."""
 
     def deco(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -118,6 +134,12 @@ def user_errors_exit_2(prog: str) -> Callable:
                 raise SystemExit(1)
             except RuntimeError as e:
                 line = out_of_memory(e)
+                if line is None:
+                    raise
+                sys.stderr.write(f"{prog}: {line}\n")
+                raise SystemExit(1)
+            except OSError as e:
+                line = storage_failure(e)
                 if line is None:
                     raise
                 sys.stderr.write(f"{prog}: {line}\n")

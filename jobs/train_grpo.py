@@ -137,11 +137,14 @@ def run(argv: list[str] | None = None, dir_flag: str = "--output-dir") -> int:
     """The job without its one-line error handling (``jobs.main`` runs it under its own, with
     ``dir_flag="--phase1-dir"``: the flag its messages name)."""
     opts, cfg = config_from_args(build_parser().parse_args(argv))
-    read = check_output_dir(opts, cfg, dir_flag)
-    from cluster.train import train
-    metrics = train(cfg, opts.output_dir, num_workers=opts.num_workers,
-                    address=opts.address, gpus_per_worker=opts.gpus_per_worker,
-                    read=read)
+    from causal_grpo import io
+    # Refused after its directory was made (a Ray cluster found wanting): none is left behind.
+    with io.no_new_dirs_if_refused(opts.output_dir):
+        read = check_output_dir(opts, cfg, dir_flag)
+        from cluster.train import train
+        metrics = train(cfg, opts.output_dir, num_workers=opts.num_workers,
+                        address=opts.address, gpus_per_worker=opts.gpus_per_worker,
+                        read=read)
     print(f"final checkpoint: {opts.output_dir}/final  "
           + (f"(held-out F1-AUC diff vs random {metrics['eval_f1_auc_diff']:+.3f})"
              if "eval_f1_auc_diff" in metrics else ""))

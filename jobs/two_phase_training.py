@@ -209,6 +209,13 @@ def run(argv: list[str] | None = None, check_only: bool = False) -> int:
     checkpoint ``--grpo-checkpoint`` names, so that checkpoint may not exist yet.
     """
     args = build_parser().parse_args(argv)
+    from causal_grpo import io
+    # Refused after its directory was made (a Ray cluster found wanting): none is left behind.
+    with io.no_new_dirs_if_refused(args.output_dir):
+        return _run(args, argv, check_only)
+
+
+def _run(args, argv: list[str] | None, check_only: bool) -> int:
     check_ray_flags(args.address, args.num_workers, args.gpus_per_worker)
     methods = resolve_methods(args)
     check_memory(args, len(args.scm_type), methods, 2,

@@ -127,6 +127,7 @@ def test_bad_cluster_input_fails_fast_with_one_line(ray_head, tmp_path):
            "--address", f"127.0.0.1:{free_port()}", "--output-dir", str(tmp_path / "a"))
     assert r.returncode == 2 and "cannot reach the Ray cluster" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+    assert not (tmp_path / "a").exists()      # nor its cells/ made before Ray was reached
     with socket.socket() as other:        # something that listens but is not Ray
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -137,11 +138,16 @@ def test_bad_cluster_input_fails_fast_with_one_line(ray_head, tmp_path):
                    "--num-workers", "1", "--address", not_ray, "--output-dir", str(tmp_path / "c"))
             assert r.returncode == 2 and "does not answer as a Ray" in r.stderr, r.stderr
             assert len(r.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+            assert not (tmp_path / "c").exists()
     # (Malformed --gpus-per-worker values need no cluster: tests/integration/test_bad_input.py.)
     r = py("jobs.two_phase_training", "--scm-type", "easy", "--seeds", "2", "--num-workers", "1",
            "--address", address, "--gpus-per-worker", "1", "--output-dir", str(tmp_path / "b"))
     assert r.returncode == 2 and "--gpus-per-worker" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    r = py("jobs.train_grpo", "--output-dir", str(tmp_path / "d"), "--num-workers", "1",
+           "--address", address, "--gpus-per-worker", "1")
+    assert r.returncode == 2 and "--gpus-per-worker" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = py("jobs.train_grpo", "--output-dir", str(blocker), "--num-workers", "1",

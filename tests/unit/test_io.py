@@ -148,11 +148,45 @@ def test_dirs_made_by_a_refused_runs_checks_are_removed_and_nothing_else(tmp_pat
         with io.no_new_dirs_if_refused(str(kept), str(new), str(filled)):
             for d in (kept, new, filled):
                 io.ensure_writable_dir(str(d))
+            for d in (new, filled):                     # a sweep's cells/<digest>/, empty
+                io.ensure_writable_dir(str(d / "cells" / "0123"))
             (filled / "x").write_text("x")             # written to: kept
             raise UserError("refused")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "kept"]
-    assert (filled / "x").exists() and kept.is_dir()
+    assert (filled / "x").exists() and kept.is_dir() and not (filled / "cells").exists()
     with io.no_new_dirs_if_refused(str(new)):           # accepted: the directory stays
         io.ensure_writable_dir(str(new))
     assert new.is_dir()
 
+
+
+def test_a_write_the_disk_refuses_mid_run_is_one_line_and_exit_1(capsys, tmp_path):
+    """/dev/full refuses every write as a full disk does (ENOSPC); a job that meets it ends with
+    one line, exit 1. A read-only cell directory found on resume is refused before the run."""
+    from causal_grpo import sweep
+    from causal_grpo.errors import UserError
+    from jobs._cli import user_errors_exit_2
+
+    @user_errors_exit_2("job")
+    def job():
+        with open("/dev/full", "w") as f:
+            f.write("x" * 10)
+            f.flush()
+
+    with pytest.raises(SystemExit) as e:
+        job()
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["job: storage failed: No space left on device; finished work is kept: free "
+                   "space or fix the directory, then rerun to resume"]
+
+    @user_errors_exit_2("job")
+    def other():
+        raise FileNotFoundError(2, "No such file or directory", "x")   # not the disk's refusal
+
+    with pytest.raises(FileNotFoundError):
+        other()
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "0123").write_text("in the way")
+    with pytest.raises(UserError, match="cells/0123 exists and is not a directory"):
+        sweep.CellStore(str(tmp_path / "cells"), "0123")
