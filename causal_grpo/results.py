@@ -336,6 +336,16 @@ def method_metrics(steps: pd.DataFrame, scm: str, method: str) -> dict:
 
 def plot_curves(steps: pd.DataFrame, scm: str, path: str) -> None:
     """F1 and SHD against step for every method of ``scm``, with 95% bands; saved as PNG."""
+    import sys
+    if "matplotlib" not in sys.modules:
+        # The plots are files, drawn by Agg whatever display backend MPLBACKEND names; an
+        # unknown name would fail matplotlib's import here, after the run's compute.
+        named = os.environ.pop("MPLBACKEND", None)
+        try:
+            import matplotlib
+        finally:
+            if named is not None:
+                os.environ["MPLBACKEND"] = named
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

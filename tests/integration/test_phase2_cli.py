@@ -330,3 +330,16 @@ def test_ceilings_policy_refits_the_episodes_posterior(tmp_path, monkeypatch):
     selector, episode = e.value.args
     assert episode.surrogate.analytic.max_indegree == 7
     assert built[id(selector)] == episode.surrogate.analytic
+
+
+def test_plots_are_drawn_whatever_backend_mplbackend_names(run_dir, tmp_path):
+    """The plots are PNG files (Agg): an unknown MPLBACKEND failed matplotlib's import after the
+    run's compute, and the tables were never written."""
+    code = ("import sys, pandas as pd; from causal_grpo.results import plot_curves; "
+            "plot_curves(pd.read_csv(sys.argv[1]), 'easy', sys.argv[2])")
+    png = tmp_path / "plot.png"
+    r = subprocess.run([sys.executable, "-c", code, str(run_dir / "steps.csv"), str(png)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, MPLBACKEND="nonexistent"))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
