@@ -181,9 +181,10 @@ def write_pickle(path: str, obj: Any) -> None:
 @contextlib.contextmanager
 def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
     """Checks inside the block that create ``paths`` (:func:`ensure_writable_dir`) leave none
-    of them behind when a later check refuses the run (:class:`UserError`): each that did not
-    exist is removed again while it holds only empty directories (a sweep's cell directories,
-    made before a Ray cluster is found wanting), with the parents created for it."""
+    of them behind when a later check refuses the run (:class:`UserError`), or anything else
+    stops it before it wrote a file there: each that did not exist is removed again while it
+    holds only empty directories (a sweep's cell directories, made before a Ray cluster is
+    found wanting), with the parents created for it."""
     new = []                                  # (directory, its top-most new ancestor or itself)
     for path in map(os.path.abspath, paths):
         top = path
@@ -193,7 +194,7 @@ def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
             new.append((path, top))
     try:
         yield
-    except UserError:
+    except BaseException:
         for path, top in new:
             for below, _, _ in os.walk(path, topdown=False):
                 if below != path:

@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import threading
+import traceback
 from typing import Callable
 
 from causal_grpo import io, options
@@ -105,6 +106,19 @@ def storage_failure(e: BaseException) -> str | None:
             "fix the directory, then rerun to resume")
 
 
+def backend_failure(e: BaseException) -> str | None:
+    """JAX unable to start the backend JAX_PLATFORMS names (not installed here: a bare
+    AssertionError for ``cuda``, a RuntimeError for others), as one line; None for any other
+    error. JAX starts its backend at its first computation, so the check cannot come sooner
+    without starting it before the flags that configure it are read."""
+    frames = traceback.extract_tb(e.__traceback__)
+    if not frames or not frames[-1].filename.endswith(os.path.join("jax", "_src", "xla_bridge.py")):
+        return None
+    detail = " ".join(str(e).split())[:300] or "no such backend is installed"
+    return (f"JAX cannot start the backend JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r} "
+            f"names ({detail}); unset JAX_PLATFORMS, or install jax for that platform")
+
+
 def user_errors_exit_2(prog: str) -> Callable:
     """Decorator: a :class:`UserError` becomes one line on stderr and exit code 2, a
     :class:`RunFailure`, running out of memory or a failed write one line and exit code 1."""
@@ -132,8 +146,10 @@ def user_errors_exit_2(prog: str) -> Callable:
             except RunFailure as e:
                 sys.stderr.write(f"{prog}: {' '.join(str(e).split())}\n")
                 raise SystemExit(1)
-            except RuntimeError as e:
-                line = out_of_memory(e)
+            except (RuntimeError, AssertionError) as e:
+                if backend_failure(e) is not None:
+                    fail(prog, backend_failure(e))
+                line = out_of_memory(e) if isinstance(e, RuntimeError) else None
                 if line is None:
                     raise
                 sys.stderr.write(f"{prog}: {line}\n")

@@ -623,3 +623,20 @@ def test_running_out_of_memory_mid_run_is_one_line_and_exit_1(capsys):
 
     with pytest.raises(RuntimeError, match="a bug"):
         bug()
+
+
+def test_a_jax_platform_that_is_not_installed_is_one_line_and_leaves_nothing(tmp_path):
+    """JAX_PLATFORMS naming a backend this machine lacks: JAX raised a bare AssertionError
+    (cuda) or a RuntimeError (others) from its first computation, after the output directory
+    was made."""
+    import subprocess
+    import sys
+    for platform in ("cuda", "rocm"):
+        out = tmp_path / platform / "out"
+        r = subprocess.run([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
+                            *BASE, "--output-dir", str(out)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS=platform))
+        err = [line for line in r.stderr.splitlines() if "two_phase_training" in line]
+        assert r.returncode == 2 and len(err) == 1, r.stderr
+        assert f"JAX cannot start the backend JAX_PLATFORMS='{platform}' names" in err[0]
+        assert "Traceback" not in r.stderr and not (tmp_path / platform).exists()
