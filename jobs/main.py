@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default="phase2_results",
                    help="Phase 2's tables, plots and cells (default phase2_results)")
     args = p.parse_args(argv)
+    for flag, given in (("--phase1-dir", args.phase1_dir), ("--output-dir", args.output_dir)):
+        if not given:       # else refused inside a phase, under the phase's own flag
+            raise UserError(f"{flag} must not be empty")
     one, two = (os.path.join(os.path.realpath(d), "") for d in (args.phase1_dir, args.output_dir))
     if one.startswith(two) or two.startswith(one):
         # Phase 2 would find Phase 1's checkpoints in its directory (or the other way round)

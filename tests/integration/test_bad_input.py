@@ -507,6 +507,16 @@ def test_main_job_refuses_overlapping_directories_before_phase_1(capsys, tmp_pat
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("flag", ["--phase1-dir", "--output-dir"])
+def test_main_job_names_its_own_empty_directory_flag(capsys, tmp_path, flag):
+    from jobs import main as main_job
+    dirs = {"--phase1-dir": str(tmp_path / "p1"), "--output-dir": str(tmp_path / "p2"), flag: ""}
+    line = refused(capsys, tmp_path, "--num-workers", "0", *[x for kv in dirs.items() for x in kv],
+                   main=main_job.main, output=False)
+    assert line == f"main: error: {flag} must not be empty", line
+    assert not os.listdir(tmp_path)
+
+
 def _no_phase1(monkeypatch):
     from jobs import train_grpo
 
