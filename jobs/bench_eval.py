@@ -102,7 +102,14 @@ def _policies(runs: Sequence[str], protocol_run: str | None,
         if not os.path.isdir(path):
             raise UserError(f"{run} has no {sub}/ (a Phase-1 run directory holds step_0/ "
                             "and final/)")
-        out.append((r, label, policy_handle(load_grpo_policy(path), lookahead_draws=draws)))
+        loaded = load_grpo_policy(path)
+        kind = (loaded.metadata.get("training") or {}).get("graph_kind")
+        if label == PROTOCOL_POLICY and kind not in (None, "dense"):
+            # Its row is the dense protocol's own policy, set apart from the claims' runs.
+            raise UserError(f"--protocol-checkpoint {run} was trained on the {kind} family; "
+                            "the dense protocol's policy is trained with `train_grpo "
+                            "--scm-family dense`")
+        out.append((r, label, policy_handle(loaded, lookahead_draws=draws)))
     return out
 
 

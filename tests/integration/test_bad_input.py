@@ -425,6 +425,8 @@ def test_eval_refuses_runs_it_would_count_twice_or_not_use(capsys, tmp_path):
     for args, needle in [([run, run + "/", "--output-dir", out], "lists a run twice"),
                          ([run, "--protocol-checkpoint", run, "--scms", "easy", "--output-dir",
                            out], "--scms has none"),
+                         ([run, "--protocol-checkpoint", run, "--scms", "dense10",
+                           "--output-dir", out], "was trained on the mixed family"),
                          ([run, "--output-dir", out, "--out", f"{out}/summary.csv"],
                           "is inside --output-dir"),
                          ([run, "--output-dir", out, "--seeds", "2147483647"],
