@@ -26,7 +26,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import warnings
 import zlib
 from typing import Callable
 
@@ -269,7 +268,9 @@ def enable_compilation_cache() -> str | None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        warnings.warn(f"JAX compilation cache disabled: cannot write to {path} ({e.strerror})")
+        # One line, as every message of a job (a Python warning adds its source line).
+        print(f"warning: JAX compilation cache disabled: cannot write to {path} "
+              f"({e.strerror}); programs compile anew in every run", file=sys.stderr, flush=True)
         return None
     remove_cut_entries(path)
     settings = {"jax_compilation_cache_dir": path,
