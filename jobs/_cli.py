@@ -256,15 +256,18 @@ def comma_list(text: str) -> list[str]:
 
 
 def list_of(parse_one: Callable[[str], object], length: int | None = None,
-            distinct: bool = False) -> Callable[[str], list]:
+            distinct: bool = False, ordered: bool = False) -> Callable[[str], list]:
     """A comma-separated list whose items ``parse_one`` validates (exactly ``length`` of them;
-    ``distinct``: none twice, where a repeat would only compute a row again)."""
+    ``distinct``: none twice, where a repeat would only compute a row again; ``ordered``: a
+    range lo,hi, so none above the next)."""
     def parse(text: str) -> list:
         items = [parse_one(t) for t in comma_list(text)]
         if length is not None and len(items) != length:
             raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {shown(text)}")
         if distinct and len(set(items)) < len(items):
             raise argparse.ArgumentTypeError(f"lists a value twice: {shown(text)}")
+        if ordered and items != sorted(items):
+            raise argparse.ArgumentTypeError(f"is a range lo,hi with lo <= hi, got {shown(text)}")
         return items
     return parse
 

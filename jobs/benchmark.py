@@ -589,7 +589,8 @@ def build_parser() -> ArgumentParser:
                    default=[10, 15])
     g.add_argument("--budgets", type=list_of(positive_int("--budgets", 0), distinct=True),
                    default=[0, 10, 25, 50, 100])
-    g.add_argument("--degree", type=list_of(positive_float("--degree", allow_zero=True), 2),
+    g.add_argument("--degree", type=list_of(positive_float("--degree", allow_zero=True), 2,
+                                            ordered=True),
                    default=[2.0, 3.0],
                    help="expected-degree range lo,hi (each graph draws its degree from it)")
     g.add_argument("--seeds", type=positive_int("--seeds"), default=10)
@@ -648,7 +649,8 @@ def build_parser() -> ArgumentParser:
     v.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
 
     from jobs.bench_scale import add_parser as add_scale
-    add_scale(sub, comma_list, positive_int, list_of(positive_float("--degree", allow_zero=True), 2))
+    add_scale(sub, comma_list, positive_int,
+              list_of(positive_float("--degree", allow_zero=True), 2, ordered=True))
 
     sub.add_parser("phase1", help="Phase-1 candidate evaluations per second, default curriculum")
     r = sub.add_parser("ray", help="Phase-2 sweep time on 0, 1, 2 Ray workers")

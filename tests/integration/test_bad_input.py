@@ -364,6 +364,8 @@ def test_float_flags_accept_their_range():
     (["scale", "--families", "er,er"], "--families takes distinct names"),
     (["scale", "--dims", "5,5"], "--dims lists a size twice"),
     (["scale", "--degree", "5"], "expected 2"),
+    (["scale", "--degree", "3,2"], "argument --degree: is a range lo,hi with lo <= hi, got '3,2'"),
+    (["gies", "--degree", "3,2"], "argument --degree: is a range lo,hi with lo <= hi"),
     (["scale", "--degree=-1,2"], "--degree"),
     (["scale", "--degree", "1e300,1e301"], "--degree"),
     (["phase1", "--workers", "1"], "unrecognized arguments"),
