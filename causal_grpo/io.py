@@ -178,36 +178,51 @@ def write_pickle(path: str, obj: Any) -> None:
     write_atomic(path, w)
 
 
+# Directories this process created (ensure_writable_dir): the only ones a refused run removes.
+_MADE: set[str] = set()
+
+
+def _make_dirs(path: str) -> None:
+    """``os.makedirs`` that notes each level this process created; one another process made
+    first (two runs starting at once) is not noted."""
+    missing, level = [], os.path.abspath(path)
+    while not os.path.isdir(level) and os.path.dirname(level) != level:
+        missing.append(level)
+        level = os.path.dirname(level)
+    for level in reversed(missing):
+        try:
+            os.mkdir(level)
+        except FileExistsError:
+            continue
+        _MADE.add(level)
+
+
 @contextlib.contextmanager
 def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
     """Checks inside the block that create ``paths`` (:func:`ensure_writable_dir`) leave none
     of them behind when a later check refuses the run (:class:`UserError`), or anything else
     stops it before it wrote a file there: each that did not exist is removed again while it
-    holds only empty directories (a sweep's cell directories, made before a Ray cluster is
-    found wanting), with the parents created for it."""
-    new = []                                  # (directory, its top-most new ancestor or itself)
-    for path in map(os.path.abspath, paths):
-        top = path
-        while not os.path.exists(os.path.dirname(top)):
-            top = os.path.dirname(top)
-        if not os.path.exists(path):
-            new.append((path, top))
+    holds only empty directories this process made (a sweep's cell directories, made before a
+    Ray cluster is found wanting), with the parents made for it. Directories another process
+    made, or that hold a file, are kept."""
+    new = [p for p in map(os.path.abspath, paths) if not os.path.exists(p)]
     try:
         yield
     except BaseException:
-        for path, top in new:
+        for path in new:
             for below, _, _ in os.walk(path, topdown=False):
-                if below != path:
+                if below in _MADE:
                     with contextlib.suppress(OSError):        # holds a file: kept
                         os.rmdir(below)
-            while True:
+                        _MADE.discard(below)
+            parent = os.path.dirname(path)
+            while parent in _MADE and not os.path.exists(path):
                 try:
-                    os.rmdir(path)
-                except OSError:               # gone, or holds something: keep it
+                    os.rmdir(parent)
+                except OSError:               # holds something else: kept
                     break
-                if path == top:
-                    break
-                path = os.path.dirname(path)
+                _MADE.discard(parent)
+                path, parent = parent, os.path.dirname(parent)
         raise
 
 
@@ -249,7 +264,7 @@ def ensure_writable_dir(path: str, exclusive: bool = False) -> str:
     try:
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"output path {path} exists and is not a directory")
-        os.makedirs(path, exist_ok=True)
+        _make_dirs(path)
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
         raise UserError(f"cannot create output directory {path}: "
                         f"{getattr(e, 'strerror', None) or e}") from None

@@ -82,8 +82,8 @@ def parse(opt: Option, text: str) -> Any:
             raise UserError(f"{opt.flag} must be one of {', '.join(values)}, got {shown(text)}")
         return opt.type(text)
     if opt.type is str:
-        if not text:
-            raise UserError(f"{opt.flag} must not be empty")
+        if not text.strip():        # a directory named " " is legal, and never meant
+            raise UserError(f"{opt.flag} must not be empty or blank")
         return text
     try:
         value = opt.type(text)

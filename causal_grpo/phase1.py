@@ -484,6 +484,8 @@ def _check_policy(path: str, remedy: str) -> None:
     try:
         load_grpo_policy(path)
     except CheckpointError as e:
+        if str(e).startswith("cannot read"):           # the system's refusal, not the file's
+            raise UserError(f"{e}; fix it and rerun") from None
         raise UserError(f"{e}: a damaged run; {remedy}") from None
 
 
@@ -511,8 +513,7 @@ def read_resume(cfg: Phase1Config, out_dir: str, resume: bool = True,
     if os.path.isdir(untrained):
         # What training adds is measured against it (benchmark eval): a run whose untrained
         # policy is damaged would finish and be refused only there.
-        _check_policy(untrained, "its untrained policy cannot be rebuilt in place; train into "
-                                 "a new --output-dir")
+        _check_policy(untrained, f"remove {untrained} to rebuild it from the run's settings")
     found = latest_checkpoint(out_dir)
     # A finished run is judged by its final config alone (nothing else of it is read).
     existing = final_dir if os.path.exists(os.path.join(final_dir, "config.json")) else (
@@ -605,7 +606,7 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     import pandas as pd
 
     from causal_grpo import io
-    from causal_grpo.checkpoint import save_checkpoint
+    from causal_grpo.checkpoint import PARAMS_FILE, save_checkpoint
 
     if os.path.isdir(out_dir):
         io.drop_stale_partials(out_dir)          # what a killed run was writing
@@ -613,6 +614,14 @@ def run_training(cfg: Phase1Config, out_dir: str, collect_fn: Callable | None = 
     got = read if read is not None else read_resume(cfg, out_dir, resume, collect)
     if got.note:
         log(got.note)
+    untrained = os.path.join(out_dir, "step_0")
+    if ((got.finished is not None or got.state is not None)
+            and not os.path.exists(os.path.join(untrained, PARAMS_FILE))):
+        # Removed (a damaged one's remedy): the untrained policy is a function of the settings.
+        initial = grpo.init_train_state(init_params(cfg), cfg.grpo)
+        save_checkpoint(untrained, initial.params, cfg.policy, run_record(cfg, collect),
+                        {"iteration": 0}, trainer_state_arrays(initial, 0))
+        log(f"{untrained} rebuilt from the run's settings (the untrained policy)")
     if got.finished is not None:
         return got.finished
     trainer = Trainer(cfg, collect_fn)

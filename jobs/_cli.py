@@ -98,25 +98,39 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 def storage_failure(e: BaseException) -> str | None:
     """A write that the disk refused mid-run (full, a quota, read-only, permissions changed,
     an I/O error) as one line; None for any other error. Results are written whole under a
-    temporary name, so whatever finished before it is on disk."""
-    if not isinstance(e, OSError) or e.errno not in STORAGE_ERRNOS:
+    temporary name, so whatever finished before it is on disk. From a Ray worker it arrives
+    wrapped in a RayTaskError."""
+    cause = getattr(e, "cause", None) or e
+    if not isinstance(cause, OSError) or cause.errno not in STORAGE_ERRNOS:
         return None
-    where = f" at {e.filename}" if e.filename else ""
-    return (f"storage failed{where}: {e.strerror or e}; finished work is kept: free space or "
-            "fix the directory, then rerun to resume")
+    where = f" at {cause.filename}" if cause.filename else ""
+    return (f"storage failed{where}: {cause.strerror or cause}; finished work is kept: free "
+            "space or fix the directory, then rerun to resume")
 
 
-def backend_failure(e: BaseException) -> str | None:
-    """JAX unable to start the backend JAX_PLATFORMS names (not installed here: a bare
-    AssertionError for ``cuda``, a RuntimeError for others), as one line; None for any other
-    error. JAX starts its backend at its first computation, so the check cannot come sooner
-    without starting it before the flags that configure it are read."""
+def backend_failure(e: BaseException) -> tuple[str, int] | None:
+    """JAX unable to start a backend, as (one line, exit code); None for any other error.
+    Where JAX_PLATFORMS names one not installed here (a bare AssertionError for ``cuda``,
+    "Unable to initialize backend" for others) it is bad input (2); with JAX_PLATFORMS unset,
+    an accelerator that fails to start (its driver, its memory) is a failure of the run (1).
+    JAX starts its backend at its first computation, so the check cannot come sooner without
+    starting it before the flags that configure it are read."""
     frames = traceback.extract_tb(e.__traceback__)
     if not frames or not frames[-1].filename.endswith(os.path.join("jax", "_src", "xla_bridge.py")):
         return None
-    detail = " ".join(str(e).split())[:300] or "no such backend is installed"
-    return (f"JAX cannot start the backend JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r} "
-            f"names ({detail}); unset JAX_PLATFORMS, or install jax for that platform")
+    text = " ".join(str(e).split())
+    if isinstance(e, AssertionError) and not text:
+        detail = "no such backend is installed"
+    elif isinstance(e, RuntimeError) and text.startswith("Unable to initialize backend"):
+        detail = text[:300]
+    else:
+        return None
+    platforms = os.environ.get("JAX_PLATFORMS")
+    if platforms:
+        return (f"JAX cannot start the backend JAX_PLATFORMS={platforms!r} names ({detail}); "
+                "unset JAX_PLATFORMS, or install jax for that platform", 2)
+    return (f"JAX cannot start its backend ({detail}); check the accelerator and its driver, "
+            "or compute on the CPU with JAX_PLATFORMS=cpu", 1)
 
 
 def user_errors_exit_2(prog: str) -> Callable:
@@ -147,9 +161,11 @@ def user_errors_exit_2(prog: str) -> Callable:
                 sys.stderr.write(f"{prog}: {' '.join(str(e).split())}\n")
                 raise SystemExit(1)
             except (RuntimeError, AssertionError) as e:
-                if backend_failure(e) is not None:
-                    fail(prog, backend_failure(e))
-                line = out_of_memory(e) if isinstance(e, RuntimeError) else None
+                failed = backend_failure(e)
+                if failed is not None and failed[1] == 2:
+                    fail(prog, failed[0])
+                line = failed[0] if failed else (
+                    out_of_memory(e) if isinstance(e, RuntimeError) else None)
                 if line is None:
                     raise
                 sys.stderr.write(f"{prog}: {line}\n")

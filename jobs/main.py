@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Phase 2's tables, plots and cells (default phase2_results)")
     args = p.parse_args(argv)
     for flag, given in (("--phase1-dir", args.phase1_dir), ("--output-dir", args.output_dir)):
-        if not given:       # else refused inside a phase, under the phase's own flag
-            raise UserError(f"{flag} must not be empty")
+        if not given.strip():       # else refused inside a phase, under the phase's own flag
+            raise UserError(f"{flag} must not be empty or blank")
     one, two = (os.path.join(os.path.realpath(d), "") for d in (args.phase1_dir, args.output_dir))
     if one.startswith(two) or two.startswith(one):
         # Phase 2 would find Phase 1's checkpoints in its directory (or the other way round)
@@ -65,15 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         # few minutes long, so work spreads over the workers and resumes in small steps.
         "--batch-size", "10", "--output-dir", args.output_dir] + ray_args
     phase1 = ["--output-dir", args.phase1_dir] + ray_args
-    # Both directories are checked before Phase 1's minutes of training.
+    # Both directories are checked before Phase 1's minutes of training; a run refused later
+    # (a Ray cluster found wanting) leaves neither behind while it is empty.
     with io.no_new_dirs_if_refused(args.phase1_dir, args.output_dir):
         two_phase_training.run(phase2, check_only=True)
         train_grpo.check_output_dir(*train_grpo.config_from_args(
             train_grpo.build_parser().parse_args(phase1)), dir_flag="--phase1-dir")
-    print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
-    train_grpo.run(phase1, dir_flag="--phase1-dir")
-    print("== Phase 2: comparison")
-    return two_phase_training.run(phase2)
+        print(f"== Phase 1: GRPO training -> {args.phase1_dir}")
+        train_grpo.run(phase1, dir_flag="--phase1-dir")
+        print("== Phase 2: comparison")
+        return two_phase_training.run(phase2)
 
 
 if __name__ == "__main__":

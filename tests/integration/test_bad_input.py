@@ -517,7 +517,7 @@ def test_main_job_names_its_own_empty_directory_flag(capsys, tmp_path, flag):
     dirs = {"--phase1-dir": str(tmp_path / "p1"), "--output-dir": str(tmp_path / "p2"), flag: ""}
     line = refused(capsys, tmp_path, "--num-workers", "0", *[x for kv in dirs.items() for x in kv],
                    main=main_job.main, output=False)
-    assert line == f"main: error: {flag} must not be empty", line
+    assert line == f"main: error: {flag} must not be empty or blank", line
     assert not os.listdir(tmp_path)
 
 
@@ -642,10 +642,13 @@ def test_running_out_of_memory_mid_run_is_one_line_and_exit_1(capsys):
 def test_a_jax_platform_that_is_not_installed_is_one_line_and_leaves_nothing(tmp_path):
     """JAX_PLATFORMS naming a backend this machine lacks: JAX raised a bare AssertionError
     (cuda) or a RuntimeError (others) from its first computation, after the output directory
-    was made."""
+    was made. With JAX_PLATFORMS unset, a backend that fails to start is the run's failure
+    (exit 1); asking JAX for a backend by a wrong name is a defect of ours (a traceback)."""
+    import importlib.util
     import subprocess
     import sys
-    for platform in ("cuda", "rocm"):
+    cuda = any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+    for platform in ("rocm",) + (() if cuda else ("cuda",)):     # cuda runs on a CUDA host
         out = tmp_path / platform / "out"
         r = subprocess.run([sys.executable, "-m", "jobs.two_phase_training", "--scm-type", "easy",
                             *BASE, "--output-dir", str(out)], cwd=ROOT, capture_output=True,
@@ -654,3 +657,29 @@ def test_a_jax_platform_that_is_not_installed_is_one_line_and_leaves_nothing(tmp
         assert r.returncode == 2 and len(err) == 1, r.stderr
         assert f"JAX cannot start the backend JAX_PLATFORMS='{platform}' names" in err[0]
         assert "Traceback" not in r.stderr and not (tmp_path / platform).exists()
+    code = """
+import os, jax
+from jobs._cli import backend_failure
+try:
+    jax.devices()
+except RuntimeError as e:
+    del os.environ["JAX_PLATFORMS"]
+    line, code = backend_failure(e)
+    print(code, line)
+"""
+    wrong_name = """
+import jax
+from jobs._cli import backend_failure
+try:
+    jax.devices("bogus")
+except RuntimeError as e:
+    print(backend_failure(e))
+"""
+    (unset,), (wrong_name,) = (subprocess.run(
+        [sys.executable, "-c", c], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS=p)).stdout.strip().splitlines()
+        for c, p in ((code, "rocm"), (wrong_name, "cpu")))
+    assert unset.startswith("1 JAX cannot start its backend (Unable to initialize backend 'rocm'")
+    assert unset.endswith("; check the accelerator and its driver, or compute on the CPU with "
+                          "JAX_PLATFORMS=cpu")
+    assert wrong_name == "None"

@@ -577,6 +577,33 @@ def _newest_step(run):
                key=lambda p: int(p.name[5:]))
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_removed_untrained_policy_is_rebuilt_as_it_was(trained, tmp_path, capsys, finished):
+    """The remedy for a damaged step_0/ (removing it) loses nothing: the untrained policy is a
+    function of the run's settings, rebuilt on the next run, finished or not; it was written
+    only before the first update, so a removed one stayed missing and eval refused the run."""
+    import numpy as np
+
+    from causal_grpo.checkpoint import load_grpo_policy
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = load_grpo_policy(str(run / "step_0"))
+    (run / "step_0" / C.PARAMS_FILE).write_bytes(b"\x80\x04garbage")
+    with pytest.raises(SystemExit) as e:
+        train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS)
+    assert e.value.code == 2
+    assert f"remove {run}/step_0 to rebuild it" in capsys.readouterr().err
+    shutil.rmtree(run / "step_0")
+    if not finished:
+        shutil.rmtree(run / "final")
+    assert train_grpo.main(["--output-dir", str(run)] + TRAIN_ARGS) == 0
+    assert f"{run}/step_0 rebuilt from the run's settings" in capsys.readouterr().out
+    after = load_grpo_policy(str(run / "step_0"))
+    for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
+        np.testing.assert_array_equal(a, b)
+    assert after.metadata["metrics"] == before.metadata["metrics"]
+
+
 @pytest.mark.parametrize("damage, needle", [
     ("final config not json", "config.json is not valid JSON"),
     ("final config without metrics", "has no metrics"),

@@ -157,6 +157,20 @@ def test_dirs_made_by_a_refused_runs_checks_are_removed_and_nothing_else(tmp_pat
     with io.no_new_dirs_if_refused(str(new)):           # accepted: the directory stays
         io.ensure_writable_dir(str(new))
     assert new.is_dir()
+    # Another run made the directory (and its cells) while this one was starting: this one
+    # is refused (the other holds it) and leaves it as it is.
+    theirs = tmp_path / "theirs"
+    with pytest.raises(UserError, match="in use by another run"):
+        with io.no_new_dirs_if_refused(str(theirs)):
+            (theirs / "cells" / "0123").mkdir(parents=True)       # as the other run made them
+            held = os.open(theirs, os.O_RDONLY)
+            try:
+                import fcntl
+                fcntl.flock(held, fcntl.LOCK_EX)
+                io.ensure_writable_dir(str(theirs), exclusive=True)
+            finally:
+                os.close(held)
+    assert (theirs / "cells" / "0123").is_dir()
 
 
 

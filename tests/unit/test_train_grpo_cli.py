@@ -66,6 +66,7 @@ def test_flags_set_the_fields_they_are_declared_on(tmp_path):
     (["--gpus-per-worker", "1.5"], "--gpus-per-worker above 1 must be a whole number"),
     (["--scm-family", "psychic"], "--scm-family must be one of"),
     (["--output-dir", ""], "--output-dir must not be empty"),
+    (["--output-dir", "  "], "--output-dir must not be empty or blank"),
     (["--distill-coef", "1"], "unrecognized arguments: --distill-coef"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2_before_any_work(args, needle, tmp_path, capsys):
