@@ -206,10 +206,12 @@ def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
     Ray cluster is found wanting), with the parents made for it. Directories another process
     made, or that hold a file, are kept."""
     new = [p for p in map(os.path.abspath, paths) if not os.path.exists(p)]
+    finished = False
     try:
         yield
-    except BaseException:
-        for path in new:
+        finished = True
+    finally:
+        for path in new if not finished else ():
             for below, _, _ in os.walk(path, topdown=False):
                 if below in _MADE:
                     with contextlib.suppress(OSError):        # holds a file: kept
@@ -223,7 +225,6 @@ def no_new_dirs_if_refused(*paths: str) -> Iterator[None]:
                     break
                 _MADE.discard(parent)
                 path, parent = parent, os.path.dirname(parent)
-        raise
 
 
 # Directory -> the descriptor of it this process holds an exclusive flock on.
