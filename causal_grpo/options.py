@@ -58,6 +58,21 @@ def shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def member(owner: Any, name: str, kind: type[enum.Enum]) -> None:
+    """A frozen dataclass's enum field given as a member's value (as the CLIs spell it, e.g.
+    ``score="bge"``) becomes that member; anything else is refused in one line. A string was
+    kept as given, and compared by identity it silently chose another branch."""
+    value = getattr(owner, name)
+    if isinstance(value, kind):
+        return
+    values = [m.value for m in kind]
+    if isinstance(value, str) and value in values:
+        object.__setattr__(owner, name, kind(value))
+        return
+    raise UserError(f"{type(owner).__name__}.{name} must be one of {', '.join(map(str, values))}, "
+                    f"got {shown(value)}")
+
+
 def check(opt: Option, value: Any) -> Any:
     """``value`` if it lies within ``opt``'s type and bounds; UserError naming the flag if not."""
     if value is None or issubclass(opt.type, (str, enum.Enum)):

@@ -505,6 +505,10 @@ def family_config(kind: GraphKind, d: int, d_pad: int | None = None, **ranges) -
 
 def resolve_scm(name: str, d_pad: int | None = None) -> ScmSource:
     """A fixed SCM (``easy``/``medium``/``hard``/JSON path) or a random family (``er10``...)."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise SCMError(f"an SCM is named by a string or a path to a JSON file, got {_show(name)}")
     if name in FIXED_SCMS:
         return FIXED_SCMS[name]()
     m = _FAMILY_RE.fullmatch(name)

@@ -62,6 +62,10 @@ class SurrogateConfig:
     analytic: "AnalyticConfig | None" = None
     neural: "NeuralConfig | None" = None
 
+    def __post_init__(self) -> None:
+        from causal_grpo.options import member
+        member(self, "kind", SurrogateKind)
+
 
 def make_surrogate(cfg: SurrogateConfig, d: int, capacity: int) -> Surrogate:
     """Build the surrogate for ``d`` (padded) variables and a buffer of ``capacity`` rows."""

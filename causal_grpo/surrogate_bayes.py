@@ -93,9 +93,20 @@ class AnalyticConfig:
     burn_in: int = 2000
 
     def __post_init__(self) -> None:
-        for name in ("max_indegree", "candidates", "chains", "mcmc_steps", "burn_in"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AnalyticConfig.{name} must be >= 1, got {getattr(self, name)}")
+        import numbers
+
+        from causal_grpo.errors import UserError
+        from causal_grpo.options import member, shown
+        for name in ("max_indegree", "exact_max_d", "candidates", "chains", "mcmc_steps",
+                     "burn_in"):
+            v, low = getattr(self, name), 0 if name == "exact_max_d" else 1   # 0: always MCMC
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise UserError(f"AnalyticConfig.{name} must be an integer >= {low}, "
+                                f"got {shown(v)}")
+        v = self.penalty
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
+            raise UserError(f"AnalyticConfig.penalty must be a finite number >= 0, got {shown(v)}")
+        member(self, "score", Score)
 
     def exact(self, d: int) -> bool:
         return d <= self.exact_max_d

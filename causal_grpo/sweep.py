@@ -39,6 +39,10 @@ from causal_grpo.version import source_id
 Array = jax.Array
 
 
+# Planned up front (a million take about a second); far beyond any sweep that could finish.
+MAX_BATCHES = 10 ** 6
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """What to run: SCM names (fixed, family or JSON path) x methods x seeds 0..seeds-1."""
@@ -49,6 +53,40 @@ class SweepConfig:
     episode: EpisodeConfig = EpisodeConfig()
     base_seed: int = 0
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        # The Python API refuses what the CLIs refuse, in one line, rather than running a cell
+        # twice, splitting a string into one-letter SCMs or planning without end.
+        import numbers
+
+        from causal_grpo.options import SEED_MAX, shown
+        for name in ("scms", "methods"):
+            given = getattr(self, name)
+            if isinstance(given, (str, Method)) or not isinstance(given, (list, tuple)):
+                raise UserError(f"SweepConfig.{name} must be a tuple, got {shown(given)}")
+            if not given or len(set(given)) < len(given):
+                raise UserError(f"SweepConfig.{name} must be non-empty, each once; got "
+                                f"{shown(given)}")
+        try:
+            methods = tuple(m if isinstance(m, Method) else Method(m) for m in self.methods)
+        except ValueError:
+            raise UserError(f"SweepConfig.methods: unknown method in {shown(self.methods)}; "
+                            f"use {', '.join(m.value for m in Method)}") from None
+        object.__setattr__(self, "scms", tuple(self.scms))
+        object.__setattr__(self, "methods", methods)
+        for name, low, high in (("seeds", 1, SEED_MAX), ("batch_size", 1, SEED_MAX),
+                                ("base_seed", 0, SEED_MAX)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
+                raise UserError(f"SweepConfig.{name} must be an integer in [{low}, {high}], "
+                                f"got {shown(v)}")
+        batches = len(self.scms) * len(self.methods) * -(-self.seeds // self.batch_size)
+        if batches > MAX_BATCHES:
+            raise UserError(f"SweepConfig plans {batches} batches, more than {MAX_BATCHES}; "
+                            "fewer seeds or a larger batch_size")
+        if not isinstance(self.episode, EpisodeConfig):
+            raise UserError(f"SweepConfig.episode must be an EpisodeConfig, got "
+                            f"{shown(self.episode)}")
 
 
 @dataclasses.dataclass(frozen=True)

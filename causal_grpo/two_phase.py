@@ -42,7 +42,7 @@ from causal_grpo.features import Buffer
 from causal_grpo.options import INT_MAX, SEED_MAX, Option, check
 from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
                                 refit_posterior, resolve_lookahead_draws)
-from causal_grpo.scm import SCM, SCMSpec, propagate
+from causal_grpo.scm import MAX_ABS_VALUE, SCM, SCMSpec, propagate
 from causal_grpo.scm_families import FamilyConfig, resolve_scm
 from causal_grpo.surrogate import Surrogate, make_surrogate
 from causal_grpo.surrogate_bayes import AnalyticConfig, make_analytic_surrogate
@@ -96,6 +96,9 @@ class GRPOInterventionFn:
         lo, hi = (float(x) for x in pair)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UserError(f"intervention_range must be finite with low < high, got {intervention_range}")
+        if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
+            raise UserError(f"intervention_range {intervention_range} exceeds the float32-safe "
+                            f"{MAX_ABS_VALUE:g}; rescale the variables")
         if not 0 <= target < d:
             raise UserError(f"target index {target} out of range for {d} variables")
         try:
@@ -120,6 +123,10 @@ class GRPOInterventionFn:
         x = np.atleast_2d(np.asarray(values, np.float32))
         if x.shape[1] != self.d or not np.all(np.isfinite(x)):
             raise UserError(f"observe() needs finite values of shape (n, {self.d}), got {np.shape(values)}")
+        if np.abs(x).max(initial=0.0) > MAX_ABS_VALUE:
+            # The posterior's statistics hold squares of values (NaN actions came of 1e20).
+            raise UserError(f"observe() got a value of magnitude {np.abs(x).max():.3g}, above the "
+                            f"float32-safe {MAX_ABS_VALUE:g}; rescale the variables")
         m = np.zeros_like(x, bool) if intervened is None else np.atleast_2d(np.asarray(intervened, bool))
         if m.shape != x.shape:
             raise UserError(f"intervened mask shape {m.shape} does not match values {x.shape}")

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from causal_grpo import checkpoint as C
-from causal_grpo.active_learning import EpisodeConfig
-from causal_grpo.scm_families import easy, medium
+from causal_grpo.active_learning import EpisodeConfig, Method
+from causal_grpo.scm_families import easy, medium, resolve_scm
+from causal_grpo.surrogate import SurrogateConfig
+from causal_grpo.surrogate_bayes import AnalyticConfig
+from causal_grpo.sweep import SweepConfig
 from causal_grpo.two_phase import (create_grpo_intervention_fn, load_grpo_policy,
                                    run_active_learning)
 from jobs import train_grpo
@@ -203,12 +206,61 @@ def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
     (lambda: run_active_learning(easy(), seed=-1), "seed must be an integer in [0, 4294967295]"),
     (lambda: run_active_learning(easy(), seed="a"), "seed must be an integer, got 'a'"),
     (lambda: run_active_learning(easy(), base_seed=2**40), "base_seed must be an integer in"),
+    # Found by a fuzz of the Python API: each ran the wrong thing or failed deep inside.
+    (lambda: SurrogateConfig(kind="neurl"), "SurrogateConfig.kind must be one of analytic, "
+                                            "neural, got 'neurl'"),
+    (lambda: AnalyticConfig(score="foo"), "AnalyticConfig.score must be one of bic, bge"),
+    (lambda: AnalyticConfig(penalty=float("nan")), "penalty must be a finite number >= 0"),
+    (lambda: AnalyticConfig(max_indegree=-1), "max_indegree must be an integer >= 1, got -1"),
+    (lambda: SweepConfig(scms="easy", methods=("random_active",), seeds=2),
+     "SweepConfig.scms must be a tuple, got 'easy'"),
+    (lambda: SweepConfig(scms=("easy", "easy"), methods=("random_active",), seeds=2),
+     "SweepConfig.scms must be non-empty, each once"),
+    (lambda: SweepConfig(scms=("easy",), methods=("nope",), seeds=2), "unknown method"),
+    (lambda: SweepConfig(scms=("easy",), methods=("random_active",), seeds=0),
+     "SweepConfig.seeds must be an integer in [1, "),
+    (lambda: SweepConfig(scms=("easy",), methods=("random_active",), seeds=2, batch_size=0),
+     "SweepConfig.batch_size must be an integer in [1, "),
+    (lambda: SweepConfig(scms=("easy",), methods=("random_active",), seeds=10**9),
+     "more than 1000000"),
+    (lambda: resolve_scm(None), "an SCM is named by a string or a path to a JSON file, got None"),
 ])
 def test_bad_api_input_is_one_user_error_before_any_compute(make, needle):
     from causal_grpo.errors import UserError
     with pytest.raises(UserError) as e:
         make()
     assert needle in str(e.value)
+
+
+def test_settings_spelt_as_the_clis_spell_them_are_those_settings(tmp_path):
+    """A kind or score given as its string was kept as given and compared by identity:
+    ``kind="analytic"`` built the neural surrogate, ``score="bge"`` scored BIC. A path object
+    names an SCM file as its string does; methods may be named by their strings."""
+    import pathlib
+    from causal_grpo.surrogate import SurrogateKind
+    from causal_grpo.surrogate_bayes import Score
+    assert SurrogateConfig(kind="analytic") == SurrogateConfig()
+    assert SurrogateConfig(kind="analytic").kind is SurrogateKind.ANALYTIC
+    assert AnalyticConfig(score="bge").score is Score.BGE
+    cfg = SweepConfig(scms=["easy"], methods=["random_active"], seeds=2)
+    assert cfg == SweepConfig(scms=("easy",), methods=(Method.RANDOM,), seeds=2)
+    path = tmp_path / "chain.json"
+    path.write_text('{"variables": ["x", "y"], "target": "y", "edges": [["x", "y", 1.0]], '
+                    '"noise_std": {"x": 1.0, "y": 0.5}}')
+    by_path, by_name = resolve_scm(pathlib.Path(path)), resolve_scm(str(path))
+    assert by_path.to_dict() == by_name.to_dict() and by_path.variables == ("x", "y")
+
+
+def test_observed_values_beyond_float32s_safe_range_are_refused(trained):
+    """The posterior's statistics hold squares of values: rows of 1e20 made every action
+    probability NaN while the function still answered variable 0."""
+    from causal_grpo.errors import UserError
+    fn = create_grpo_intervention_fn(load_grpo_policy(str(trained / "final")), easy())
+    x = np.random.default_rng(0).normal(size=(5, easy().d))
+    x[2, 1] = 1e20
+    with pytest.raises(UserError, match="observe\\(\\) got a value of magnitude 1e\\+20, above "):
+        fn.observe(x)
+    assert fn.rows_seen == 0
 
 
 class _Chooses:
@@ -261,6 +313,7 @@ def test_an_intervention_function_is_for_one_episode(trained):
     ({"key": jax.random.split(jax.random.key(0))}, "key must be one JAX PRNG key"),
     ({"posterior": "bic"}, "posterior must be an AnalyticConfig, got str"),
     ({"greedy": "no"}, "greedy must be True or False"),
+    ({"intervention_range": (-1e30, 1e30)}, "exceeds the float32-safe 1e\\+15"),
 ])
 def test_the_seed_apis_malformed_arguments_are_one_user_error(trained, bad, needle):
     """Each was a raw TypeError/ValueError/AttributeError, a JAX error at the first call, or
