@@ -391,6 +391,10 @@ class EpisodeConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
                 raise UserError(f"EpisodeConfig.{name} must be an integer >= {low}, "
                                 f"got {shown(v)}")
+        for name, kind in (("surrogate", SurrogateConfig), ("bootstrap", BootstrapConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise UserError(f"EpisodeConfig.{name} must be a {kind.__name__}, got "
+                                f"{shown(getattr(self, name))}")
 
     @property
     def capacity(self) -> int:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 from typing import Any, Iterator
+
+import numpy as np
 
 from causal_grpo.errors import UserError
 
@@ -78,9 +81,10 @@ def check(opt: Option, value: Any) -> Any:
     if value is None or issubclass(opt.type, (str, enum.Enum)):
         return value
     kind = "an integer" if opt.type is int else "a finite number"
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (opt.type is int and not isinstance(value, int))
-            or (isinstance(value, float) and not math.isfinite(value))):
+    # NumPy's integers and floats too (a seed from np.arange); not bools.
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or (opt.type is int and not isinstance(value, numbers.Integral))
+            or not math.isfinite(value)):
         raise UserError(f"{opt.flag} must be {kind}, got {shown(value)}")
     below = opt.low is not None and (value <= opt.low if opt.open_low else value < opt.low)
     above = opt.high is not None and (value >= opt.high if opt.open_high else value > opt.high)

@@ -76,7 +76,7 @@ class GRPOInterventionFn:
                             f"{type(loaded).__name__}{hint}")
         for name, value, low, high in (("seed", seed, 0, SEED_MAX),
                                        ("capacity", capacity, 1, INT_MAX)):
-            check(Option(name, "", int, low, high), value)
+            _integer(name, value, low, high)
         if not isinstance(greedy, (bool, np.bool_)):
             raise UserError(f"greedy must be True or False, got {greedy!r:.40}")
         if not isinstance(posterior, AnalyticConfig):
@@ -272,6 +272,12 @@ def _episode_programs(sur: Surrogate, n0: int, capacity: int, T: int) -> tuple:
             jax.jit(lambda s, e, m, v: propagate(s, e, m, jnp.where(m, v, 0.0))))
 
 
+def _integer(name: str, value: Any, low: int, high: int) -> None:
+    if value is None:                   # options.check lets an unset option's None through
+        raise UserError(f"{name} must be an integer, got None")
+    check(Option(name, "", int, low, high), value)
+
+
 def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfig(),
                         surrogate: Surrogate | None = None, intervention_fn: Any = None,
                         seed: int = 0, base_seed: int = 0) -> dict:
@@ -291,7 +297,17 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
       metrics at every step (index 0 = after the observational data).
     """
     for name, value in (("seed", seed), ("base_seed", base_seed)):
-        check(Option(name, "", int, 0, SEED_MAX), value)
+        _integer(name, value, 0, SEED_MAX)
+    if not isinstance(config, EpisodeConfig):
+        raise UserError(f"config must be an EpisodeConfig, got {type(config).__name__}")
+    if surrogate is not None and not isinstance(surrogate, Surrogate):
+        raise UserError(f"surrogate must be a Surrogate (make_surrogate builds one) or None, got "
+                        f"{type(surrogate).__name__}")
+    if intervention_fn is not None and not (
+            callable(intervention_fn) and callable(getattr(intervention_fn, "observe", None))):
+        raise UserError("intervention_fn must have observe(values, intervened) and return "
+                        "(variable, value) when called (create_grpo_intervention_fn makes one), "
+                        f"got {type(intervention_fn).__name__}")
     if getattr(intervention_fn, "rows_seen", 0):
         raise UserError(f"the intervention function already holds {intervention_fn.rows_seen} "
                         "rows of another episode; create a new one for each episode")
@@ -337,7 +353,11 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     best = float(np.min(np.asarray(x0)[:, spec.target]))
     interventions = []
     for t in range(T):
-        j, v = fn()
+        choice = fn()
+        if not isinstance(choice, (tuple, list)) or len(choice) != 2:
+            raise UserError(f"intervention function returned {choice!r:.40}: must be "
+                            "(variable index, value)")
+        j, v = choice
         if (isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < d
                 or j == spec.target):
             raise UserError(f"intervention function chose variable {j!r}: must be the index "

@@ -224,6 +224,14 @@ def test_a_surrogate_too_small_for_the_episode_is_refused_before_it_runs():
     (lambda: SweepConfig(scms=("easy",), methods=("random_active",), seeds=10**9),
      "more than 1000000"),
     (lambda: resolve_scm(None), "an SCM is named by a string or a path to a JSON file, got None"),
+    (lambda: run_active_learning(easy(), seed=None), "seed must be an integer, got None"),
+    (lambda: run_active_learning(easy(), config=None), "config must be an EpisodeConfig, got "
+                                                       "NoneType"),
+    (lambda: run_active_learning(easy(), surrogate=SurrogateConfig()),
+     "surrogate must be a Surrogate (make_surrogate builds one) or None, got SurrogateConfig"),
+    (lambda: run_active_learning(easy(), intervention_fn=lambda: (1, 0.0)),
+     "intervention_fn must have observe(values, intervened)"),
+    (lambda: EpisodeConfig(surrogate=None), "EpisodeConfig.surrogate must be a SurrogateConfig"),
 ])
 def test_bad_api_input_is_one_user_error_before_any_compute(make, needle):
     from causal_grpo.errors import UserError
@@ -247,6 +255,9 @@ def test_settings_spelt_as_the_clis_spell_them_are_those_settings(tmp_path):
     path = tmp_path / "chain.json"
     path.write_text('{"variables": ["x", "y"], "target": "y", "edges": [["x", "y", 1.0]], '
                     '"noise_std": {"x": 1.0, "y": 0.5}}')
+    short = EpisodeConfig(n_observational=8, n_interventions=2)
+    assert (run_active_learning(easy(), short, seed=np.int64(3))["structure_learning_metrics"]
+            == run_active_learning(easy(), short, seed=3)["structure_learning_metrics"])
     by_path, by_name = resolve_scm(pathlib.Path(path)), resolve_scm(str(path))
     assert by_path.to_dict() == by_name.to_dict() and by_path.variables == ("x", "y")
 
@@ -277,6 +288,8 @@ class _Chooses:
 
 
 @pytest.mark.parametrize("choice, needle", [
+    (None, "returned None: must be \\(variable index, value\\)"),
+    (1, "returned 1: must be"),
     ((1, float("nan")), "chose value nan: must be a finite number"),
     ((1.5, 0.0), "chose variable 1.5: must be the index of a non-target variable"),
     ((True, 0.0), "chose variable True"),
