@@ -93,6 +93,14 @@ def check(opt: Option, value: Any) -> Any:
     return value
 
 
+def check_integer(name: str, value: Any, low: int, high: int) -> None:
+    """:func:`check` for an argument that must be set (``check`` lets an unset option's None
+    through)."""
+    if value is None:
+        raise UserError(f"{name} must be an integer, got None")
+    check(Option(name, "", int, low, high), value)
+
+
 def parse(opt: Option, text: str) -> Any:
     """The value of ``opt`` written as ``text`` on a command line (UserError if refused)."""
     if issubclass(opt.type, enum.Enum):

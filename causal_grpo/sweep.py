@@ -57,9 +57,7 @@ class SweepConfig:
     def __post_init__(self) -> None:
         # The Python API refuses what the CLIs refuse, in one line, rather than running a cell
         # twice, splitting a string into one-letter SCMs or planning without end.
-        import numbers
-
-        from causal_grpo.options import SEED_MAX, shown
+        from causal_grpo.options import SEED_MAX, check_integer, shown
         for name in ("scms", "methods"):
             given = getattr(self, name)
             if isinstance(given, (str, Method)) or not isinstance(given, (list, tuple)):
@@ -74,12 +72,8 @@ class SweepConfig:
                             f"use {', '.join(m.value for m in Method)}") from None
         object.__setattr__(self, "scms", tuple(self.scms))
         object.__setattr__(self, "methods", methods)
-        for name, low, high in (("seeds", 1, SEED_MAX), ("batch_size", 1, SEED_MAX),
-                                ("base_seed", 0, SEED_MAX)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= high:
-                raise UserError(f"SweepConfig.{name} must be an integer in [{low}, {high}], "
-                                f"got {shown(v)}")
+        for name, low in (("seeds", 1), ("batch_size", 1), ("base_seed", 0)):
+            check_integer(f"SweepConfig.{name}", getattr(self, name), low, SEED_MAX)
         batches = len(self.scms) * len(self.methods) * -(-self.seeds // self.batch_size)
         if batches > MAX_BATCHES:
             raise UserError(f"SweepConfig plans {batches} batches, more than {MAX_BATCHES}; "

@@ -39,7 +39,7 @@ from causal_grpo.active_learning import EpisodeConfig, observe, start_episode
 from causal_grpo.checkpoint import LoadedPolicy, load_grpo_policy
 from causal_grpo.errors import UserError
 from causal_grpo.features import Buffer
-from causal_grpo.options import INT_MAX, SEED_MAX, Option, check
+from causal_grpo.options import INT_MAX, SEED_MAX, check_integer
 from causal_grpo.policy import (LookaheadDraws, make_policy_selector, policy_output,
                                 refit_posterior, resolve_lookahead_draws)
 from causal_grpo.scm import MAX_ABS_VALUE, SCM, SCMSpec, propagate
@@ -76,7 +76,7 @@ class GRPOInterventionFn:
                             f"{type(loaded).__name__}{hint}")
         for name, value, low, high in (("seed", seed, 0, SEED_MAX),
                                        ("capacity", capacity, 1, INT_MAX)):
-            _integer(name, value, low, high)
+            check_integer(name, value, low, high)
         if not isinstance(greedy, (bool, np.bool_)):
             raise UserError(f"greedy must be True or False, got {greedy!r:.40}")
         if not isinstance(posterior, AnalyticConfig):
@@ -272,12 +272,6 @@ def _episode_programs(sur: Surrogate, n0: int, capacity: int, T: int) -> tuple:
             jax.jit(lambda s, e, m, v: propagate(s, e, m, jnp.where(m, v, 0.0))))
 
 
-def _integer(name: str, value: Any, low: int, high: int) -> None:
-    if value is None:                   # options.check lets an unset option's None through
-        raise UserError(f"{name} must be an integer, got None")
-    check(Option(name, "", int, low, high), value)
-
-
 def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfig(),
                         surrogate: Surrogate | None = None, intervention_fn: Any = None,
                         seed: int = 0, base_seed: int = 0) -> dict:
@@ -297,7 +291,7 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
       metrics at every step (index 0 = after the observational data).
     """
     for name, value in (("seed", seed), ("base_seed", base_seed)):
-        _integer(name, value, 0, SEED_MAX)
+        check_integer(name, value, 0, SEED_MAX)
     if not isinstance(config, EpisodeConfig):
         raise UserError(f"config must be an EpisodeConfig, got {type(config).__name__}")
     if surrogate is not None and not isinstance(surrogate, Surrogate):
