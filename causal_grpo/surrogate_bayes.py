@@ -366,6 +366,11 @@ def _exact_posterior_batch_last(scores: Array, tab: Tables) -> Array:
     d = tab.d
     n_loc = 1 << (d - 1)
     nb = scores.shape[-1]
+    # Each DAG holds one parent set per node, so shifting a node's scores by a constant leaves
+    # the posterior as it is; shifted by their largest, the DP's sums stay near 0, where float32
+    # resolves them (unshifted, scores of magnitude ~rows pushed edge marginals past 1).
+    top = jnp.max(scores, axis=1, keepdims=True)
+    scores = scores - jnp.where(jnp.isfinite(top), top, 0.0)
     beta = jnp.full((d, n_loc, nb), -jnp.inf, scores.dtype)
     beta = beta.at[:, tab.ps_local, :].set(scores)
     a_flat = _subset_sum(beta, d - 1).reshape(d * n_loc, nb)          # log alpha_i(U)
@@ -391,7 +396,9 @@ def _exact_posterior_batch_last(scores: Array, tab: Tables) -> Array:
     # Each node's parent-set posterior sums to one exactly in theory; normalising per node
     # (rather than dividing by the DP's log Z) keeps float32 round-off from pushing an edge
     # marginal above 1.
-    return log_post - _lse(log_post, axis=1)[:, None, :]
+    top = jnp.max(log_post, axis=1, keepdims=True)
+    shifted = log_post - jnp.where(jnp.isfinite(top), top, 0.0)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=1, keepdims=True))
 
 
 @functools.lru_cache(maxsize=None)
