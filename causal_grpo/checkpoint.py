@@ -272,11 +272,18 @@ def read_config(path: str) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({' '.join(str(e).split())[:120]})") from None
     if not isinstance(obj, dict) or "architecture" not in obj:
         raise CheckpointError(f"{path} has no 'architecture'")
-    if obj.get("version", VERSION) != VERSION:
-        raise CheckpointError(f"{path} is a checkpoint of format version "
-                              f"{str(obj.get('version'))[:20]}; this code reads version {VERSION} "
-                              f"(version 1 is read by commit {OLD_FORMAT_COMMIT})")
+    _check_version(obj.get("version", VERSION), path)
     return obj
+
+
+def _check_version(version: object, where: str) -> None:
+    if type(version) is not int:   # "2", 2.0, true, none: not what this code writes
+        raise CheckpointError(f"{where}: the format version must be a whole number, got "
+                              f"{repr(version)[:20]}")
+    if version != VERSION:
+        raise CheckpointError(f"{where} has format version {str(version)[:20]}; this code reads "
+                              f"version {VERSION} (version 1 is read by commit "
+                              f"{OLD_FORMAT_COMMIT})")
 
 
 def load_grpo_policy(path: str) -> LoadedPolicy:
@@ -309,10 +316,7 @@ def load_grpo_policy(path: str) -> LoadedPolicy:
     blob = plain_load(data, pkl)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{pkl} is not a causal-grpo policy file")
-    if blob.get("version") != VERSION:
-        raise CheckpointError(f"{pkl} has format version {str(blob.get('version'))[:20]}; this code "
-                              f"reads version {VERSION} (version 1 is read by commit "
-                              f"{OLD_FORMAT_COMMIT})")
+    _check_version(blob.get("version"), pkl)
     arch = metadata["architecture"] if metadata else blob.get("architecture")
     cfg = _architecture(arch, cfg_path if metadata else pkl)
     params = _check_params(blob.get("params"), cfg, pkl)

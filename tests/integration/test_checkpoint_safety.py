@@ -106,6 +106,10 @@ CASES = {
     "short_data": (lambda ck, s: None, None),   # filled in below: needs the template shape
     "version_1": (lambda ck, s: _version_1(ck), "read by commit 465dede"),
     "bare_version_1_pickle": (lambda ck, s: _bare_version_1(ck), "read by commit 465dede"),
+    "config_string_version": (lambda ck, s: _edit_config(ck, lambda c: c.update(version="2")),
+                              "the format version must be a whole number, got '2'"),
+    "pickle_float_version": (lambda ck, s: _pickle(ck, {**_first_param(ck)[0], "version": 2.0}, 4),
+                             "the format version must be a whole number, got 2.0"),
     "config_not_utf8": (lambda ck, s: (ck / C.CONFIG_FILE).write_bytes(b'{"a": "\xff\xfe"}'),
                         "is not UTF-8 text"),
     "config_not_json": (lambda ck, s: (ck / C.CONFIG_FILE).write_text("{oops"), "not valid JSON"),
