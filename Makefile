@@ -25,7 +25,7 @@ main: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
-# Every results table of the README, from scratch, in the README's order (about 3 h on
+# Every results table of the README, from scratch, in the README's order (about 3.5 h on
 # 2 cores). Finished trainings, Phase-2 batches and scale rows are kept, so rerunning resumes.
 # The commands are the README's (tests/unit/test_readme.py).
 results: $(STAMP)

@@ -215,7 +215,8 @@ def seed_int(name: str) -> Callable[[str], int]:
     return positive_int(name, 0, SEED_MAX)
 
 
-# Each draw costs 2d posterior updates per decision, vmapped over the batch; "auto" uses 8 at most.
+# Each draw costs two posterior updates per candidate variable, vmapped over the batch; "auto"
+# uses 8 at most.
 MAX_LOOKAHEAD_DRAWS = 64
 
 

@@ -69,8 +69,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--base-seed", type=seed_int("--base-seed"), default=0)
     p.add_argument("--lookahead-draws", type=lookahead_draws, default="auto",
                    help="outcomes per candidate in the policy's lookahead input when acting, "
-                        "and in plugin_active's (training uses 1; each draw costs 2d posterior "
-                        "updates per decision). auto (default): 8 up to d = 10, 3 at d = 11, "
+                        "and in plugin_active's (training uses 1; each draw costs two posterior "
+                        "updates per candidate variable). auto (default): 8 up to d = 10, 3 at d = 11, "
                         "1 from d = 12")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=32,
                    help="seeds per vmapped batch (the unit of work and of resuming)")
