@@ -430,15 +430,19 @@ class EpisodeResult(NamedTuple):
     buffer: Buffer         # all data of the episode
 
 
-def _metrics(scm: SCM, surrogate: Surrogate, state: Any) -> dict:
-    probs = surrogate.edge_probs(state)
+def graph_metrics(scm: SCM, probs: Array) -> dict:
+    """Every per-step score of edge probabilities ``probs`` against ``scm``'s graph."""
     pred = M.posterior_graph(probs, scm.var_mask)
     g = M.structure_metrics(scm.adj, pred, scm.var_mask)
     p = M.parent_metrics(scm.adj, pred, scm.target, scm.var_mask)
     return dict(f1=g["f1"], shd=g["shd"], precision=g["precision"], recall=g["recall"],
                 parent_f1=p["parent_f1"], parent_shd=p["parent_shd"],
                 expected_shd=M.expected_shd(scm.adj, probs, scm.var_mask),
-                auprc=M.average_precision(scm.adj, probs, scm.var_mask),
+                auprc=M.average_precision(scm.adj, probs, scm.var_mask))
+
+
+def _metrics(scm: SCM, surrogate: Surrogate, state: Any) -> dict:
+    return dict(graph_metrics(scm, surrogate.edge_probs(state)),
                 chain_gap=surrogate.chain_gap(state))
 
 

@@ -41,7 +41,7 @@ from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy
 from causal_grpo.options import MISSING, check_options, differences, option
 from causal_grpo.policy import SAMPLE_STREAM, act, make_policy_selector
-from causal_grpo.results import f1_auc, paired_p
+from causal_grpo.results import f1_auc, paired_p, win_rate
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
 from causal_grpo.scm import SCM, propagate
 from causal_grpo.scm_families import (PROTOCOLS, GraphKind, family_config, resolve_scm,
@@ -334,7 +334,7 @@ class Evaluator:
         diff = auc - self.random_auc
         return {"eval_f1_auc_policy": float(auc.mean()), "eval_f1_auc_random": float(self.random_auc.mean()),
                 "eval_f1_auc_diff": float(diff.mean()), "eval_p": paired_p(diff),
-                "eval_win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0)))}
+                "eval_win_rate": win_rate(diff)}
 
 
 # --------------------------------------------------------------------------- training loop

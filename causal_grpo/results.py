@@ -73,20 +73,16 @@ def per_seed(steps: pd.DataFrame) -> pd.DataFrame:
     for col in ("scm", "method"):
         steps[col] = pd.Categorical(steps[col], categories=list(dict.fromkeys(steps[col])),
                                     ordered=True)
-    T = int(steps["step"].max())
-    early = min(EARLY_STEPS, T)
+    steps = steps.sort_values("step", kind="stable")
     g = steps.groupby(["scm", "method", "seed"], sort=True, observed=True)
-    after = steps[steps["step"] >= 1]
-    ga = after.groupby(["scm", "method", "seed"], sort=True, observed=True)
     out = pd.DataFrame({
         "final_f1": g["f1"].last(),
         "final_shd": g["shd"].last(),
         "final_parent_f1": g["parent_f1"].last(),
         "final_auprc": g["auprc"].last(),
         "initial_f1": g["f1"].first(),
-        "f1_auc": ga["f1"].mean() if T > 0 else g["f1"].first(),
-        "f1_auc_early": (after[after["step"] <= early].groupby(["scm", "method", "seed"], observed=True)["f1"].mean()
-                         if T > 0 else g["f1"].first()),
+        "f1_auc": g["f1"].apply(lambda f: float(f1_auc(f.to_numpy()))),
+        "f1_auc_early": g["f1"].apply(lambda f: float(f1_auc(f.to_numpy(), EARLY_STEPS))),
         "best_target": g["best_target"].last(),
         "final_chain_gap": g["chain_gap"].last(),
     }).dropna(how="all")
@@ -149,14 +145,26 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
+def t_halfwidth(sd: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """95% Student-t half-width of the mean of ``n`` values of sample std ``sd`` (NaN where
+    n < 2: no width can be estimated)."""
+    sd, n = np.asarray(sd, float), np.asarray(n)
+    ok = n > 1
+    df = np.where(ok, n - 1, 1)
+    return np.where(ok, special.stdtrit(df, 0.975) * sd / np.sqrt(np.where(ok, n, 1)), np.nan)
+
+
 def mean_ci(x: np.ndarray) -> tuple[float, float]:
-    """Mean and 95% Student-t half-width (NaN for a single value: no width can be estimated)."""
+    """Mean and 95% Student-t half-width (NaN for a single value)."""
     x = np.asarray(x, float)
-    n = len(x)
-    m = float(np.mean(x))
-    if n < 2:
-        return m, math.nan
-    return m, float(special.stdtrit(n - 1, 0.975) * np.std(x, ddof=1) / math.sqrt(n))
+    sd = np.std(x, ddof=1) if len(x) > 1 else math.nan
+    return float(np.mean(x)), float(t_halfwidth(sd, len(x)))
+
+
+def win_rate(better: np.ndarray) -> float:
+    """Share of pairs where ``better`` > 0, ties counting one half."""
+    better = np.asarray(better, float)
+    return float(np.mean((better > 0) + 0.5 * (better == 0)))
 
 
 SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1",
@@ -200,7 +208,7 @@ def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",
                 sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
                 row[f"{m}_diff"], row[f"{m}_diff_ci95"] = mean_ci(diff)
                 better = sign * diff
-                row[f"{m}_win_rate"] = float(np.mean((better > 0) + 0.5 * (better == 0)))
+                row[f"{m}_win_rate"] = win_rate(better)
                 row[f"{m}_p"] = paired_p(better)
             rows.append(row)
     return pd.DataFrame(rows)
@@ -357,9 +365,7 @@ def plot_curves(steps: pd.DataFrame, scm: str, path: str) -> None:
             g = grp.groupby("step")[col]
             m = g.mean().to_numpy(float)
             n = g.count().to_numpy()
-            sd = g.std(ddof=1).fillna(0).to_numpy(float)
-            t = special.stdtrit(np.maximum(n - 1, 1), 0.975)
-            ci = np.where(n > 1, t * sd / np.sqrt(np.maximum(n, 1)), 0.0)
+            ci = np.nan_to_num(t_halfwidth(g.std(ddof=1).to_numpy(float), n))   # no band: 1 seed
             x = np.arange(len(m))
             ax.plot(x, m, label=method)
             ax.fill_between(x, m - ci, m + ci, alpha=0.2)

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from causal_grpo import metrics as M
-from causal_grpo.active_learning import EpisodeConfig, observe, start_episode
+from causal_grpo.active_learning import EpisodeConfig, graph_metrics, observe, start_episode
 from causal_grpo.checkpoint import LoadedPolicy, load_grpo_policy
 from causal_grpo.errors import UserError
 from causal_grpo.features import Buffer
@@ -337,10 +336,8 @@ def run_active_learning(scm: SCMSpec | str, config: EpisodeConfig = EpisodeConfi
     fn.observe(np.asarray(x0), np.zeros((n0, d), bool))
 
     def record(probs):
-        pred = M.posterior_graph(probs)
-        g = M.structure_metrics(scm_t.adj, pred)
-        p = M.parent_metrics(scm_t.adj, pred, scm_t.target)
-        return float(g["f1"]), int(g["shd"]), float(p["parent_f1"])
+        m = graph_metrics(scm_t, probs)
+        return float(m["f1"]), int(m["shd"]), float(m["parent_f1"])
 
     f1s, shds, pf1s = map(list, zip(record(sur.edge_probs(state))))
     target_values = [float(np.mean(np.asarray(x0)[:, spec.target]))]

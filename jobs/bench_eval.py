@@ -198,10 +198,9 @@ def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
     """Trained policy of each run minus each reference, per SCM, with Holm across SCMs
     (per run and reference), beside both sides' updates per decision; and the same pooled
     across runs."""
-    import numpy as np
     import pandas as pd
 
-    from causal_grpo.results import holm, mean_ci, paired_p
+    from causal_grpo.results import holm, mean_ci, paired_p, win_rate
 
     def series(scm, method, run):
         sel = auc[(auc["scm"] == scm) & (auc["method"] == method) & (auc["run"] == run)]
@@ -221,7 +220,7 @@ def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
                               "trained": float(mine.loc[common].mean()),
                               "reference_f1_auc": float(theirs.loc[common].mean()),
                               "diff": m, "diff_ci95": ci,
-                              "win_rate": float(np.mean((diff > 0) + 0.5 * (diff == 0))),
+                              "win_rate": win_rate(diff),
                               "p": paired_p(diff),
                               "trained_updates": cost[scm, TRAINED, run],
                               "reference_updates": cost[scm, ref, run if ref == UNTRAINED else -1]})
