@@ -71,10 +71,11 @@ def lookahead_features(key: Array, obs: Observation, surrogate: Surrogate, state
     each, and the gain is the mean drop in expected SHD against that point estimate
     (``active_learning.lookahead_gains``).
     Gains are z-scored over the candidates computed (0 for the target and padding), so the
-    scale is the same at every state. Cost: 2 d ``draws`` posterior updates; above the exact
-    posterior's size, 2 m ``draws`` what-if updates of a shortlist of m variables
+    scale is the same at every state. Cost: 2 (d - 1) ``draws`` posterior updates; above the
+    exact posterior's size, 2 m ``draws`` what-if updates of a shortlist of m variables
     (``active_learning.shortlist``), and the other variables get the shortlist's lowest
-    z-score, so the lookahead speaks only for the shortlist. Reads nothing true.
+    z-score, so the lookahead speaks only for the shortlist. Reads nothing true beyond
+    ``obs.probs``: a bootstrap graph is the true one plus noise that fades over the episode.
     """
     shapes = SCM.without_graph(obs.target, obs.var_mask, obs.low, obs.high)
     sim, shift, ref = plugin_simulator(obs.probs, obs.buffer, shapes)
