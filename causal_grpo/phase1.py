@@ -41,7 +41,7 @@ from causal_grpo.metrics import expected_shd
 from causal_grpo.networks import PolicyConfig, bin_values, make_policy
 from causal_grpo.options import MISSING, check_options, differences, option
 from causal_grpo.policy import SAMPLE_STREAM, act, make_policy_selector
-from causal_grpo.results import f1_auc, paired_p, win_rate
+from causal_grpo.results import f1_auc, paired_stats
 from causal_grpo.rewards import RewardConfig, structure_reward, target_reward, total_reward
 from causal_grpo.scm import SCM, propagate
 from causal_grpo.scm_families import (PROTOCOLS, GraphKind, family_config, resolve_scm,
@@ -331,10 +331,9 @@ class Evaluator:
     def __call__(self, params) -> dict:
         rec = self.policy_run(self.keys, self.scms, params, method_id(Method.GRPO_ACTIVE)).record
         auc = f1_auc(rec.f1)
-        diff = auc - self.random_auc
+        diff, _, win, p = paired_stats(auc - self.random_auc)
         return {"eval_f1_auc_policy": float(auc.mean()), "eval_f1_auc_random": float(self.random_auc.mean()),
-                "eval_f1_auc_diff": float(diff.mean()), "eval_p": paired_p(diff),
-                "eval_win_rate": win_rate(diff)}
+                "eval_f1_auc_diff": diff, "eval_p": p, "eval_win_rate": win}
 
 
 # --------------------------------------------------------------------------- training loop

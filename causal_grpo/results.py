@@ -161,10 +161,13 @@ def mean_ci(x: np.ndarray) -> tuple[float, float]:
     return float(np.mean(x)), float(t_halfwidth(sd, len(x)))
 
 
-def win_rate(better: np.ndarray) -> float:
-    """Share of pairs where ``better`` > 0, ties counting one half."""
-    better = np.asarray(better, float)
-    return float(np.mean((better > 0) + 0.5 * (better == 0)))
+def paired_stats(diff: np.ndarray, sign: float = 1.0) -> tuple[float, float, float, float]:
+    """Paired differences ``diff`` (``sign`` * diff > 0 is better): their mean, its 95%
+    half-width, the win rate (ties count one half) and the one-sided paired t-test p."""
+    diff = np.asarray(diff, float)
+    better = sign * diff
+    m, ci = mean_ci(diff)
+    return m, ci, float(np.mean((better > 0) + 0.5 * (better == 0))), paired_p(better)
 
 
 SUMMARY_METRICS = ("f1_auc_early", "f1_auc", "final_f1", "final_shd", "final_parent_f1",
@@ -205,11 +208,8 @@ def paired_frame(steps: pd.DataFrame, baseline: str = "random_active",
             row = {"scm": scm, "method": method, "baseline": baseline, "n_pairs": len(common)}
             for m in metrics:
                 diff = (mg.loc[common, m] - base.loc[common, m]).to_numpy(float)
-                sign = 1.0 if HIGHER_IS_BETTER[m] else -1.0
-                row[f"{m}_diff"], row[f"{m}_diff_ci95"] = mean_ci(diff)
-                better = sign * diff
-                row[f"{m}_win_rate"] = win_rate(better)
-                row[f"{m}_p"] = paired_p(better)
+                (row[f"{m}_diff"], row[f"{m}_diff_ci95"], row[f"{m}_win_rate"],
+                 row[f"{m}_p"]) = paired_stats(diff, 1.0 if HIGHER_IS_BETTER[m] else -1.0)
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -200,7 +200,7 @@ def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
     across runs."""
     import pandas as pd
 
-    from causal_grpo.results import holm, mean_ci, paired_p, win_rate
+    from causal_grpo.results import holm, paired_stats
 
     def series(scm, method, run):
         sel = auc[(auc["scm"] == scm) & (auc["method"] == method) & (auc["run"] == run)]
@@ -215,13 +215,11 @@ def paired_tables(auc, scms: Sequence[str], runs: int, cost: dict):
                 theirs = series(scm, ref, run if ref == UNTRAINED else -1)
                 common = mine.index.intersection(theirs.index)
                 diff = (mine.loc[common] - theirs.loc[common]).to_numpy(float)
-                m, ci = mean_ci(diff)
+                m, ci, win, p = paired_stats(diff)
                 block.append({"run": run, "reference": ref, "scm": scm, "n_pairs": len(common),
                               "trained": float(mine.loc[common].mean()),
                               "reference_f1_auc": float(theirs.loc[common].mean()),
-                              "diff": m, "diff_ci95": ci,
-                              "win_rate": win_rate(diff),
-                              "p": paired_p(diff),
+                              "diff": m, "diff_ci95": ci, "win_rate": win, "p": p,
                               "trained_updates": cost[scm, TRAINED, run],
                               "reference_updates": cost[scm, ref, run if ref == UNTRAINED else -1]})
             for row, ph in zip(block, holm([b["p"] for b in block])):
