@@ -17,6 +17,7 @@ compiled program and one ``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import NamedTuple, Sequence
 
 import jax
@@ -236,7 +237,11 @@ class SCMSpec:
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
             bad = [self.variables[i] for i in np.flatnonzero(~(np.isfinite(s) & (s > 0)))]
             raise SCMError(f"SCM '{self.name}': noise_std must be finite and > 0 (bad for {bad})")
-        if not 0 <= int(self.target) < d:
+        if isinstance(self.target, bool) or not isinstance(self.target, numbers.Integral):
+            # int() would have turned 1.5, True and "1" into variable 1
+            raise SCMError(f"SCM '{self.name}': target must be an integer variable index, got "
+                           f"{repr(self.target)[:40]}")
+        if not 0 <= self.target < d:
             raise SCMError(f"SCM '{self.name}': target index {self.target} out of range")
         if np.any(np.diag(w) != 0) or not is_dag(w != 0):
             raise SCMError(f"SCM '{self.name}': the edges form a directed cycle")
