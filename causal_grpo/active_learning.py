@@ -382,13 +382,11 @@ class EpisodeConfig:
     def __post_init__(self) -> None:
         # Checked here so that the Python API refuses what the CLIs refuse, in one line,
         # instead of a shape error from inside a jitted episode.
-        import numbers
-
         from causal_grpo.errors import UserError
-        from causal_grpo.options import shown
+        from causal_grpo.options import is_integer, shown
         for name, low in (("n_observational", 2), ("n_interventions", 0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            if not is_integer(v) or v < low:
                 raise UserError(f"EpisodeConfig.{name} must be an integer >= {low}, "
                                 f"got {shown(v)}")
         for name, kind in (("surrogate", SurrogateConfig), ("bootstrap", BootstrapConfig)):

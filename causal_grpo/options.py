@@ -76,6 +76,11 @@ def member(owner: Any, name: str, kind: type[enum.Enum]) -> None:
                     f"got {shown(value)}")
 
 
+def is_integer(value: Any) -> bool:
+    """An integer as a count or an index: Python's or NumPy's, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def check(opt: Option, value: Any) -> Any:
     """``value`` if it lies within ``opt``'s type and bounds; UserError naming the flag if not."""
     if value is None or issubclass(opt.type, (str, enum.Enum)):
@@ -83,7 +88,7 @@ def check(opt: Option, value: Any) -> Any:
     kind = "an integer" if opt.type is int else "a finite number"
     # NumPy's integers and floats too (a seed from np.arange); not bools.
     if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
-            or (opt.type is int and not isinstance(value, numbers.Integral))
+            or (opt.type is int and not is_integer(value))
             or not math.isfinite(value)):
         raise UserError(f"{opt.flag} must be {kind}, got {shown(value)}")
     below = opt.low is not None and (value <= opt.low if opt.open_low else value < opt.low)

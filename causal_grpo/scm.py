@@ -17,7 +17,6 @@ compiled program and one ``vmap``.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import NamedTuple, Sequence
 
 import jax
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causal_grpo.errors import UserError
+from causal_grpo.options import is_integer
 
 Array = jax.Array
 
@@ -237,7 +237,7 @@ class SCMSpec:
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
             bad = [self.variables[i] for i in np.flatnonzero(~(np.isfinite(s) & (s > 0)))]
             raise SCMError(f"SCM '{self.name}': noise_std must be finite and > 0 (bad for {bad})")
-        if isinstance(self.target, bool) or not isinstance(self.target, numbers.Integral):
+        if not is_integer(self.target):
             # int() would have turned 1.5, True and "1" into variable 1
             raise SCMError(f"SCM '{self.name}': target must be an integer variable index, got "
                            f"{repr(self.target)[:40]}")

@@ -96,11 +96,11 @@ class AnalyticConfig:
         import numbers
 
         from causal_grpo.errors import UserError
-        from causal_grpo.options import member, shown
+        from causal_grpo.options import is_integer, member, shown
         for name in ("max_indegree", "exact_max_d", "candidates", "chains", "mcmc_steps",
                      "burn_in"):
             v, low = getattr(self, name), 0 if name == "exact_max_d" else 1   # 0: always MCMC
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            if not is_integer(v) or v < low:
                 raise UserError(f"AnalyticConfig.{name} must be an integer >= {low}, "
                                 f"got {shown(v)}")
         v = self.penalty
