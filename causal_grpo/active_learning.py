@@ -153,15 +153,13 @@ def expected_gains(key: Array, obs: Observation, surrogate: Surrogate, state: An
     """
     d = sim.d
     before = M.expected_shd(ref_adj, surrogate.edge_probs(state), obs.var_mask)
-    from causal_grpo.scm import TRUE_SIM, true_noise
-    oracle = TRUE_SIM[0]
-    eps = true_noise(key, (n_draws, d)) if oracle else jax.random.normal(key, (n_draws, d))
+    eps = jax.random.normal(key, (n_draws, d))
 
     def gain(j, v):
         do = jnp.arange(d) == j
 
         def one(e):
-            x = propagate(sim, e + eps_shift, do, jnp.where(do, v, 0.0), nonlinear=oracle)
+            x = propagate(sim, e + eps_shift, do, jnp.where(do, v, 0.0))
             s = surrogate.update(state, x[None], do[None], jnp.ones((1,), bool))
             return before - M.expected_shd(ref_adj, surrogate.edge_probs(s), obs.var_mask)
 
@@ -246,14 +244,9 @@ def make_expected_gain_selector(scm: SCM, surrogate: Surrogate, n_draws: int = 1
         buf = obs.buffer
         state = surrogate.update(surrogate.init(refit_key(key), obs.var_mask), buf.values,
                                  buf.intervened, buf.valid)
-        from causal_grpo.scm import TRUE_SIM
-        TRUE_SIM[0] = True
-        try:
-            return _best_expected_gain(lookahead_key(key), obs, surrogate, state, scm,
-                                       jnp.zeros((scm.d,)), scm.adj, n_draws, n_values,
-                                       shortlist_size=None)
-        finally:
-            TRUE_SIM[0] = False
+        return _best_expected_gain(lookahead_key(key), obs, surrogate, state, scm,
+                                   jnp.zeros((scm.d,)), scm.adj, n_draws, n_values,
+                                   shortlist_size=None)
 
     return select
 
@@ -481,17 +474,14 @@ def start_episode(key: Array, scm: SCM, surrogate: Surrogate, n_observational: i
                   capacity: int, n_steps: int) -> EpisodeStart:
     """The one episode start of both phases and the seed API: same cell key, same data."""
     ks = cell_keys(key)
-    from causal_grpo.scm import true_noise
-    e0 = jax.vmap(lambda k: true_noise(k, (scm.d,)))(jax.random.split(ks["obs"], n_observational))
-    z = jnp.zeros((scm.d,), bool)
-    x0 = jax.vmap(lambda e: propagate(scm, e, z, jnp.zeros((scm.d,)), nonlinear=True))(e0)
+    x0 = sample_n(ks["obs"], scm, n_observational)
     buffer = Buffer.empty(capacity, scm.d)
     buffer = buffer._replace(values=buffer.values.at[:n_observational].set(x0),
                              valid=buffer.valid.at[:n_observational].set(True))
     state = surrogate.update(surrogate.init(ks["surrogate"], scm.var_mask), x0,
                              jnp.zeros_like(x0, bool), jnp.ones((n_observational,), bool))
     # max(T, 1): a scan body is traced even when T = 0 (observational-only budgets).
-    eps = true_noise(ks["noise"], (max(n_steps, 1), scm.d))
+    eps = jax.random.normal(ks["noise"], (max(n_steps, 1), scm.d))
     return EpisodeStart(ks, x0, buffer, state, eps)
 
 
@@ -525,7 +515,7 @@ def run_episode(key: Array, scm: SCM, cfg: EpisodeConfig, surrogate: Surrogate,
         act = selector(jax.random.fold_in(ks["select"], t), obs, params)
         value = jnp.clip(act.value, scm.low, scm.high)
         do_mask = (jnp.arange(d) == act.variable) & act.intervene
-        x = propagate(scm, eps[t], do_mask, jnp.where(do_mask, value, 0.0), nonlinear=True)
+        x = propagate(scm, eps[t], do_mask, jnp.where(do_mask, value, 0.0))
         buffer = buffer.write(n0 + t, x, do_mask)
         state = surrogate.update(state, x[None], do_mask[None], jnp.ones((1,), bool))
         best = jnp.minimum(best, x[scm.target])

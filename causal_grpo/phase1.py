@@ -250,7 +250,7 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
         masks = jax.nn.one_hot(var, d, dtype=bool)
 
         # Every candidate of the group under the same exogenous noise (common random numbers).
-        xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0), nonlinear=True))(masks, vals)
+        xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
         new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
             xs, masks)
         r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),

@@ -319,19 +319,7 @@ def stack_scms(scms: Sequence[SCM]) -> SCM:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *scms)
 
 
-import os as _os
-MISMATCH = _os.environ.get("MISMATCH", "")
-TRUE_SIM = [False]
-
-
-def true_noise(key, shape):
-    if MISMATCH[:1] == "t" and MISMATCH[1:].isdigit():
-        nu = float(MISMATCH[1:])
-        return jax.random.t(key, nu, shape, jnp.float32) / jnp.sqrt(nu / (nu - 2.0))
-    return jax.random.normal(key, shape, jnp.float32)
-
-
-def propagate(scm: SCM, eps: Array, do_mask: Array, do_values: Array, nonlinear: bool = False) -> Array:
+def propagate(scm: SCM, eps: Array, do_mask: Array, do_values: Array) -> Array:
     """Values of all variables for exogenous noise ``eps`` under ``do(X_S = v)``.
 
     Args:
@@ -348,8 +336,7 @@ def propagate(scm: SCM, eps: Array, do_mask: Array, do_values: Array, nonlinear:
     base = jnp.where(do_mask, do_values, scm.noise_std * eps)
     # A DAG's weight matrix is nilpotent, so d fixed-point sweeps are exact; this stays a
     # handful of small matvecs instead of a LAPACK solve per sample.
-    f = (lambda x: 2.0 * jnp.tanh(x / 2.0)) if (nonlinear and MISMATCH == "tanh") else (lambda x: x)
-    x = jax.lax.fori_loop(0, scm.d, lambda _, x: jnp.matmul(f(x), w, precision=EXACT) + base,
+    x = jax.lax.fori_loop(0, scm.d, lambda _, x: jnp.matmul(x, w, precision=EXACT) + base,
                           base)
     return x
 
