@@ -520,6 +520,40 @@ def test_mcmc_posterior_matches_exact_dp(d, K, seed):
     assert np.all(mc[outside] == 0)  # edges outside the candidate sets get probability 0
 
 
+def test_relocate_moves_one_entry_and_back():
+    order = jnp.arange(6, dtype=jnp.int32)
+    assert mc._relocate(order, 2, 4).tolist() == [0, 1, 3, 4, 2, 5]
+    assert mc._relocate(order, 4, 1).tolist() == [0, 4, 1, 2, 3, 5]
+    assert mc._relocate(order, 3, 3).tolist() == order.tolist()
+    for a in range(6):
+        for b in range(6):
+            back = mc._relocate(mc._relocate(order, a, b), b, a)
+            assert back.tolist() == order.tolist()
+
+
+def test_order_chain_leaves_the_order_posterior_unchanged():
+    """Chains started at exact draws of the order posterior (all 5! orders enumerated, an alpha
+    table of random weights) are still distributed as it after 40 steps: the moves are
+    symmetric and the acceptance right. In total variation an i.i.d. sample of 20,000 lies
+    0.013 from it and these chains 0.015; with the relocation made one-way (a node moved
+    only towards the end) they drift to 0.073."""
+    d, K = 5, 4
+    rng = np.random.default_rng(0)
+    cand = jnp.asarray([[j for j in range(d) if j != i] for i in range(d)], jnp.int32)
+    alpha = jnp.asarray(rng.normal(scale=1.5, size=(d, 1 << K)), jnp.float32)
+    perms = np.array(list(itertools.permutations(range(d))), np.int32)
+    logw = np.array([float(mc._log_weight(jnp.asarray(p), alpha, cand)) for p in perms])
+    prob = np.exp(logw - logw.max())
+    prob /= prob.sum()
+    n = 20000
+    start = perms[rng.choice(len(perms), size=n, p=prob)]
+    run = jax.jit(jax.vmap(lambda k, o: mc._chain(k, o, alpha, cand, 40)[0]))
+    final = np.asarray(run(jax.random.split(jax.random.PRNGKey(0), n), jnp.asarray(start)))
+    index = {tuple(p): i for i, p in enumerate(perms.tolist())}
+    freq = np.bincount([index[tuple(o)] for o in final.tolist()], minlength=len(perms)) / n
+    assert 0.5 * np.abs(freq - prob).sum() < 0.035
+
+
 def test_mcmc_chains_are_carried_between_updates():
     d = 20
     x, iv = er_data(d, 40, 3)
