@@ -9,13 +9,10 @@ weight is ``prod_i alpha_i(U_i)``, ``U_i`` = candidates of i placed before it an
 ``alpha_i(U) = sum_{S ⊆ U} exp(score_i(S))``; ``alpha_i`` is tabulated over all 2^K subsets of
 the candidates by one zeta transform, so scoring an order is d*K lookups.
 
-Several chains (vmapped) run Metropolis-Hastings on orders: each proposal takes a position i
-and a position j (i's right neighbour or uniform) and either swaps their nodes or moves i's
-node to j, shifting those between (all symmetric). Transpositions alone leave chains in
-separate modes that differ by one node's place: moving a node past several others by swaps
-goes through orders of low weight. The chains' orders are part of the state and carried from
-one update to the next; the first update with data runs ``burn_in`` steps instead of
-``mcmc_steps``. Edge marginals are Rao-Blackwellised per visited order,
+Several chains (vmapped) run Metropolis-Hastings on orders (adjacent or random
+transpositions). The chains' orders are part of the state and carried from one update to the
+next; the first update with data runs ``burn_in`` steps instead of ``mcmc_steps``. Edge
+marginals are Rao-Blackwellised per visited order,
 ``P(c -> i | order) = 1 - alpha_i(U_i \\ c) / alpha_i(U_i)`` for c in U_i (the sets inside U_i
 without c are the sets inside U_i \\ c), averaged over the second half of each chain's steps
 and over chains. ``chain_gap``, the largest difference of an edge marginal between two
@@ -122,15 +119,6 @@ def _order_edges(order: Array, alpha: Array, cand: Array) -> Array:
     return jnp.where((u[:, None] & bits) != 0, jnp.clip(p, 0.0, 1.0), 0.0)
 
 
-def _relocate(order: Array, a: Array, b: Array) -> Array:
-    """``order`` with its entry at position ``a`` moved to position ``b``, the entries between
-    shifted by one; moving b back to a undoes it, so the proposal is symmetric."""
-    pos = jnp.arange(order.shape[0])
-    src = jnp.where(a <= b, jnp.where((pos >= a) & (pos < b), pos + 1, pos),
-                    jnp.where((pos > b) & (pos <= a), pos - 1, pos))
-    return order[jnp.where(pos == b, a, src)]
-
-
 def _chain(key: Array, order: Array, alpha: Array, cand: Array, steps: int
            ) -> tuple[Array, Array, Array]:
     """One chain: ``steps`` MH proposals from ``order``; (final order, (d, K) edge average over
@@ -140,12 +128,11 @@ def _chain(key: Array, order: Array, alpha: Array, cand: Array, steps: int
     def step(carry, xs):
         o, cur, acc = carry
         k, keep = xs
-        k1, k2, k3, k4, k5 = jax.random.split(k, 5)
+        k1, k2, k3, k4 = jax.random.split(k, 4)
         i = jax.random.randint(k1, (), 0, d)
         j = jnp.where(jax.random.bernoulli(k3, 0.5), jnp.minimum(i + 1, d - 1),
                       jax.random.randint(k2, (), 0, d))
-        prop = jnp.where(jax.random.bernoulli(k5, 0.5), _relocate(o, i, j),
-                         o.at[i].set(o[j]).at[j].set(o[i]))
+        prop = o.at[i].set(o[j]).at[j].set(o[i])
         new = _log_weight(prop, alpha, cand)
         accept = jnp.log(jax.random.uniform(k4)) < new - cur
         o = jnp.where(accept, prop, o)
