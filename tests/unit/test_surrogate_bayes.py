@@ -531,7 +531,8 @@ def test_order_chain_leaves_the_order_posterior_unchanged():
     cand = jnp.asarray([[j for j in range(d) if j != i] for i in range(d)], jnp.int32)
     alpha = jnp.asarray(rng.normal(scale=1.5, size=(d, 1 << K)), jnp.float32)
     perms = np.array(list(itertools.permutations(range(d))), np.int32)
-    logw = np.array([float(mc._log_weight(jnp.asarray(p), alpha, cand)) for p in perms])
+    logw = np.asarray(jax.vmap(lambda o: mc._log_weight(o, alpha, cand))(jnp.asarray(perms)),
+                      np.float64)
     prob = np.exp(logw - logw.max())
     prob /= prob.sum()
     n = 20000
