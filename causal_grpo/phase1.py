@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -213,9 +212,6 @@ class EpisodeData(NamedTuple):
     info: dict
 
 
-POLICY_HORIZON = os.environ.get("POLICY_HORIZON") == "1"
-
-
 def candidate_keys(select_key: Array, group_size: int) -> Array:
     """The G candidates' sampling keys at one state: a stream of ``select_key``'s own, as
     :func:`policy.act` samples, since ``select_key`` also sets the lookahead's outcomes
@@ -257,26 +253,8 @@ def rollout_episode(key: Array, params: Any, cfg: Phase1Config, stage: Stage) ->
         xs = jax.vmap(lambda m, v: propagate(scm, eps[t], m, jnp.where(m, v, 0.0)))(masks, vals)
         new = jax.vmap(lambda x, m: sur.update(state, x[None], m[None], jnp.ones((1,), bool)))(
             xs, masks)
-        later = new
-        if POLICY_HORIZON:
-            # Experiment: each candidate is credited after one more step chosen by the policy
-            # itself from the candidate's outcome (same key and noise for the whole group).
-            k_cont = jax.random.fold_in(k_select, 1_000_003)
-            eps_c = jax.random.normal(jax.random.fold_in(k_cont, 1), (d,))
-
-            def cont(args):
-                s, x, m = args
-                fp = jnp.where(use_boot, bootstrap_probs(scm.adj, noise_b, t + 1, cfg.bootstrap),
-                               sur.edge_probs(s))
-                o = observe(scm, buffer.write(n0 + t, x, m), t + 1, fp)
-                _, j, b, _ = act(k_cont, o, params, cfg.policy, (sur, s))
-                mc = jax.nn.one_hot(j, d, dtype=bool)
-                xc = propagate(scm, eps_c, mc, jnp.where(mc, values_of_bins[b], 0.0))
-                return sur.update(s, xc[None], mc[None], jnp.ones((1,), bool))
-
-            later = jax.lax.map(cont, (new, xs, masks))
         r_struct = jax.vmap(lambda s: structure_reward(scm.adj, probs, sur.edge_probs(s),
-                                                       scm.var_mask))(later)
+                                                       scm.var_mask))(new)
         r_target = target_reward(xs[:, scm.target], t_mean, t_std)
         r = total_reward(cfg.reward, r_struct, r_target)
         adv = grpo.group_advantages(r)
